@@ -1,0 +1,50 @@
+# Conveyor's two commands: `make run` (the main job) and `make test` (every gate).
+# Both create .venv with the project and its dev tools when it is missing or stale.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+EXAMPLE := examples/user_import
+
+# No phoning home from anything the project runs.
+export DVC_NO_ANALYTICS := 1
+export HYPOTHESIS_NO_PLUGINS ?=
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: run test lint format typecheck imports pytest bench clean help
+
+help:
+	@echo "make run   - set up .venv and run the main job (the user-import example)"
+	@echo "make test  - set up .venv and run every gate (format, lint, mypy, imports, pytest)"
+	@echo "make bench - run the benchmarks under bench/ (slow, on demand)"
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Conveyor needs Python 3.11+; run: make PYTHON=python3.11 ...")'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/python $(EXAMPLE)/run.py
+
+format: $(STAMP)
+	$(BIN)/ruff format --check src tests examples bench
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests examples bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy --strict
+
+imports: $(STAMP)
+	$(BIN)/lint-imports
+
+pytest: $(STAMP)
+	$(BIN)/python -m pytest --cov --cov-report=term
+
+test: format lint typecheck imports pytest
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,38 @@
+"""Calling user functions that may be sync or async."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, cast
+
+R = TypeVar("R")
+
+
+def is_async_callable(fn: object) -> bool:
+    """True when calling ``fn`` returns a coroutine (async def, partials, async __call__)."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if inspect.iscoroutinefunction(fn):
+        return True
+    call = getattr(fn, "__call__", None)  # noqa: B004 - we want the bound __call__
+    return call is not None and not inspect.isfunction(fn) and inspect.iscoroutinefunction(call)
+
+
+async def call_maybe_async(fn: Callable[..., R | Awaitable[R]], /, *args: Any, **kwargs: Any) -> R:
+    """Call ``fn`` and await the result when it is awaitable."""
+    result = fn(*args, **kwargs)
+    if inspect.isawaitable(result):
+        return cast(R, await result)
+    return result
+
+
+def callable_name(fn: object) -> str:
+    """A short, human-readable name for a callable (used in default stage names)."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+    if name is None:
+        name = type(fn).__qualname__
+    return str(name)
