@@ -12,7 +12,11 @@ never wrapped: a failed :class:`~conveyor.StageResult` carries the original exce
     ├── UsageError(ConveyorError, RuntimeError)             an API is called in the wrong place
     ├── RecordValidationError(ConveyorError, ValueError)    a record failed a ValidateStage
     ├── BranchError(ConveyorError, RuntimeError)            a branch of a BranchStage failed
-    └── HookError(ConveyorError, RuntimeError)              a pipeline hook raised
+    ├── HookError(ConveyorError, RuntimeError)              a pipeline hook raised
+    ├── ContractViolation(ConveyorError, ValueError)        a record broke a stage's contract
+    ├── StageTimeoutError(ConveyorError, TimeoutError)      a record took longer than its timeout
+    ├── DeadLetterStoreError(ConveyorError, OSError)        the dead-letter queue cannot be written
+    └── ConservationError(ConveyorError, AssertionError)    records were lost or duplicated (a bug)
 
 Each class carries structured fields (``stage``, ``branch``, ``hook`` …) and composes its
 message from them; the underlying exception, where there is one, is the ``__cause__``.
@@ -22,10 +26,14 @@ from __future__ import annotations
 
 __all__ = [
     "BranchError",
+    "ConservationError",
+    "ContractViolation",
     "ConveyorError",
+    "DeadLetterStoreError",
     "HookError",
     "PipelineDefinitionError",
     "RecordValidationError",
+    "StageTimeoutError",
     "UsageError",
 ]
 
@@ -96,3 +104,91 @@ class HookError(ConveyorError, RuntimeError):
             "fix the hook or catch the exception inside it"
         )
         self.__cause__ = error
+
+
+class ContractViolation(ConveyorError, ValueError):
+    """A record does not satisfy a stage's input or output contract.
+
+    Attributes:
+        contract: name of the contract (a type name or a schema file).
+        path: the failing field path, dotted (``"address.zip"``, ``"items.3.price"``), or
+            ``""`` when the record as a whole is wrong.
+        reason: what is wrong with that field.
+        edge: ``"input"`` or ``"output"`` of ``stage`` when known, else ``""``.
+        stage: the stage whose edge was checked, or ``""``.
+    """
+
+    def __init__(
+        self, contract: str, path: str, reason: str, *, edge: str = "", stage: str = ""
+    ) -> None:
+        self.contract = contract
+        self.path = path
+        self.reason = reason
+        self.edge = edge
+        self.stage = stage
+        where = f"{stage} {edge}: " if stage else ""
+        field = f"field {path!r}" if path else "record"
+        super().__init__(f"{where}{field} violates contract {contract}: {reason}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (
+            _rebuild_violation,
+            (self.contract, self.path, self.reason, self.edge, self.stage),
+        )
+
+
+def _rebuild_violation(
+    contract: str, path: str, reason: str, edge: str, stage: str
+) -> ContractViolation:
+    return ContractViolation(contract, path, reason, edge=edge, stage=stage)
+
+
+class StageTimeoutError(ConveyorError, TimeoutError):
+    """A stage took longer than its per-record timeout.
+
+    Attributes:
+        stage: the stage.
+        timeout: the limit in seconds.
+    """
+
+    def __init__(self, stage: str, timeout: float) -> None:
+        self.stage = stage
+        self.timeout = timeout
+        super().__init__(
+            f"stage {stage!r} exceeded its timeout of {timeout:g}s per record; "
+            "raise the stage's timeout option if this record is legitimately slow"
+        )
+
+    def __reduce__(self) -> tuple[type[StageTimeoutError], tuple[str, float]]:
+        return (type(self), (self.stage, self.timeout))
+
+
+class DeadLetterStoreError(ConveyorError, OSError):
+    """The dead-letter store could not be written or read; the run stops rather than lose
+    records. The store's own exception is the cause.
+
+    Attributes:
+        store: a description of the store (its path or kind).
+    """
+
+    def __init__(self, store: str, detail: str) -> None:
+        self.store = store
+        super().__init__(f"dead-letter store {store}: {detail}")
+
+
+class ConservationError(ConveyorError, AssertionError):
+    """Records were lost or counted twice: the run's counts do not add up. Always a bug.
+
+    Attributes:
+        stage: the stage whose counts do not add up, or ``""`` for the whole run.
+        detail: which counts disagree.
+    """
+
+    def __init__(self, stage: str, detail: str) -> None:
+        self.stage = stage
+        self.detail = detail
+        where = f"stage {stage!r}" if stage else "run"
+        super().__init__(
+            f"conservation violated in {where}: {detail}; this is a bug in Conveyor or in a "
+            "stage that drops records without filtering them, please report it"
+        )
