@@ -15,6 +15,14 @@ The public API lives here; everything in submodules not re-exported here is inte
 
 from importlib.metadata import PackageNotFoundError, version
 
+from conveyor.contracts import (
+    AvroContract,
+    Contract,
+    ContractCheck,
+    JsonSchemaContract,
+    TypeContract,
+    contract_for,
+)
 from conveyor.core import (
     NO_ITEM,
     AggregateStage,
@@ -44,13 +52,34 @@ from conveyor.core import (
     ValidateStage,
     create_etl_pipeline,
 )
+from conveyor.core.options import Executor, RetryPolicy, StageOptions
+from conveyor.dlq import (
+    DeadLetter,
+    DeadLetterStore,
+    JsonlDeadLetterStore,
+    MemoryDeadLetterStore,
+    SqliteDeadLetterStore,
+    open_dead_letter_store,
+)
 from conveyor.errors import (
     BranchError,
+    ConservationError,
+    ContractViolation,
     ConveyorError,
+    DeadLetterStoreError,
     HookError,
     PipelineDefinitionError,
     RecordValidationError,
+    StageTimeoutError,
     UsageError,
+)
+from conveyor.runtime import (
+    ChannelStats,
+    RunReport,
+    RunStatus,
+    StageStats,
+    StreamRun,
+    replay_dead_letters,
 )
 
 try:
@@ -61,23 +90,36 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 __all__ = [
     "NO_ITEM",
     "AggregateStage",
+    "AvroContract",
     "BatchStage",
     "BranchError",
     "BranchStage",
     "ChainedStage",
+    "ChannelStats",
+    "ConservationError",
+    "Contract",
+    "ContractCheck",
+    "ContractViolation",
     "ConveyorError",
+    "DeadLetter",
+    "DeadLetterStore",
+    "DeadLetterStoreError",
     "ErrorRecord",
     "Event",
     "EventBus",
     "EventHandler",
     "EventType",
+    "Executor",
     "FilterStage",
     "FlattenStage",
     "FunctionStage",
     "Hook",
     "HookError",
     "HookName",
+    "JsonSchemaContract",
+    "JsonlDeadLetterStore",
     "MapStage",
+    "MemoryDeadLetterStore",
     "Pipeline",
     "PipelineContext",
     "PipelineDefinitionError",
@@ -88,9 +130,21 @@ __all__ = [
     "RecordOutcome",
     "RecordStage",
     "RecordValidationError",
+    "RetryPolicy",
+    "RunReport",
+    "RunStatus",
+    "SqliteDeadLetterStore",
+    "StageOptions",
     "StageResult",
+    "StageStats",
+    "StageTimeoutError",
+    "StreamRun",
+    "TypeContract",
     "UsageError",
     "ValidateStage",
     "__version__",
+    "contract_for",
     "create_etl_pipeline",
+    "open_dead_letter_store",
+    "replay_dead_letters",
 ]

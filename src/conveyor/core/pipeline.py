@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, Generic, Literal, Self, TypeVar, get_args
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Generic, Literal, Self, TypeVar, get_args
 
 from conveyor.core._callables import call_maybe_async, callable_name
 from conveyor.core.context import PipelineContext
 from conveyor.core.events import Event, EventBus, EventType
+from conveyor.core.options import StageOptions
 from conveyor.core.result import PipelineResult, PipelineStatus, StageResult
 from conveyor.core.stage import ChainedStage, PipelineStage, run_stage
 from conveyor.errors import HookError, PipelineDefinitionError, UsageError
+
+if TYPE_CHECKING:
+    from conveyor.dlq import DeadLetterStore
+    from conveyor.runtime import RunReport, Sink, StreamRun
 
 __all__ = ["Hook", "HookName", "Pipeline"]
 
@@ -52,6 +58,7 @@ class Pipeline(Generic[In, Out]):
         self.name = name
         self.event_bus = event_bus
         self._stages: list[PipelineStage[Any, Any]] = []
+        self._options: dict[str, StageOptions] = {}
         self._hooks: dict[str, list[Hook]] = {hook: [] for hook in _HOOK_NAMES}
 
     @property
@@ -59,10 +66,13 @@ class Pipeline(Generic[In, Out]):
         """The stages in order, as added."""
         return tuple(self._stages)
 
-    def add_stage(self, stage: PipelineStage[Any, Any]) -> Self:
+    def add_stage(
+        self, stage: PipelineStage[Any, Any], *, options: StageOptions | None = None
+    ) -> Self:
         """Append ``stage`` and return the pipeline, for fluent chaining.
 
         Stage names must be unique within a pipeline (they key the per-stage results).
+        ``options`` set how the streaming runner runs it (see :meth:`configure`).
         """
         if not isinstance(stage, PipelineStage):
             raise PipelineDefinitionError(
@@ -75,7 +85,33 @@ class Pipeline(Generic[In, Out]):
                 "give one of them another name, e.g. MapStage(fn, name='...')"
             )
         self._stages.append(stage)
+        if options is not None:
+            self._options[stage.name] = options
         return self
+
+    def configure(self, stage: str, **options: Any) -> Self:
+        """Set streaming options of the stage called ``stage`` (see :class:`StageOptions`):
+        ``concurrency``, ``executor``, ``workers``, ``ordered``, ``retry``, ``timeout``,
+        ``rate_limit``, ``input_contract``, ``output_contract``. ``"sink"`` names the sink.
+
+        >>> from conveyor import MapStage
+        >>> p = Pipeline[list[int], list[int]]("p").add_stage(MapStage(abs, name="abs"))
+        >>> p.configure("abs", concurrency=4, executor="thread").stage_options["abs"].executor
+        <Executor.THREAD: 'thread'>
+        """
+        names = [s.name for s in self._stages]
+        if stage not in names and stage != "sink":
+            raise PipelineDefinitionError(
+                f"Pipeline {self.name!r} has no stage {stage!r}; stages: {', '.join(names)}"
+            )
+        current = self._options.get(stage, StageOptions())
+        self._options[stage] = current.merged(**options)
+        return self
+
+    @property
+    def stage_options(self) -> dict[str, StageOptions]:
+        """Streaming options set per stage name (stages not listed use the defaults)."""
+        return dict(self._options)
 
     def add_hook(self, hook: HookName, fn: Hook) -> Self:
         """Register ``fn`` at a hook point; return the pipeline.
@@ -117,6 +153,128 @@ class Pipeline(Generic[In, Out]):
         for stage in self._stages[1:]:
             chained = ChainedStage(chained, stage)
         return chained
+
+    # -- streaming mode ----------------------------------------------------------------------
+
+    def run(
+        self,
+        source: Iterable[Any] | AsyncIterable[Any],
+        sink: Sink,
+        *,
+        batch_size: int = 1000,
+        linger: float = 0.05,
+        capacity: int = 8,
+        dead_letters: DeadLetterStore | str | Path | None = None,
+        contracts: Literal["all", "sample", "off"] = "all",
+        sample_rate: float = 0.01,
+        grace_period: float = 30.0,
+        handle_signals: bool = True,
+        stage_options: Mapping[str, StageOptions] | None = None,
+        context: PipelineContext | None = None,
+    ) -> RunReport:
+        """Stream ``source`` through the stages into ``sink`` and return the run's report.
+
+        Stages run concurrently, connected by channels holding at most ``capacity``
+        micro-batches of at most ``batch_size`` records (an async source's batch is also cut
+        after ``linger`` seconds). ``sink`` is a sync or async callable receiving lists of
+        records, or a stage. A record that fails for good goes to the dead-letter store
+        ``dead_letters`` (a :class:`~conveyor.dlq.DeadLetterStore`, ``"memory"``, a
+        ``.jsonl`` or ``.db`` path; default ``.conveyor/dead_letters.db``) and the flow
+        goes on. Contracts declared by stages are checked at their edges for ``"all"``
+        records, a ``"sample"`` (``sample_rate``) or ``"off"``. On SIGINT/SIGTERM the run
+        stops reading, drains for up to ``grace_period`` seconds and returns an
+        interrupted report; a second signal aborts at once.
+
+        >>> from conveyor import MapStage
+        >>> out = []
+        >>> report = Pipeline[list[int], list[int]]("p").add_stage(MapStage(abs)).run(
+        ...     [-1, 2, -3], out.extend, dead_letters="memory")
+        >>> out, report.records_in, report.records_out
+        ([1, 2, 3], 3, 3)
+        """
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(
+                self.arun(
+                    source,
+                    sink,
+                    batch_size=batch_size,
+                    linger=linger,
+                    capacity=capacity,
+                    dead_letters=dead_letters,
+                    contracts=contracts,
+                    sample_rate=sample_rate,
+                    grace_period=grace_period,
+                    handle_signals=handle_signals,
+                    stage_options=stage_options,
+                    context=context,
+                )
+            )
+        raise UsageError(
+            f"Pipeline {self.name!r}: run() was called inside a running event loop; "
+            "use 'await pipeline.arun(source, sink)' there"
+        )
+
+    async def arun(
+        self,
+        source: Iterable[Any] | AsyncIterable[Any],
+        sink: Sink,
+        *,
+        batch_size: int = 1000,
+        linger: float = 0.05,
+        capacity: int = 8,
+        dead_letters: DeadLetterStore | str | Path | None = None,
+        contracts: Literal["all", "sample", "off"] = "all",
+        sample_rate: float = 0.01,
+        grace_period: float = 30.0,
+        handle_signals: bool = False,
+        stage_options: Mapping[str, StageOptions] | None = None,
+        context: PipelineContext | None = None,
+    ) -> RunReport:
+        """The async form of :meth:`run` (signals are handled only if asked)."""
+        from conveyor.runtime import StreamRunner
+
+        if not self._stages:
+            raise PipelineDefinitionError(
+                f"Pipeline {self.name!r} has no stages; add_stage() first"
+            )
+        runner = StreamRunner(
+            self.name,
+            self._stages,
+            sink,
+            batch_size=batch_size,
+            linger=linger,
+            capacity=capacity,
+            stage_options={**self._options, **(stage_options or {})},
+            dead_letters=dead_letters,
+            contracts=contracts,
+            sample_rate=sample_rate,
+            grace_period=grace_period,
+            handle_signals=handle_signals,
+            event_bus=self.event_bus,
+            hooks=self._hooks,
+            context=context,
+        )
+        return await runner.run(source)
+
+    def stream(self, source: Iterable[Any] | AsyncIterable[Any], **options: Any) -> StreamRun:
+        """Stream ``source`` through the stages and iterate over the outputs as they come.
+
+        Takes the options of :meth:`arun`; the report is on the iterator's ``report``
+        attribute once it is exhausted.
+
+        >>> from conveyor import MapStage
+        >>> async def main():
+        ...     run = Pipeline[list[int], list[int]]("p").add_stage(MapStage(abs)).stream(
+        ...         [-1, 2], dead_letters="memory")
+        ...     return [x async for x in run], run.report.records_out
+        >>> asyncio.run(main())
+        ([1, 2], 2)
+        """
+        from conveyor.runtime import StreamRun
+
+        return StreamRun(self, source, options)
 
     def execute_sync(
         self, data: In, *, context: PipelineContext | None = None

@@ -24,7 +24,10 @@ class PipelineStage(ABC, Generic[In_contra, Out_co]):
     Subclass it and implement :meth:`process`. The stage's ``name`` defaults to the class name
     (set a class attribute or pass it to a built-in's constructor to change it). A stage that
     must see its whole input before emitting anything (a sort, a global aggregate) sets
-    ``barrier = True`` so that a streaming runner knows.
+    ``barrier = True`` so that a streaming runner knows; one that may emit several records
+    per input record sets ``expands = True``. ``input_contract`` / ``output_contract`` name
+    a type or schema file the records entering / leaving the stage must satisfy; the
+    streaming runner checks them at the edges.
 
     Stages compose with ``>>`` into a :class:`ChainedStage`; neither operand is changed:
 
@@ -44,6 +47,9 @@ class PipelineStage(ABC, Generic[In_contra, Out_co]):
 
     name: str
     barrier: ClassVar[bool] = False
+    expands: ClassVar[bool] = False
+    input_contract: ClassVar[Any] = None
+    output_contract: ClassVar[Any] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

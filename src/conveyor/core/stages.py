@@ -163,7 +163,10 @@ class _CallsFunction(RecordStage[T, R]):
             async with semaphore:
                 if self.is_async:
                     return await call_maybe_async(self.fn, item)
-                return await asyncio.to_thread(self.fn, item)
+                value = await asyncio.to_thread(self.fn, item)
+                if hasattr(value, "__await__"):  # a sync-looking callable returned a coroutine
+                    value = await value
+                return value
 
         async def guarded(item: T) -> tuple[bool, Any]:
             try:
@@ -235,19 +238,50 @@ class MapStage(_CallsFunction[T, R]):
         append = outputs.append
         iterator = iter(items)
         item: Any = None
+        failed_at: list[int] = []  # len(outputs) when each failure happened
         while True:
             try:
                 for item in iterator:
                     append(fn(item))
                 break
             except Exception as exc:
+                failed_at.append(len(outputs))
                 outcome.failures.append(RecordFailure(item, exc))
                 if stop:
                     break
         if outputs and hasattr(outputs[0], "__await__"):  # e.g. a lambda returning a coroutine
             self.is_async = True
-            pending: list[Any] = outputs
-            outcome.outputs = [await value for value in pending]
+            return await self._await_pending(items, outcome, failed_at, stop)
+        return outcome
+
+    async def _await_pending(
+        self, items: Sequence[T], pending: RecordOutcome[R], failed_at: list[int], stop: bool
+    ) -> RecordOutcome[R]:
+        """Await the awaitables the hot path collected, each failing only its own record,
+        and merge them with the records that already failed, in input order."""
+        outcome: RecordOutcome[R] = RecordOutcome()
+        awaitables: list[Any] = pending.outputs
+        position = done = 0
+        stopped = False
+        boundaries = [*zip(failed_at, pending.failures, strict=True), (len(awaitables), None)]
+        for boundary, failure in boundaries:
+            while done < boundary:
+                value, item = awaitables[done], items[position]
+                done += 1
+                position += 1
+                if stopped:
+                    getattr(value, "close", lambda: None)()  # never started: no warning
+                    continue
+                try:
+                    outcome.outputs.append(await value if hasattr(value, "__await__") else value)
+                except Exception as exc:
+                    outcome.failures.append(RecordFailure(item, exc))
+                    stopped = stop
+            if failure is not None:
+                position += 1
+                if not stopped:
+                    outcome.failures.append(failure)
+                    stopped = stop
         return outcome
 
 
@@ -356,6 +390,8 @@ class FlattenStage(PipelineStage[Iterable[Iterable[T]], list[T]]):
     [1, 2, 3]
     """
 
+    expands = True
+
     def __init__(self, *, name: str | None = None) -> None:
         self.name = name or "flatten"
 
@@ -402,12 +438,15 @@ class BranchStage(PipelineStage[In, dict[str, Any]]):
 
     If a branch fails, the stage fails with a :class:`~conveyor.errors.BranchError` naming it
     (the first failing branch in declaration order), with the branch's error as the cause.
+    A streaming runner treats it as a barrier: every branch sees the whole stream.
 
     >>> import asyncio
     >>> stage = BranchStage({"total": AggregateStage(sum), "count": AggregateStage(len)})
     >>> asyncio.run(stage.process([1, 2, 3], PipelineContext())).data
     {'total': 6, 'count': 3}
     """
+
+    barrier = True
 
     def __init__(
         self, branches: Mapping[str, PipelineStage[In, Any]], *, name: str | None = None

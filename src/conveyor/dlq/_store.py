@@ -1,0 +1,289 @@
+"""The dead-letter store interface and the in-memory store."""
+
+from __future__ import annotations
+
+import abc
+import builtins
+import dataclasses
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Self, TypeVar
+
+from conveyor.dlq._codec import EncodedLetter, decode, encode
+from conveyor.dlq._letter import DeadLetter
+from conveyor.errors import DeadLetterStoreError
+
+__all__ = ["DeadLetterStore", "LetterQuery", "MemoryDeadLetterStore"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class LetterQuery:
+    """Which letters a ``list`` or ``count`` asks for (``None`` means any)."""
+
+    stage: str | None = None
+    run_id: str | None = None
+    include_replayed: bool = False
+    limit: int | None = None
+
+    def matches(self, row: EncodedLetter) -> bool:
+        """Whether ``row`` passes the stage, run and replayed filters (``limit`` aside)."""
+        return (
+            (self.stage is None or row.stage == self.stage)
+            and (self.run_id is None or row.run_id == self.run_id)
+            and (self.include_replayed or not row.replayed)
+        )
+
+    def take(self, rows: Iterable[EncodedLetter]) -> builtins.list[EncodedLetter]:
+        """The matching rows of ``rows``, in order, at most ``limit`` of them."""
+        out: builtins.list[EncodedLetter] = []
+        for row in rows:
+            if self.limit is not None and len(out) >= self.limit:
+                break
+            if self.matches(row):
+                out.append(row)
+        return out
+
+
+class DeadLetterStore(abc.ABC):
+    """Where dead letters are kept: written by the runner, listed and replayed by people.
+
+    The API is synchronous and thread-safe (one lock per store); the asynchronous runner
+    calls it through :func:`asyncio.to_thread`. Every method that touches storage raises
+    :class:`~conveyor.errors.DeadLetterStoreError` naming the store, with the underlying
+    exception as ``__cause__``, on any failure, so a run stops loudly rather than lose a
+    record. A letter whose ``id`` is already stored is ignored by :meth:`write`, so a
+    retried write never duplicates (the first copy wins).
+
+    >>> store = MemoryDeadLetterStore()
+    >>> try:
+    ...     {}["email"]
+    ... except KeyError as exc:
+    ...     letter = DeadLetter.from_exception(
+    ...         {"id": 7}, exc, stage="enrich", attempts=3, run_id="r1"
+    ...     )
+    >>> store.write([letter])
+    >>> [(d.record, d.stage, d.error_type) for d in store.list(stage="enrich")]
+    [({'id': 7}, 'enrich', 'builtins.KeyError')]
+    >>> store.get(letter.id) == letter
+    True
+    >>> store.mark_replayed([letter.id]), store.count(), store.count(include_replayed=True)
+    (1, 0, 1)
+
+    Subclasses implement the storage hooks (``_append``, ``_select``, ``_find``, ``_count``,
+    ``_mark_replayed``, ``_close``) on :class:`EncodedLetter` rows and the
+    :attr:`description` property; the public methods add locking, encoding, decoding,
+    argument checks and error wrapping.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._closed = False
+
+    # -- public API -------------------------------------------------------------------------
+
+    @property
+    @abc.abstractmethod
+    def description(self) -> str:
+        """What the store is, for messages: its path, or ``"memory"``."""
+
+    def write(self, letters: Sequence[DeadLetter]) -> None:
+        """Store ``letters``, all or none of them.
+
+        Raises :class:`~conveyor.errors.DeadLetterStoreError` (cause attached) if any part of
+        the write fails; then none of the letters is stored.
+        """
+        if isinstance(letters, DeadLetter):
+            raise TypeError("write() takes a sequence of dead letters; use write([letter])")
+        batch = builtins.list(letters)
+        if not batch:
+            return
+        self._call(
+            f"cannot write {len(batch)} dead letter(s)",
+            lambda: self._append([encode(letter) for letter in batch]),
+        )
+
+    def list(
+        self,
+        *,
+        stage: str | None = None,
+        run_id: str | None = None,
+        include_replayed: bool = False,
+        limit: int | None = None,
+    ) -> builtins.list[DeadLetter]:
+        """Stored letters in the order they were written, filtered by stage and run.
+
+        Replayed letters are left out unless ``include_replayed``; ``limit`` caps the count.
+        """
+        if limit is not None and limit < 0:
+            raise ValueError(f"limit must be >= 0 or None, got {limit}")
+        query = LetterQuery(stage, run_id, include_replayed, limit)
+        return self._call(
+            "cannot list dead letters",
+            lambda: [decode(row) for row in self._select(query)],
+        )
+
+    def get(self, id: str) -> DeadLetter:
+        """The letter with this ``id``, replayed or not.
+
+        Raises :class:`KeyError` (a :class:`LookupError`) when no such letter is stored.
+        """
+        row = self._call(f"cannot read dead letter {id!r}", lambda: self._find(id))
+        if row is None:
+            raise KeyError(
+                f"no dead letter with id {id!r} in {self.description}; list() shows the stored ids"
+            )
+        return self._call(f"cannot read dead letter {id!r}", lambda: decode(row))
+
+    def count(
+        self,
+        *,
+        stage: str | None = None,
+        run_id: str | None = None,
+        include_replayed: bool = False,
+    ) -> int:
+        """How many letters :meth:`list` would return with the same filters and no limit."""
+        query = LetterQuery(stage, run_id, include_replayed)
+        return self._call("cannot count dead letters", lambda: self._count(query))
+
+    def mark_replayed(self, ids: Iterable[str]) -> int:
+        """Mark the letters with these ids as replayed; returns how many were newly marked.
+
+        Unknown ids and letters already marked are skipped (and not counted).
+        """
+        if isinstance(ids, str):
+            raise TypeError("mark_replayed() takes an iterable of ids; use mark_replayed([id])")
+        wanted = builtins.list(dict.fromkeys(ids))
+        if not wanted:
+            return 0
+        return self._call(
+            f"cannot mark {len(wanted)} dead letter(s) replayed",
+            lambda: self._mark_replayed(wanted),
+        )
+
+    def close(self) -> None:
+        """Release the store's resources; closing twice is harmless. Later calls raise."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._call_closing()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.description!r})"
+
+    # -- storage hooks ----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def _append(self, rows: builtins.list[EncodedLetter]) -> None:
+        """Persist ``rows`` atomically, skipping ids already stored (first copy wins)."""
+
+    @abc.abstractmethod
+    def _select(self, query: LetterQuery) -> builtins.list[EncodedLetter]:
+        """Rows matching ``query`` in insertion order, at most ``query.limit``."""
+
+    @abc.abstractmethod
+    def _find(self, id: str) -> EncodedLetter | None:
+        """The row with this id, or ``None``."""
+
+    @abc.abstractmethod
+    def _count(self, query: LetterQuery) -> int:
+        """How many rows match ``query`` (its limit is ``None``)."""
+
+    @abc.abstractmethod
+    def _mark_replayed(self, ids: builtins.list[str]) -> int:
+        """Mark these (distinct) ids replayed; return how many changed."""
+
+    @abc.abstractmethod
+    def _close(self) -> None:
+        """Release resources (called once)."""
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _call(self, action: str, operation: Callable[[], T]) -> T:
+        with self._lock:
+            if self._closed:
+                raise DeadLetterStoreError(self.description, f"{action}: the store is closed")
+            try:
+                return operation()
+            except DeadLetterStoreError:
+                raise
+            except Exception as exc:
+                raise self._error(action, exc) from exc
+
+    def _call_closing(self) -> None:
+        try:
+            self._close()
+        except Exception as exc:
+            raise self._error("cannot close", exc) from exc
+
+    def _error(self, action: str, exc: BaseException) -> DeadLetterStoreError:
+        return DeadLetterStoreError(self.description, f"{action}: {type(exc).__name__}: {exc}")
+
+
+class MemoryDeadLetterStore(DeadLetterStore):
+    """Letters kept in this process, for tests and the collection mode's default.
+
+    Letters go through the same encoding as the file stores, so a record is copied when
+    written (later changes to the original object do not show) and an unpicklable record
+    falls back to its JSON rendering exactly as it would on disk.
+
+    >>> store = MemoryDeadLetterStore()
+    >>> record = {"id": 1, "tags": ["a"]}
+    >>> letter = DeadLetter.from_exception(
+    ...     record, ValueError("bad"), stage="s", attempts=1, run_id="r"
+    ... )
+    >>> store.write([letter]); record["tags"].append("b")
+    >>> store.list()[0].record
+    {'id': 1, 'tags': ['a']}
+    >>> store
+    MemoryDeadLetterStore('memory')
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._rows: dict[str, EncodedLetter] = {}
+
+    @property
+    def description(self) -> str:
+        """Always ``"memory"``."""
+        return "memory"
+
+    def _append(self, rows: builtins.list[EncodedLetter]) -> None:
+        for row in rows:
+            self._rows.setdefault(row.id, row)
+
+    def _select(self, query: LetterQuery) -> builtins.list[EncodedLetter]:
+        return query.take(self._rows.values())
+
+    def _find(self, id: str) -> EncodedLetter | None:
+        return self._rows.get(id)
+
+    def _count(self, query: LetterQuery) -> int:
+        return sum(1 for row in self._rows.values() if query.matches(row))
+
+    def _mark_replayed(self, ids: builtins.list[str]) -> int:
+        marked = 0
+        for id in ids:
+            row = self._rows.get(id)
+            if row is not None and not row.replayed:
+                self._rows[id] = dataclasses.replace(row, replayed=True)
+                marked += 1
+        return marked
+
+    def _close(self) -> None:
+        self._rows.clear()
