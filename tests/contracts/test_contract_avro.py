@@ -131,9 +131,7 @@ class TestSchemas:
         )
         assert failing(contract, {"animal": [1, "2"]}) == ("animal.1", "expected int, got str")
         assert failing(contract, {"animal": {"a": 1}}) == ("animal.a", "expected string, got int")
-        assert failing(contract, {"animal": 1.5})[1] == (
-            "expected string | array | map, got float"
-        )
+        assert failing(contract, {"animal": 1.5})[1] == ("expected string | array | map, got float")
 
     def test_ambiguous_union_stops_at_the_union(self) -> None:
         contract = AvroContract(
@@ -144,8 +142,16 @@ class TestSchemas:
                     {
                         "name": "value",
                         "type": [
-                            {"type": "record", "name": "A", "fields": [{"name": "a", "type": "int"}]},
-                            {"type": "record", "name": "B", "fields": [{"name": "b", "type": "int"}]},
+                            {
+                                "type": "record",
+                                "name": "A",
+                                "fields": [{"name": "a", "type": "int"}],
+                            },
+                            {
+                                "type": "record",
+                                "name": "B",
+                                "fields": [{"name": "b", "type": "int"}],
+                            },
                         ],
                     }
                 ],
@@ -198,7 +204,10 @@ class TestSchemas:
 
     def test_named_reference_reused(self, order: AvroContract) -> None:
         # "billing" refers to shop.Address by name: the walk resolves it
-        assert failing(order, {**ORDER, "billing": {}}) == ("billing.zip", "required field is missing")
+        assert failing(order, {**ORDER, "billing": {}}) == (
+            "billing.zip",
+            "required field is missing",
+        )
 
     def test_disagreement_falls_back_to_fastavro(
         self, order: AvroContract, monkeypatch: pytest.MonkeyPatch
@@ -234,7 +243,7 @@ class TestSource:
             AvroContract(DATA / "not_avro.avsc")
 
     def test_wrong_argument(self) -> None:
-        with pytest.raises(PipelineDefinitionError, match="needs a dict or an .avsc path"):
+        with pytest.raises(PipelineDefinitionError, match=r"needs a dict or an \.avsc path"):
             AvroContract(3.5)  # type: ignore[arg-type]
 
     def test_pickles(self, order: AvroContract) -> None:

@@ -157,12 +157,14 @@ class TestSource:
 class TestDefinitionErrors:
     def test_missing_file(self, tmp_path: Path) -> None:
         missing = tmp_path / "nope.json"
-        with pytest.raises(FileNotFoundError, match="nope.json") as raised:
+        with pytest.raises(FileNotFoundError, match=r"nope\.json") as raised:
             JsonSchemaContract(missing)
         assert raised.value.filename == str(missing)
 
     def test_invalid_json_names_line_and_column(self) -> None:
-        with pytest.raises(PipelineDefinitionError, match=r"broken\.json:3:\d+: JSON Schema is not"):
+        with pytest.raises(
+            PipelineDefinitionError, match=r"broken\.json:3:\d+: JSON Schema is not"
+        ):
             JsonSchemaContract(DATA / "broken.json")
 
     def test_schema_must_be_an_object(self, tmp_path: Path) -> None:
@@ -191,7 +193,7 @@ class TestDefinitionErrors:
             JsonSchemaContract(schema)
 
     def test_wrong_argument(self) -> None:
-        with pytest.raises(PipelineDefinitionError, match="needs a dict or a .json path"):
+        with pytest.raises(PipelineDefinitionError, match=r"needs a dict or a \.json path"):
             JsonSchemaContract(42)  # type: ignore[arg-type]
 
 

@@ -108,7 +108,9 @@ def test_missing_file_names_the_path(tmp_path: Path, name: str) -> None:
 
 @pytest.mark.parametrize("spec", ["orders.yaml", "int", Path("schema.proto")])
 def test_unknown_file_kinds(spec: object) -> None:
-    with pytest.raises(PipelineDefinitionError, match=r"ends with \.json \(JSON Schema\) or \.avsc"):
+    with pytest.raises(
+        PipelineDefinitionError, match=r"ends with \.json \(JSON Schema\) or \.avsc"
+    ):
         contract_for(spec)
 
 

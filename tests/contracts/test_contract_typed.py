@@ -9,12 +9,12 @@ import enum
 import pickle
 import sys
 import typing
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NotRequired
 
 import pydantic
 import pytest
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from typing_extensions import NotRequired, TypedDict
+from typing_extensions import TypedDict
 
 from conveyor.contracts import TypeContract
 from conveyor.errors import ContractViolation, PipelineDefinitionError
@@ -329,7 +329,10 @@ class TestDataclasses:
         contract = TypeContract(Node)
         assert contract.check({"value": 1, "children": [{"value": 2, "children": []}]}) is None
         record = {"value": 1, "children": [{"value": "2", "children": []}]}
-        assert violation(contract, record) == ("children.0.value", "Input should be a valid integer")
+        assert violation(contract, record) == (
+            "children.0.value",
+            "Input should be a valid integer",
+        )
 
 
 class Outer:

@@ -174,8 +174,6 @@ class _Locator:
             return self.find(datum, self.named[schema], path)
         if isinstance(schema, dict):
             kind = schema["type"]
-            if isinstance(kind, dict | list):
-                return self.find(datum, kind, path)
             if kind in _RECORD_TYPES:
                 return self._record(datum, schema, path)
             if kind == "array":
@@ -267,11 +265,9 @@ def _short(value: object) -> str:
 
 
 def _describe(schema: Any) -> str:
-    if isinstance(schema, list):
-        return " | ".join(_describe(branch) for branch in schema)
     if isinstance(schema, dict):
         logical = schema.get("logicalType")
-        base = schema.get("name") or _describe(schema["type"])
+        base = schema.get("name") or schema["type"]
         return f"{base} ({logical})" if logical else str(base)
     return str(schema)
 

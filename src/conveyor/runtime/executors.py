@@ -47,6 +47,7 @@ class ChunkOutcome:
     failures: list[FailedRecord] = field(default_factory=list)
     error: BaseException | None = None
     error_traceback: str = ""
+    raw: Any = None
 
 
 def _format(error: BaseException) -> str:
@@ -84,6 +85,7 @@ async def apply_stage(
         return ChunkOutcome(error=result.error, error_traceback=_format(result.error))
     return ChunkOutcome(
         outputs=as_records(result.data),
+        raw=result.data,
         filtered=result.records_filtered,
         failures=[FailedRecord(f.item, f.error, _format(f.error)) for f in result.failures],
     )

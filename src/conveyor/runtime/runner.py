@@ -19,7 +19,7 @@ import signal
 import time
 import traceback
 from collections import deque
-from collections.abc import AsyncIterable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,7 +33,7 @@ from conveyor.core.options import StageOptions
 from conveyor.core.pipeline import Hook
 from conveyor.core.result import StageResult
 from conveyor.core.stage import ChainedStage, PipelineStage, run_stage
-from conveyor.core.stages import BatchStage, FlattenStage
+from conveyor.core.stages import BatchStage, BranchStage, FlattenStage
 from conveyor.dlq import DeadLetter, DeadLetterStore, open_dead_letter_store
 from conveyor.errors import (
     ConservationError,
@@ -129,6 +129,7 @@ class _StageRuntime:
         self.retry = options.retry
         self.kind = _kind(stage)
         self.stats = StageStats(stage.name, self.kind, options.executor.value)
+        self.barrier_output: Any = None
         self.executor: StageExecutor = make_executor(options, stage.name)
         self.executor.check(stage)
         self.limiter = RateLimiter(options.rate_limit) if options.rate_limit else None
@@ -219,6 +220,7 @@ class StreamRunner:
         self._tasks: list[asyncio.Task[None]] = []
         self._signals = 0
         self._grace_timer: asyncio.TimerHandle | None = None
+        self.branch_reports: list[RunReport] = []
 
     @property
     def dead_letter_store(self) -> DeadLetterStore:
@@ -396,6 +398,9 @@ class StreamRunner:
                 assert out is not None
                 assert isinstance(rt.stage, BatchStage)
                 await self._batch_loop(rt, rt.stage.size, inp, out)
+            elif isinstance(rt.stage, BranchStage):
+                assert out is not None
+                await self._branch_loop(rt, rt.stage, inp, out)
             elif rt.kind is StageKind.BARRIER:
                 assert out is not None
                 await self._barrier_loop(rt, inp, out)
@@ -577,6 +582,7 @@ class StreamRunner:
             self._tracker.release(ids)
             return
         outputs = outcome.outputs
+        rt.barrier_output = outcome.raw
         rt.stats.filtered += outcome.filtered
         chunks = [outputs[i : i + self.batch_size] for i in range(0, len(outputs), self.batch_size)]
         self._tracker.acquire(ids, len(chunks))
@@ -584,6 +590,63 @@ class StreamRunner:
         for part in chunks:
             rt.stats.emitted += len(part)
             await out.send(_Chunk(part, ids))
+
+    async def _branch_loop(
+        self, rt: _StageRuntime, stage: BranchStage[Any], inp: Channel[_Chunk], out: Channel[_Chunk]
+    ) -> None:
+        """Broadcast the stream to every branch, each a streaming sub-run of its own; emit
+        one record ``{branch: output}`` at the end, as collection mode does."""
+        feeds = {
+            key: Channel[list[Any]](self.capacity, name=f"{rt.name}/{key}")
+            for key in stage.branches
+        }
+        collected: dict[str, list[Any]] = {key: [] for key in stage.branches}
+        runners = {
+            key: StreamRunner(
+                f"{self.name}/{rt.name}/{key}",
+                [branch],
+                collected[key].extend,
+                batch_size=self.batch_size,
+                linger=self.linger,
+                capacity=self.capacity,
+                dead_letters=self._store,
+                contracts=rt.check.mode,
+                sample_rate=rt.check.sample_rate,
+                context=self.context,
+            )
+            for key, branch in stage.branches.items()
+        }
+        tasks = {
+            key: asyncio.create_task(runner.run(_drain(feeds[key])))
+            for key, runner in runners.items()
+        }
+        lineage: dict[int, None] = {}
+        try:
+            async for chunk in inp:
+                rt.stats.received += len(chunk.records)
+                rt.stats.batches += 1
+                lineage.update(dict.fromkeys(chunk.lineage))
+                for feed in feeds.values():
+                    await feed.send(chunk.records)
+            for feed in feeds.values():
+                feed.close()
+            reports = {key: await task for key, task in tasks.items()}
+        finally:
+            for task in tasks.values():
+                task.cancel()
+        outputs: dict[str, Any] = {}
+        for key, report in reports.items():
+            rt.stats.dead_lettered += report.dead_lettered
+            rt.stats.retried += report.retried
+            self.branch_reports.append(report)
+            last = runners[key]._runtimes[-2] if len(runners[key]._runtimes) > 1 else None
+            ends_in_barrier = last is not None and last.kind is StageKind.BARRIER
+            outputs[key] = last.barrier_output if ends_in_barrier and last else collected[key]
+        ids = tuple(lineage)
+        if not ids:
+            return
+        rt.stats.emitted += 1
+        await out.send(_Chunk([outputs], ids))
 
     # -- processing with retries, timeouts and isolation ------------------------------------
 
@@ -771,6 +834,12 @@ class StreamRunner:
         self._status = RunStatus.ABORTED
         for task in self._tasks:
             task.cancel()
+
+
+async def _drain(feed: Channel[list[Any]]) -> AsyncIterator[Any]:
+    async for records in feed:
+        for record in records:
+            yield record
 
 
 class _LetterError(Exception):
