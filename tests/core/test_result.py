@@ -174,3 +174,18 @@ def test_pipeline_result_unwrap_without_error_raises_runtime_error() -> None:
     )
     with pytest.raises(RuntimeError, match="pipeline failed"):
         result.unwrap()
+
+
+def test_results_can_be_built_through_a_subscripted_generic() -> None:
+    # Slotted generic dataclasses break `StageResult[int](...)` on Python 3.11/3.12.
+    result = StageResult[int](data=1, success=True)
+    assert result.unwrap() == 1
+    pipeline_result = PipelineResult[int](
+        pipeline_id="p",
+        pipeline_name="p",
+        status=PipelineStatus.COMPLETED,
+        data=2,
+        error=None,
+        failed_stage=None,
+    )
+    assert pipeline_result.unwrap() == 2

@@ -23,7 +23,7 @@ class RecordFailure:
     error: BaseException
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)  # no slots: generic slotted dataclasses break StageResult[int](...) on 3.11
 class StageResult(Generic[T_co]):
     """What one call of :meth:`PipelineStage.process` produced.
 
@@ -123,7 +123,7 @@ class PipelineStatus(StrEnum):
     FAILED = "failed"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)  # no slots, as StageResult
 class PipelineResult(Generic[T_co]):
     """Outcome of :meth:`Pipeline.execute`: final data, status, and every stage's result."""
 
