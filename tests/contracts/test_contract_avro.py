@@ -97,6 +97,8 @@ class TestPaths:
             "the union has no branch named 'shop.Nope'",
         )
         assert failing(order, {**ORDER, "billing": (1, 2, 3)})[0] == "billing"
+        found = order.check_many([ORDER, {**ORDER, "billing": (1, 2, 3)}])
+        assert [(i, v.path) for i, v in found] == [(1, "billing")]
 
     def test_records_are_not_modified(self, order: AvroContract) -> None:
         record = copy.deepcopy(ORDER)
@@ -201,6 +203,42 @@ class TestSchemas:
         assert "bytes (decimal)" in reason
         records = [{"at": now, "amount": cents}, {"at": now, "amount": "x"}]
         assert [i for i, _ in contract.check_many(records)] == [1]
+        too_precise = {"at": now, "amount": decimal.Decimal("123456.789")}
+        path, reason = failing(contract, too_precise)
+        assert path == "amount"
+        assert reason.startswith("bytes (decimal) rejected the value: ValueError")
+        assert [i for i, _ in contract.check_many([records[0], too_precise])] == [1]
+
+    def test_null_in_dict_form_and_map_before_the_bad_field(self) -> None:
+        contract = AvroContract(
+            {
+                "type": "record",
+                "name": "R",
+                "fields": [
+                    {"name": "nothing", "type": {"type": "null"}},
+                    {"name": "counts", "type": {"type": "map", "values": {"type": "int"}}},
+                    {"name": "last", "type": "string"},
+                    {"name": "either", "type": ["int", "string"], "default": 0},
+                    {"name": "required_either", "type": ["int", "string"]},
+                ],
+            }
+        )
+        ok = {"counts": {}, "last": "x", "required_either": "y"}
+        assert contract.check(ok) is None
+        assert failing(contract, {**ok, "required_either": None}) == (
+            "required_either",
+            "expected int | string, got NoneType",
+        )
+        del ok["required_either"]
+        assert failing(contract, ok) == ("required_either", "required field is missing")
+        assert failing(contract, {"counts": {"a": 1}, "last": 1}) == (
+            "last",
+            "expected string, got int",
+        )
+        assert failing(contract, {"counts": {"a": "1"}, "last": "x", "required_either": 1}) == (
+            "counts.a",
+            "expected int, got str",
+        )
 
     def test_named_reference_reused(self, order: AvroContract) -> None:
         # "billing" refers to shop.Address by name: the walk resolves it

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from conveyor.contracts import JsonSchemaContract
+from conveyor.contracts._jsonschema import _NoRemoteRefs
 from conveyor.errors import PipelineDefinitionError
 
 DATA = Path(__file__).parent / "data"
@@ -180,6 +181,12 @@ class TestDefinitionErrors:
     def test_remote_ref_is_refused_not_fetched(self) -> None:
         with pytest.raises(PipelineDefinitionError, match="points outside the schema"):
             JsonSchemaContract(DATA / "remote_ref.json")
+
+    def test_ref_handlers_cover_every_scheme(self) -> None:
+        handlers = _NoRemoteRefs()
+        assert "https" in handlers
+        assert "" in handlers
+        assert (len(handlers), list(handlers)) == (0, [])
 
     def test_relative_file_ref_is_refused(self) -> None:
         schema = {"properties": {"a": {"$ref": "other.json#/definitions/a"}}}

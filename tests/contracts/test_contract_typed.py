@@ -13,10 +13,11 @@ from typing import Annotated, Any, Literal, NotRequired
 
 import pydantic
 import pytest
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from typing_extensions import TypedDict
 
 from conveyor.contracts import TypeContract
+from conveyor.contracts._typed import _child
 from conveyor.errors import ContractViolation, PipelineDefinitionError
 
 
@@ -193,6 +194,34 @@ class TestPaths:
         assert path == ""
         assert "Cat: meows: Field required" in reason
 
+    def test_union_first_then_other_errors(self) -> None:
+        record = {"pet": {"kind": "dog", "barks": "x"}, "scores": {1: "x"}}
+        path, reason = violation(TypeContract(Owner), record)
+        assert path == "pet"
+        assert "scores" not in reason
+
+    def test_union_nested_in_a_union_member(self) -> None:
+        path, reason = violation(TypeContract(dict[str, list[int | str] | int]), {"a": [1.5]})
+        assert path == "a"
+        assert reason.startswith("matches no member of the union (list[")
+        assert "0: Input should be a valid integer" in reason
+
+    def test_set_positions_are_kept(self) -> None:
+        assert violation(TypeContract(dict[str, frozenset[int]]), {"a": frozenset({"x"})}) == (
+            "a.0",
+            "Input should be a valid integer",
+        )
+
+    def test_attribute_lookup_that_raises_names_nothing(self) -> None:
+        class Grumpy:
+            def __getattr__(self, name: str) -> object:
+                raise RuntimeError(name)
+
+        assert _child(Grumpy(), "anything") is not None
+        assert _child(Grumpy(), "anything") is _child({}, "missing")
+        assert _child([1, 2], 5) is _child({}, "missing")
+        assert _child([1, 2], -1) == 2
+
     def test_model_instance_paths_use_attributes(self) -> None:
         owner = Owner.model_construct(pet=Cat.model_construct(kind="cat", meows="many"))
         contract = TypeContract(Owner)
@@ -325,6 +354,18 @@ class TestDataclasses:
         record = {"points": [{"zip": "1"}, {"zip": 2}]}
         assert violation(contract, record) == ("points.1.zip", "Input should be a valid string")
 
+    def test_dataclass_inside_a_model_needs_an_instance(self) -> None:
+        # documented limit: pydantic validates a BaseModel with its own compiled validator,
+        # where strict mode wants dataclass instances; this test shows if that ever changes
+        class Shipment(BaseModel):
+            to: DCAddress
+
+        contract = TypeContract(Shipment)
+        assert contract.check({"to": DCAddress("10115")}) is None
+        path, reason = violation(contract, {"to": {"zip": "10115"}})
+        assert path == "to"
+        assert "instance of DCAddress" in reason
+
     def test_recursive_dataclass(self) -> None:
         contract = TypeContract(Node)
         assert contract.check({"value": 1, "children": [{"value": 2, "children": []}]}) is None
@@ -429,6 +470,19 @@ class TestCheckMany:
         assert contract.check_many([]) == []
         assert contract.check_many((1, 2, 3)) == []
         assert [i for i, _ in contract.check_many((1, "2", 3))] == [1]
+
+    def test_errors_without_an_index_fall_back_to_single_checks(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        class Unindexed:
+            def validate_python(self, value: object, *, strict: bool | None = None) -> object:
+                raise ValidationError.from_exception_data(
+                    "odd", [{"type": "missing", "loc": ("x",), "input": value}]
+                )
+
+        contract = TypeContract(int)
+        monkeypatch.setattr(contract, "_many", Unindexed())
+        assert [i for i, _ in contract.check_many([1, "2", 3])] == [1]
 
     def test_validator_raising_a_non_validation_error(self) -> None:
         contract = TypeContract(Picky)

@@ -285,7 +285,7 @@ def _accepts_none(schema: Any, named: dict[str, Any]) -> bool:
     if isinstance(schema, list):
         return any(_accepts_none(branch, named) for branch in schema)
     if isinstance(schema, dict):
-        return _accepts_none(schema["type"], named) if not schema.get("name") else False
+        return not schema.get("name") and _accepts_none(schema["type"], named)
     return bool(schema == "null")
 
 

@@ -265,8 +265,6 @@ class _Located:
 
 def _describe(record: object, errors: Sequence[ErrorDetails]) -> tuple[str, str]:
     """(path, reason) of a record's first error, union labels resolved."""
-    if not errors:
-        return "", "validation failed"
     first = errors[0]
     where = _locate(record, first)
     reason = f"key: {first['msg']}" if where.key else first["msg"]
