@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from conveyor.dlq import DeadLetterStore
     from conveyor.runtime import RunReport, Sink, StreamRun
 
-__all__ = ["Hook", "HookName", "Pipeline"]
+__all__ = ["Hook", "HookName", "Pipeline", "call_hooks"]
 
 In = TypeVar("In")
 Out = TypeVar("Out")
@@ -32,6 +32,17 @@ Hook = Callable[..., None] | Callable[..., Awaitable[None]]
 """A hook: a sync or async callable taking keyword arguments (see :meth:`Pipeline.add_hook`)."""
 
 _HOOK_NAMES: tuple[str, ...] = get_args(HookName)
+
+
+async def call_hooks(hooks: Iterable[Hook], hook: str, stage: str | None, **kwargs: Any) -> None:
+    """Call each of ``hooks`` with ``kwargs``; a hook that raises becomes a HookError."""
+    for fn in hooks:
+        try:
+            await call_maybe_async(fn, **kwargs)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise HookError(hook, stage, callable_name(fn), exc) from exc
 
 
 class Pipeline(Generic[In, Out]):
@@ -393,13 +404,7 @@ class Pipeline(Generic[In, Out]):
         )
 
     async def _call_hooks(self, hook: HookName, stage: str | None, **kwargs: Any) -> None:
-        for fn in self._hooks[hook]:
-            try:
-                await call_maybe_async(fn, **kwargs)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                raise HookError(hook, stage, callable_name(fn), exc) from exc
+        await call_hooks(self._hooks[hook], hook, stage, **kwargs)
 
     async def _publish(self, event_type: EventType, **payload: Any) -> None:
         if self.event_bus is not None:

@@ -134,16 +134,43 @@ class ThreadExecutor(StageExecutor):
 
     def __init__(self, workers: int, name: str) -> None:
         self._pool = concurrent.futures.ThreadPoolExecutor(workers, f"conveyor-{name}")
+        # The workers' event loops, closed with the executor (an unclosed loop warns).
+        self._lock = threading.Lock()
+        self._loops: set[asyncio.AbstractEventLoop] = set()
+        self._busy: set[asyncio.AbstractEventLoop] = set()
+        self._closed = False
 
     async def run(
         self, stage: PipelineStage[Any, Any], records: list[Any], context: PipelineContext
     ) -> ChunkOutcome:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, _apply_blocking, stage, records, context)
+        return await loop.run_in_executor(self._pool, self._apply, stage, records, context)
+
+    def _apply(
+        self, stage: PipelineStage[Any, Any], records: list[Any], context: PipelineContext
+    ) -> ChunkOutcome:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the thread executor is closed")
+            loop = _thread_loop()
+            self._loops.add(loop)
+            self._busy.add(loop)
+        try:
+            return loop.run_until_complete(apply_stage(stage, records, context))
+        finally:
+            with self._lock:
+                self._busy.discard(loop)
+                if self._closed:  # a thread that outlived the run closes its own loop
+                    loop.close()
 
     def close(self) -> None:
         # Do not wait: a thread stuck past its timeout must not hang the run's end.
         self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            self._closed = True
+            idle = self._loops - self._busy
+        for loop in idle:
+            loop.close()
 
 
 def _apply_in_process(

@@ -30,14 +30,13 @@ from conveyor.core._callables import call_maybe_async
 from conveyor.core.context import PipelineContext
 from conveyor.core.events import Event, EventBus, EventType
 from conveyor.core.options import StageOptions
-from conveyor.core.pipeline import Hook
+from conveyor.core.pipeline import Hook, call_hooks
 from conveyor.core.result import StageResult
 from conveyor.core.stage import ChainedStage, PipelineStage, run_stage
 from conveyor.core.stages import BatchStage, BranchStage, FlattenStage
 from conveyor.dlq import DeadLetter, DeadLetterStore, open_dead_letter_store
 from conveyor.errors import (
     ConservationError,
-    HookError,
     PipelineDefinitionError,
     StageTimeoutError,
 )
@@ -283,7 +282,9 @@ class StreamRunner:
             dead_lettered=report.dead_lettered,
         )
         report.check_conservation()
-        await self._call_hooks("on_complete", None, data=None, context=self.context, report=report)
+        await self._call_hooks(
+            "on_complete", None, data=None, context=self.context, result=report, report=report
+        )
         return report
 
     async def _supervise(self) -> None:
@@ -291,7 +292,13 @@ class StreamRunner:
         pending = set(self._tasks)
         error: BaseException | None = None
         while pending:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+            try:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+            except asyncio.CancelledError:  # the run itself is cancelled: stop every task
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+                raise
             for task in done:
                 if task.cancelled():
                     continue
@@ -357,8 +364,12 @@ class StreamRunner:
         queue: asyncio.Queue[tuple[bool, Any]] = asyncio.Queue(maxsize=self.batch_size)
 
         async def pump() -> None:
-            async for item in source:
-                await queue.put((True, item))
+            try:
+                async for item in source:
+                    await queue.put((True, item))
+            except Exception:
+                await queue.put((False, None))  # wake the reader; the error surfaces below
+                raise
             await queue.put((False, None))
 
         pump_task = asyncio.create_task(pump())
@@ -374,8 +385,11 @@ class StreamRunner:
                     remaining = deadline - time.monotonic()
                     if queue.empty() and remaining <= 0:
                         break
+                    # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
+                    # cancellation (stop_intake, an abort) when the get completes at once.
                     try:
-                        more, item = await asyncio.wait_for(queue.get(), max(remaining, 0))
+                        async with asyncio.timeout(max(remaining, 0)):
+                            more, item = await queue.get()
                     except TimeoutError:
                         break
                     if not more:
@@ -419,6 +433,7 @@ class StreamRunner:
                 await self._forward(await self._handle(rt, chunk), out)
             return
         in_flight: deque[asyncio.Task[_Chunk | None]] = deque()
+        running: set[asyncio.Task[_Chunk | None]] = set()
         try:
             if rt.options.ordered:
                 async for chunk in inp:
@@ -428,7 +443,6 @@ class StreamRunner:
                 while in_flight:
                     await self._forward(await in_flight.popleft(), out)
             else:
-                running: set[asyncio.Task[_Chunk | None]] = set()
                 async for chunk in inp:
                     running.add(asyncio.create_task(self._handle(rt, chunk)))
                     if len(running) >= concurrency:
@@ -441,7 +455,7 @@ class StreamRunner:
                 while in_flight:
                     await self._forward(await in_flight.popleft(), out)
         finally:
-            for task in in_flight:
+            for task in (*in_flight, *running):
                 task.cancel()
 
     async def _forward(self, chunk: _Chunk | None, out: Channel[_Chunk] | None) -> None:
@@ -552,11 +566,13 @@ class StreamRunner:
         """Take the whole stream, process it once, emit the result in micro-batches."""
         records: list[Any] = []
         lineage: dict[int, None] = {}
+        held: list[tuple[int, ...]] = []  # one reference per chunk consumed
         async for chunk in inp:
             rt.stats.received += len(chunk.records)
             rt.stats.batches += 1
             records.extend(chunk.records)
             lineage.update(dict.fromkeys(chunk.lineage))
+            held.append(chunk.lineage)
         ids = tuple(lineage)
         if not records and not ids:
             return
@@ -579,14 +595,16 @@ class StreamRunner:
                 for r in records
             ]
             await self._dead_letter(rt, dead)
-            self._tracker.release(ids)
+            for consumed in held:
+                self._tracker.release(consumed)
             return
         outputs = outcome.outputs
         rt.barrier_output = outcome.raw
         rt.stats.filtered += outcome.filtered
         chunks = [outputs[i : i + self.batch_size] for i in range(0, len(outputs), self.batch_size)]
         self._tracker.acquire(ids, len(chunks))
-        self._tracker.release(ids)
+        for consumed in held:  # chunks after a re-cut may share a source batch
+            self._tracker.release(consumed)
         for part in chunks:
             rt.stats.emitted += len(part)
             await out.send(_Chunk(part, ids))
@@ -621,11 +639,13 @@ class StreamRunner:
             for key, runner in runners.items()
         }
         lineage: dict[int, None] = {}
+        held: list[tuple[int, ...]] = []  # one reference per chunk consumed
         try:
             async for chunk in inp:
                 rt.stats.received += len(chunk.records)
                 rt.stats.batches += 1
                 lineage.update(dict.fromkeys(chunk.lineage))
+                held.append(chunk.lineage)
                 for feed in feeds.values():
                     await feed.send(chunk.records)
             for feed in feeds.values():
@@ -645,6 +665,9 @@ class StreamRunner:
         ids = tuple(lineage)
         if not ids:
             return
+        self._tracker.acquire(ids)
+        for consumed in held:  # chunks after a re-cut may share a source batch
+            self._tracker.release(consumed)
         rt.stats.emitted += 1
         await out.send(_Chunk([outputs], ids))
 
@@ -655,8 +678,9 @@ class StreamRunner:
         timeout = rt.options.timeout
         if timeout is None or rt.kind is StageKind.BARRIER:
             return await call
-        try:
-            return await asyncio.wait_for(call, timeout * max(len(records), 1))
+        try:  # asyncio.timeout: on 3.11 wait_for can swallow an abort's cancellation
+            async with asyncio.timeout(timeout * max(len(records), 1)):
+                return await call
         except TimeoutError:
             error = StageTimeoutError(rt.name, timeout)
             return ChunkOutcome(error=error, error_traceback=_describe(error))
@@ -775,13 +799,7 @@ class StreamRunner:
     # -- hooks, events, signals ------------------------------------------------------------
 
     async def _call_hooks(self, hook: str, stage: str | None, **kwargs: Any) -> None:
-        for fn in self.hooks.get(hook, ()):
-            try:
-                await call_maybe_async(fn, **kwargs)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                raise HookError(hook, stage, getattr(fn, "__qualname__", repr(fn)), exc) from exc
+        await call_hooks(self.hooks.get(hook, ()), hook, stage, **kwargs)
 
     async def _publish(self, event_type: EventType, **payload: Any) -> None:
         if self.event_bus is not None:
