@@ -66,7 +66,7 @@ def make_context(**metadata: Any) -> PipelineContext:
 
 
 async def arun_pipeline_on(
-    pipeline: Pipeline[Any, Any], records: Iterable[Any] | AsyncIterable[Any], **options: Any
+    pipeline: Pipeline[Any, Any], records: Iterable[Any] | AsyncIterable[Any], /, **options: Any
 ) -> TestRun:
     """Stream ``records`` through ``pipeline`` with an in-memory sink and dead-letter store.
 
@@ -79,14 +79,17 @@ async def arun_pipeline_on(
 
 
 def run_pipeline_on(
-    pipeline: Pipeline[Any, Any], records: Iterable[Any] | AsyncIterable[Any], **options: Any
+    pipeline: Pipeline[Any, Any], records: Iterable[Any] | AsyncIterable[Any], /, **options: Any
 ) -> TestRun:
     """Sync form of :func:`arun_pipeline_on` (not inside a running event loop)."""
     return asyncio.run(arun_pipeline_on(pipeline, records, **options))
 
 
 def run_stage_on(
-    stage: PipelineStage[Any, Any], records: Iterable[Any] | AsyncIterable[Any], **options: Any
+    stage: PipelineStage[Any, Any],
+    records: Iterable[Any] | AsyncIterable[Any],
+    /,
+    **options: Any,
 ) -> TestRun:
     """Stream ``records`` through the single ``stage``; see :func:`run_pipeline_on`.
 

@@ -7,6 +7,7 @@ live at module level: no lambdas, no closures.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -188,3 +189,10 @@ def run_one(
     pipeline: Pipeline[Any, Any] = Pipeline(f"one:{stage.name}")
     pipeline.add_stage(stage, options=options)
     return run_pipeline_on(pipeline, records, **run_options)
+
+
+def hang_on_one(x: int) -> int:
+    """Blocks for a minute on record 1 (a hung worker); other records pass at once."""
+    if x == 1:
+        time.sleep(60)
+    return x

@@ -434,3 +434,21 @@ def test_what_a_worker_process_sends_back_can_be_pickled() -> None:
     assert "in raise_unpicklable" in failure.traceback
     assert isinstance(whole.error, _fns.BadRecordError)  # picklable: kept as it is
     assert "bad ids [1]" in whole.error_traceback
+
+
+@pytest.mark.parametrize("executor", ["thread", "process"])
+@pytest.mark.timeout(30)
+def test_a_single_stuck_worker_does_not_starve_the_records_behind_it(executor: str) -> None:
+    # One worker only: without fresh workers after the timeout every later batch would queue
+    # behind the hung call and time out too. The hang (60 s) outlives this test's limit, so
+    # the run also must not wait for it at its end.
+    run = _fns.run_one(
+        MapStage(_fns.hang_on_one, name="io"),
+        range(6),
+        StageOptions(executor=executor, workers=1, timeout=0.3),
+        batch_size=1,
+    )
+    assert run.outputs == [0, 2, 3, 4, 5]
+    assert [(d.record, d.error_type) for d in run.dead_letters] == [
+        (1, "conveyor.errors.StageTimeoutError")
+    ]

@@ -286,3 +286,42 @@ async def test_arun_pipeline_on_keeps_its_letters_apart_per_run() -> None:
     assert [d.record for d in second.dead_letters] == [10]
     assert second.outputs == [10]
     assert store.count() == 2
+
+
+def test_run_stage_on_takes_stage_options_as_stage() -> None:
+    from conveyor import MapStage, StageOptions
+    from conveyor.testing import run_stage_on
+
+    run = run_stage_on(MapStage(abs, name="abs"), [-1, 2], stage=StageOptions(concurrency=2))
+    assert run.outputs == [1, 2]
+
+
+def test_an_aggregate_of_an_empty_stream_is_emitted_as_in_collection_mode() -> None:
+    from conveyor import AggregateStage, FilterStage, Pipeline
+    from conveyor.testing import run_pipeline_on
+
+    pipeline = (
+        Pipeline[list[int], int]("empty")
+        .add_stage(FilterStage(lambda x: x > 100, name="big"))
+        .add_stage(AggregateStage(sum, name="total"))
+    )
+    assert run_pipeline_on(pipeline, range(5)).outputs == [0]
+    assert pipeline.execute_sync(list(range(5))).data == 0
+
+
+def test_a_stage_may_not_be_named_sink() -> None:
+    from conveyor import MapStage, Pipeline, PipelineDefinitionError
+    from conveyor.testing import run_pipeline_on
+
+    pipeline = Pipeline[list[int], list[int]]("p").add_stage(MapStage(abs, name="sink"))
+    with pytest.raises(PipelineDefinitionError, match="reserved"):
+        run_pipeline_on(pipeline, [1])
+
+
+def test_capacity_is_checked_before_anything_runs() -> None:
+    from conveyor import MapStage, Pipeline, PipelineDefinitionError
+    from conveyor.testing import run_pipeline_on
+
+    pipeline = Pipeline[list[int], list[int]]("p").add_stage(MapStage(abs, name="abs"))
+    with pytest.raises(PipelineDefinitionError, match="capacity"):
+        run_pipeline_on(pipeline, [1], capacity=0)

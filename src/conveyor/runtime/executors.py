@@ -13,6 +13,7 @@ import multiprocessing
 import pickle
 import threading
 import traceback
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,6 +106,9 @@ class StageExecutor:
     def check(self, stage: PipelineStage[Any, Any]) -> None:
         """Raise :class:`PipelineDefinitionError` if ``stage`` cannot run here."""
 
+    def abandon(self) -> None:
+        """A call timed out and may still occupy a worker: give later calls fresh workers."""
+
     def close(self) -> None:
         """Release pools; called once at the end of a run."""
 
@@ -128,49 +132,87 @@ def _apply_blocking(
 
 
 class ThreadExecutor(StageExecutor):
-    """Runs each micro-batch in a worker thread (for blocking I/O)."""
+    """Runs each micro-batch in a worker thread (for blocking I/O).
+
+    Each worker thread runs the stage's coroutine on an event loop of its own. A thread stuck
+    past a timeout cannot be killed: :meth:`abandon` leaves it to finish alone and gives
+    later calls a fresh pool, so one hung record does not starve the others.
+    """
 
     kind = Executor.THREAD
 
     def __init__(self, workers: int, name: str) -> None:
-        self._pool = concurrent.futures.ThreadPoolExecutor(workers, f"conveyor-{name}")
-        # The workers' event loops, closed with the executor (an unclosed loop warns).
+        self._workers = workers
+        self._name = name
+        self._pool = self._new_pool()
+        # The workers' event loops, closed with their pool (an unclosed loop warns).
         self._lock = threading.Lock()
-        self._loops: set[asyncio.AbstractEventLoop] = set()
+        self._loops: dict[asyncio.AbstractEventLoop, int] = {}
         self._busy: set[asyncio.AbstractEventLoop] = set()
+        self._generation = 0
         self._closed = False
+
+    def _new_pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        return concurrent.futures.ThreadPoolExecutor(self._workers, f"conveyor-{self._name}")
 
     async def run(
         self, stage: PipelineStage[Any, Any], records: list[Any], context: PipelineContext
     ) -> ChunkOutcome:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._apply, stage, records, context)
+        with self._lock:
+            pool, generation = self._pool, self._generation
+        return await loop.run_in_executor(pool, self._apply, generation, stage, records, context)
 
     def _apply(
-        self, stage: PipelineStage[Any, Any], records: list[Any], context: PipelineContext
+        self,
+        generation: int,
+        stage: PipelineStage[Any, Any],
+        records: list[Any],
+        context: PipelineContext,
     ) -> ChunkOutcome:
         with self._lock:
             if self._closed:
                 raise RuntimeError("the thread executor is closed")
             loop = _thread_loop()
-            self._loops.add(loop)
+            self._loops[loop] = generation
             self._busy.add(loop)
         try:
             return loop.run_until_complete(apply_stage(stage, records, context))
         finally:
             with self._lock:
                 self._busy.discard(loop)
-                if self._closed:  # a thread that outlived the run closes its own loop
+                if self._closed or generation != self._generation:
+                    # A thread that outlived its pool (or the run) closes its own loop.
+                    self._loops.pop(loop, None)
                     loop.close()
+
+    def _close_idle(self, generation: int | None) -> None:
+        """Close the idle loops of ``generation`` (all idle loops for ``None``)."""
+        with self._lock:
+            idle = [
+                loop
+                for loop, gen in self._loops.items()
+                if loop not in self._busy and (generation is None or gen == generation)
+            ]
+            for loop in idle:
+                del self._loops[loop]
+        for loop in idle:
+            loop.close()
+
+    def abandon(self) -> None:
+        with self._lock:
+            old, old_generation = self._pool, self._generation
+            self._pool = self._new_pool()
+            self._generation += 1
+        old.shutdown(wait=False)  # queued calls of other batches still run there
+        self._close_idle(old_generation)
 
     def close(self) -> None:
         # Do not wait: a thread stuck past its timeout must not hang the run's end.
         self._pool.shutdown(wait=False, cancel_futures=True)
         with self._lock:
             self._closed = True
-            idle = self._loops - self._busy
-        for loop in idle:
-            loop.close()
+        self._close_idle(None)
 
 
 def _apply_in_process(
@@ -217,10 +259,14 @@ class ProcessExecutor(StageExecutor):
 
     def __init__(self, workers: int, name: str) -> None:
         methods = multiprocessing.get_all_start_methods()
-        method = "forkserver" if "forkserver" in methods else "spawn"
-        self._pool = concurrent.futures.ProcessPoolExecutor(
-            workers, mp_context=multiprocessing.get_context(method)
+        self._context = multiprocessing.get_context(
+            "forkserver" if "forkserver" in methods else "spawn"
         )
+        self._workers = workers
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> concurrent.futures.ProcessPoolExecutor:
+        return concurrent.futures.ProcessPoolExecutor(self._workers, mp_context=self._context)
 
     def check(self, stage: PipelineStage[Any, Any]) -> None:
         try:
@@ -242,7 +288,23 @@ class ProcessExecutor(StageExecutor):
             started_at=context.started_at,
             metadata=dict(context.metadata),
         )
-        return await loop.run_in_executor(self._pool, _apply_in_process, stage, records, light)
+        while True:
+            pool = self._pool
+            try:
+                return await loop.run_in_executor(pool, _apply_in_process, stage, records, light)
+            except BrokenProcessPool:
+                if pool is self._pool:  # broken by something else than abandon(): raise
+                    raise
+                # The pool was replaced after another batch's timeout: run again there.
+
+    def abandon(self) -> None:
+        # A worker stuck past its timeout is killed; batches running beside it are re-run
+        # on the fresh pool (stages are idempotent).
+        old, self._pool = self._pool, self._new_pool()
+        processes: dict[int, Any] = getattr(old, "_processes", None) or {}
+        for process in list(processes.values()):
+            process.terminate()
+        old.shutdown(wait=False)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

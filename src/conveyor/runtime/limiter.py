@@ -11,8 +11,9 @@ __all__ = ["RateLimiter"]
 class RateLimiter:
     """Token bucket holding up to ``burst`` tokens (default: one second's worth).
 
-    ``await acquire(n)`` takes ``n`` tokens, waiting as long as the bucket needs to refill;
-    ``n`` may exceed the burst (it then waits ``n / rate`` seconds in total).
+    The bucket starts empty, so even the first second stays under ``rate``. ``await
+    acquire(n)`` takes ``n`` tokens, waiting as long as the bucket needs to refill; ``n``
+    may exceed the burst (it then waits ``n / rate`` seconds in total).
     """
 
     def __init__(self, rate: float, burst: float | None = None) -> None:
@@ -20,7 +21,7 @@ class RateLimiter:
             raise ValueError(f"rate must be > 0, got {rate}")
         self.rate = rate
         self.burst = burst if burst is not None else max(rate, 1.0)
-        self._tokens = self.burst
+        self._tokens = 0.0
         self._stamp = time.monotonic()
         self._lock = asyncio.Lock()
 

@@ -192,6 +192,16 @@ class StreamRunner:
         self.name = name
         self.batch_size = batch_size
         self.linger = linger
+        if not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < 1:
+            raise PipelineDefinitionError(
+                f"capacity must be an int >= 1 micro-batches (channels are always bounded), "
+                f"got {capacity!r}"
+            )
+        if "sink" in names:
+            raise PipelineDefinitionError(
+                f"pipeline {name!r} has a stage named 'sink', a name reserved for the run's "
+                "sink; rename the stage"
+            )
         self.capacity = capacity
         self.grace_period = grace_period
         self.handle_signals = handle_signals
@@ -259,6 +269,17 @@ class StreamRunner:
                 out = channels[i + 1] if i + 1 < len(channels) else None
                 self._tasks.append(asyncio.create_task(self._stage_task(rt, channels[i], out)))
             await self._supervise()
+        except BaseException as exc:
+            await self._publish(
+                EventType.ITEM_UPDATED,
+                pipeline_id=self.run_id,
+                pipeline_name=self.name,
+                status="failed",
+                duration_ms=(time.perf_counter() - t0) * 1000.0,
+                completed_stages=[],
+                error=repr(exc),
+            )
+            raise
         finally:
             self._remove_signals(loop, installed)
             for rt in self._runtimes:
@@ -469,9 +490,10 @@ class StreamRunner:
         stats.received += len(records)
         stats.batches += 1
         t0 = time.perf_counter()
-        await self._call_hooks(
-            "before_stage", rt.name, stage_name=rt.name, data=records, context=self.context
-        )
+        if rt.kind is not StageKind.SINK:
+            await self._call_hooks(
+                "before_stage", rt.name, stage_name=rt.name, data=records, context=self.context
+            )
         if rt.limiter is not None:
             await rt.limiter.acquire(len(records))
         dead: list[DeadLetter] = []
@@ -574,8 +596,7 @@ class StreamRunner:
             lineage.update(dict.fromkeys(chunk.lineage))
             held.append(chunk.lineage)
         ids = tuple(lineage)
-        if not records and not ids:
-            return
+        # Even an empty stream is aggregated, as in collection mode (sum of nothing is 0).
         t0 = time.perf_counter()
         dead: list[DeadLetter] = []
         outcome = await self._attempt(rt, records)
@@ -682,6 +703,7 @@ class StreamRunner:
             async with asyncio.timeout(timeout * max(len(records), 1)):
                 return await call
         except TimeoutError:
+            rt.executor.abandon()  # a worker may still be stuck on it: do not queue behind it
             error = StageTimeoutError(rt.name, timeout)
             return ChunkOutcome(error=error, error_traceback=_describe(error))
 
@@ -842,10 +864,11 @@ class StreamRunner:
 
     def stop_intake(self) -> None:
         """Read nothing more from the source; drain what is in flight, then finish."""
+        if self._reader is None or self._reader.done():
+            return  # the source is already exhausted: nothing is cut short
         if self._status is RunStatus.COMPLETED:
             self._status = RunStatus.INTERRUPTED
-        if self._reader is not None:
-            self._reader.cancel()
+        self._reader.cancel()
 
     def abort(self) -> None:
         """Stop at once: cancel every stage; the report gives the low watermark to resume."""
