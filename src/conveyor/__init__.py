@@ -13,8 +13,7 @@ The public API lives here; everything in submodules not re-exported here is inte
 [3, 4]
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
+from conveyor._version import __version__
 from conveyor.contracts import (
     AvroContract,
     Contract,
@@ -81,11 +80,6 @@ from conveyor.runtime import (
     StreamRun,
     replay_dead_letters,
 )
-
-try:
-    __version__ = version("conveyor")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0+unknown"
 
 __all__ = [
     "NO_ITEM",

@@ -9,9 +9,10 @@ record with its live exception instead of failing the whole call.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from abc import abstractmethod
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, overload
 
@@ -126,22 +127,47 @@ class _CallsFunction(RecordStage[T, R]):
         return await self._sequential_sync(items, stop_on_error)
 
     async def _sequential_sync(self, items: Sequence[T], stop: bool) -> RecordOutcome[R]:
+        """Call the first record on its own (a sync-looking callable may return coroutines:
+        then take the async path), the rest in :meth:`_fast_loop`."""
         outcome: RecordOutcome[R] = RecordOutcome()
+        if not items:
+            return outcome
+        first = items[0]
+        try:
+            value = self.fn(first)
+            if hasattr(value, "__await__"):
+                self.is_async = True
+                error = self._accept(first, await value, outcome)
+            else:
+                error = self._accept(first, value, outcome)
+        except Exception as exc:
+            error = exc
+        if error is not None:
+            outcome.failures.append(RecordFailure(first, error))
+            if stop:
+                return outcome
+        rest = itertools.islice(items, 1, None)
+        if self.is_async:
+            more = await self._sequential_async(list(rest), stop)
+            outcome.outputs.extend(more.outputs)
+            outcome.filtered += more.filtered
+            outcome.failures.extend(more.failures)
+            return outcome
+        self._fast_loop(rest, outcome, stop)
+        return outcome
+
+    def _fast_loop(self, iterator: Iterator[T], outcome: RecordOutcome[R], stop: bool) -> None:
+        """The per-record loop for sync callables; subclasses inline :meth:`_accept`."""
         fn, accept, failures = self.fn, self._accept, outcome.failures
-        item: T
-        for item in items:
+        for item in iterator:
             try:
-                value = fn(item)
-                if hasattr(value, "__await__"):  # a sync-looking callable returned a coroutine
-                    value = await value
-                error = accept(item, value, outcome)
+                error = accept(item, fn(item), outcome)
             except Exception as exc:
                 error = exc
             if error is not None:
                 failures.append(RecordFailure(item, error))
                 if stop:
-                    break
-        return outcome
+                    return
 
     async def _sequential_async(self, items: Sequence[T], stop: bool) -> RecordOutcome[R]:
         outcome: RecordOutcome[R] = RecordOutcome()
@@ -157,24 +183,27 @@ class _CallsFunction(RecordStage[T, R]):
         return outcome
 
     async def _concurrent(self, items: Sequence[T], stop: bool) -> RecordOutcome[R]:
-        semaphore = asyncio.Semaphore(self.concurrency)
+        # A pool of `concurrency` workers taking the next index: one task per worker, not
+        # per record, and no semaphore.
+        fn, is_async = self.fn, self.is_async
+        results: list[tuple[bool, Any]] = [(False, None)] * len(items)
+        indices = iter(range(len(items)))
 
-        async def one(item: T) -> Any:
-            async with semaphore:
-                if self.is_async:
-                    return await call_maybe_async(self.fn, item)
-                value = await asyncio.to_thread(self.fn, item)
-                if hasattr(value, "__await__"):  # a sync-looking callable returned a coroutine
-                    value = await value
-                return value
+        async def worker() -> None:
+            for index in indices:
+                try:
+                    if is_async:
+                        value = await call_maybe_async(fn, items[index])
+                    else:
+                        value = await asyncio.to_thread(fn, items[index])
+                        if hasattr(value, "__await__"):  # a sync callable returned a coroutine
+                            value = await value
+                    results[index] = (True, value)
+                except Exception as exc:
+                    results[index] = (False, exc)
 
-        async def guarded(item: T) -> tuple[bool, Any]:
-            try:
-                return True, await one(item)
-            except Exception as exc:
-                return False, exc
-
-        results = await asyncio.gather(*(guarded(item) for item in items))
+        workers = min(self.concurrency, len(items))
+        await asyncio.gather(*(worker() for _ in range(workers)))
         outcome: RecordOutcome[R] = RecordOutcome()
         for item, (ok, value) in zip(items, results, strict=True):
             error = self._accept(item, value, outcome) if ok else value
@@ -315,6 +344,26 @@ class FilterStage(_CallsFunction[T, T]):
             outcome.filtered += 1
         return None
 
+    def _fast_loop(self, iterator: Iterator[T], outcome: RecordOutcome[T], stop: bool) -> None:
+        # Hot path: one try per run of good records; filtered = seen - kept - failed.
+        keep, predicate, failures = outcome.outputs.append, self.fn, outcome.failures
+        kept_before, failed_before = len(outcome.outputs), len(failures)
+        seen = 0
+        item: Any = None
+        while True:
+            try:
+                for item in iterator:
+                    seen += 1
+                    if predicate(item):
+                        keep(item)
+                break
+            except Exception as exc:
+                failures.append(RecordFailure(item, exc))
+                if stop:
+                    break
+        kept = len(outcome.outputs) - kept_before
+        outcome.filtered += seen - kept - (len(failures) - failed_before)
+
 
 class ValidateStage(_CallsFunction[T, T]):
     """Check every record with ``validator``, which returns ``True`` (valid), ``False``
@@ -357,6 +406,28 @@ class ValidateStage(_CallsFunction[T, T]):
             f"validator of {self.name!r} returned {type(value).__name__}; "
             "return True, False or an error message string"
         )
+
+    def _fast_loop(self, iterator: Iterator[T], outcome: RecordOutcome[T], stop: bool) -> None:
+        # Hot path: valid records cost one call and one identity test.
+        keep, validator, failures = outcome.outputs.append, self.fn, outcome.failures
+        item: Any = None
+        while True:
+            try:
+                for item in iterator:
+                    value = validator(item)
+                    if value is True:
+                        keep(item)
+                        continue
+                    error = self._accept(item, value, outcome)
+                    assert error is not None
+                    failures.append(RecordFailure(item, error))
+                    if stop:
+                        return
+                return
+            except Exception as exc:
+                failures.append(RecordFailure(item, exc))
+                if stop:
+                    return
 
 
 class BatchStage(PipelineStage[Iterable[T], list[list[T]]]):

@@ -146,9 +146,10 @@ class Channel(Generic[T]):
             raise
 
     @staticmethod
-    def _wake(waiters: deque[asyncio.Future[None]]) -> None:
+    def _wake(waiters: deque[asyncio.Future[None]]) -> bool:
         while waiters:
             waiter = waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
-                return
+                return True
+        return False

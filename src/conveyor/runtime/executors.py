@@ -11,6 +11,7 @@ import asyncio
 import concurrent.futures
 import multiprocessing
 import pickle
+import signal
 import threading
 import traceback
 from concurrent.futures.process import BrokenProcessPool
@@ -247,26 +248,46 @@ def _picklable(error: BaseException) -> BaseException:
     return error
 
 
+def _ignore_interrupts() -> None:
+    """Worker initializer: Ctrl-C reaches the whole process group, but only the parent
+    decides how to stop (drain, then abort); a worker killed by it would break the pool."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _noop() -> None:
+    """Submitted once to start a pool's workers at once."""
+
+
 class ProcessExecutor(StageExecutor):
     """Runs each micro-batch in a worker process (CPU-bound pure Python).
 
-    Workers start with the ``forkserver`` method where available (safe beside threads), else
-    ``spawn``; the stage object is pickled to the workers, so its functions must be defined
-    at module level.
+    When the process has a single thread, workers are forked right away: they inherit
+    everything already imported, so the first micro-batch does not wait for imports (as
+    ``multiprocessing.Pool`` does). Beside other threads, where forking is unsafe, workers
+    start from a ``forkserver`` (or ``spawn``). The stage object is pickled to the workers,
+    so its functions must be defined at module level. Workers ignore SIGINT.
     """
 
     kind = Executor.PROCESS
 
     def __init__(self, workers: int, name: str) -> None:
-        methods = multiprocessing.get_all_start_methods()
-        self._context = multiprocessing.get_context(
-            "forkserver" if "forkserver" in methods else "spawn"
-        )
         self._workers = workers
         self._pool = self._new_pool()
 
     def _new_pool(self) -> concurrent.futures.ProcessPoolExecutor:
-        return concurrent.futures.ProcessPoolExecutor(self._workers, mp_context=self._context)
+        methods = multiprocessing.get_all_start_methods()
+        if "fork" in methods and threading.active_count() == 1:
+            method = "fork"
+        else:
+            method = "forkserver" if "forkserver" in methods else "spawn"
+        pool = concurrent.futures.ProcessPoolExecutor(
+            self._workers,
+            mp_context=multiprocessing.get_context(method),
+            initializer=_ignore_interrupts,
+        )
+        if method == "fork":
+            pool.submit(_noop)  # forks every worker now, while this is the only thread
+        return pool
 
     def check(self, stage: PipelineStage[Any, Any]) -> None:
         try:

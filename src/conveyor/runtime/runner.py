@@ -163,7 +163,7 @@ class StreamRunner:
         *,
         batch_size: int = 1000,
         linger: float = 0.05,
-        capacity: int = 8,
+        capacity: int = 2,
         stage_options: Mapping[str, StageOptions] | None = None,
         dead_letters: DeadLetterStore | str | Path | None = None,
         contracts: ContractMode = "all",

@@ -37,7 +37,7 @@ class StreamRun:
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[Any]:
-        outputs: Channel[list[Any]] = Channel(self._options.get("capacity", 8), name="stream")
+        outputs: Channel[list[Any]] = Channel(self._options.get("capacity", 2), name="stream")
 
         async def sink(records: list[Any]) -> None:
             await outputs.send(records)

@@ -1,0 +1,719 @@
+"""The benchmark workloads: one function per (workload, contender), each timed and verified.
+
+Every contender function takes the workload size ``n`` and returns a :class:`Measured`: the
+seconds of its timed region and what its sink saw. :func:`verify` then checks that against
+the closed-form expectation, so a run that lost, duplicated or corrupted records fails
+instead of reporting a time. Everything that a worker process needs (record functions,
+sinks) is defined at module level so that it pickles by reference.
+
+Run by ``bench/run.py`` in a fresh interpreter per measurement (see its docstring).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+Record = dict[str, Any]
+
+# -- records and the per-record work shared by every contender ------------------------------
+
+
+def records(n: int) -> Iterator[Record]:
+    """The source: ``n`` records generated lazily (never a list), the same for everyone."""
+    for i in range(n):
+        yield {"id": i, "value": i % 1000, "name": f"user{i}"}
+
+
+def validate(r: Record) -> bool:
+    """W1's validation: the three fields have the right types."""
+    return isinstance(r["id"], int) and isinstance(r["value"], int) and isinstance(r["name"], str)
+
+
+def enrich(r: Record) -> Record:
+    """W1's enrichment: a new dict with ``double``."""
+    return {"id": r["id"], "value": r["value"], "name": r["name"], "double": r["value"] * 2}
+
+
+def keep(r: Record) -> bool:
+    """W1's filter: even values."""
+    return r["value"] % 2 == 0
+
+
+IO_SECONDS = 0.001
+"""W2: what one simulated I/O call waits."""
+
+
+async def io_call(r: Record) -> Record:
+    """W2's per-record I/O: wait 1 ms, return a small result."""
+    await asyncio.sleep(IO_SECONDS)
+    return {"id": r["id"], "value": r["value"]}
+
+
+BURN_ITERATIONS = 16_000
+"""W3: iterations of :func:`burn`, about 1 ms of pure Python on the reference machine (the
+run measures and prints the real per-record cost)."""
+
+
+def burn_value(seed: int) -> int:
+    """The arithmetic of W3: a linear congruential walk, pure Python, no allocation."""
+    acc = seed
+    for _ in range(BURN_ITERATIONS):
+        acc = (acc * 1103515245 + 12345) & 0x7FFFFFFF
+    return acc
+
+
+def burn(r: Record) -> Record:
+    """W3's per-record CPU work (module level: it is pickled to worker processes)."""
+    return {"id": r["id"], "acc": burn_value(r["id"])}
+
+
+# -- sinks ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Tally:
+    """What a sink saw: record count, the sum of one field, the sum of ids."""
+
+    count: int = 0
+    total: int = 0
+    ids: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, batch: list[Record], key: str) -> None:
+        """The sink's per-record work, the same loop for every contender."""
+        count, total, ids = self.count, self.total, self.ids
+        for r in batch:
+            count += 1
+            total += r[key]
+            ids += r["id"]
+        self.count, self.total, self.ids = count, total, ids
+
+
+@dataclass
+class SlowTally(Tally):
+    """W4's slow sink: the same tally, sleeping 1 ms after every 1,000 records."""
+
+    pending: int = 0
+
+    def add_slow(self, batch: list[Record], key: str) -> int:
+        """Tally ``batch``; return how many 1 ms sleeps are now due."""
+        self.add(batch, key)
+        self.pending += len(batch)
+        due, self.pending = divmod(self.pending, 1000)
+        return due
+
+
+@dataclass
+class Measured:
+    """The timed region's seconds and what the sink saw."""
+
+    seconds: float
+    tally: Tally
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _timed(fn: Callable[[], Tally]) -> Measured:
+    t0 = time.perf_counter()
+    tally = fn()
+    return Measured(time.perf_counter() - t0, tally)
+
+
+# -- expectations -----------------------------------------------------------------------------
+
+
+def expected_w1(n: int) -> tuple[int, int]:
+    """Count and sum of ``double`` of the records W1 keeps (even ``value``)."""
+    full, rest = divmod(n, 1000)
+    count = full * 500 + (rest + 1) // 2
+    total = full * sum(2 * v for v in range(0, 1000, 2)) + sum(2 * v for v in range(0, rest, 2))
+    return count, total
+
+
+def expected_all(n: int) -> tuple[int, int]:
+    """Count and sum of ``value`` of all ``n`` records."""
+    full, rest = divmod(n, 1000)
+    return n, full * sum(range(1000)) + sum(range(rest))
+
+
+class VerificationError(AssertionError):
+    """A contender's result is wrong: its time must not be reported."""
+
+
+def verify(workload: str, n: int, measured: Measured) -> None:
+    """Raise :class:`VerificationError` unless the sink saw exactly the expected records."""
+    t = measured.tally
+    ids_all = n * (n - 1) // 2
+    if workload == "W1":
+        want = expected_w1(n)
+        got = (t.count, t.total)
+    elif workload == "W4":
+        count, values = expected_all(n)
+        want = (count, 2 * values, ids_all)
+        got = (t.count, t.total, t.ids)
+    elif workload == "W2":
+        want = (*expected_all(n), ids_all)
+        got = (t.count, t.total, t.ids)
+    elif workload == "W3":
+        want = (n, ids_all)
+        got = (t.count, t.ids)
+        samples = t.extra.get("samples", {})
+        if len(samples) != (n + W3_SAMPLE - 1) // W3_SAMPLE:
+            raise VerificationError(f"W3: {len(samples)} sampled results, expected more")
+        for rid, acc in samples.items():
+            if burn_value(rid) != acc:
+                raise VerificationError(f"W3: record {rid} has acc {acc}, not {burn_value(rid)}")
+    else:
+        raise ValueError(workload)
+    if got != want:
+        raise VerificationError(f"{workload} n={n}: sink saw {got}, expected {want}")
+
+
+W3_SAMPLE = 31
+"""W3 recomputes the result of every record whose id is a multiple of this."""
+
+
+def _sample_w3(tally: Tally, batch: list[Record]) -> None:
+    samples = tally.extra.setdefault("samples", {})
+    for r in batch:
+        if r["id"] % W3_SAMPLE == 0:
+            samples[r["id"]] = r["acc"]
+
+
+def _conveyor() -> Any:
+    import conveyor
+
+    return conveyor
+
+
+# -- W1: overhead -------------------------------------------------------------------------------
+
+
+def w1_generators(n: int, **_: Any) -> Measured:
+    """Baseline: a plain chain of generator expressions."""
+
+    def go() -> Tally:
+        tally = Tally()
+        valid = (r for r in records(n) if validate(r))
+        enriched = (enrich(r) for r in valid)
+        kept = (r for r in enriched if keep(r))
+        count = total = ids = 0
+        for r in kept:
+            count += 1
+            total += r["double"]
+            ids += r["id"]
+        tally.count, tally.total, tally.ids = count, total, ids
+        return tally
+
+    return _timed(go)
+
+
+def w1_conveyor(n: int, batch_size: int = 1000, capacity: int = 8, **_: Any) -> Measured:
+    """Conveyor streaming: ValidateStage -> MapStage -> FilterStage -> sink."""
+    c = _conveyor()
+    pipeline = (
+        c.Pipeline("w1")
+        .add_stage(c.ValidateStage(validate, name="validate"))
+        .add_stage(c.MapStage(enrich, name="enrich"))
+        .add_stage(c.FilterStage(keep, name="filter"))
+    )
+
+    def go() -> Tally:
+        tally = Tally()
+        report = pipeline.run(
+            records(n),
+            lambda batch: tally.add(batch, "double"),
+            batch_size=batch_size,
+            capacity=capacity,
+            dead_letters="memory",
+            handle_signals=False,
+        )
+        if report.records_in != n or report.dead_lettered:
+            raise VerificationError(f"report: {report.records_in} in, {report.dead_lettered} dead")
+        return tally
+
+    return _timed(go)
+
+
+def w1_pypeln(n: int, **_: Any) -> Measured:
+    """pypeln's ``sync`` module (generators in the calling thread)."""
+    import pypeln as pl
+
+    def go() -> Tally:
+        stage = pl.sync.filter(validate, records(n))
+        stage = pl.sync.map(enrich, stage)
+        stage = pl.sync.filter(keep, stage)
+        tally = Tally()
+        count = total = ids = 0
+        for r in stage:
+            count += 1
+            total += r["double"]
+            ids += r["id"]
+        tally.count, tally.total, tally.ids = count, total, ids
+        return tally
+
+    return _timed(go)
+
+
+def _bytewax_sink(fn: Callable[[list[Any]], None]) -> Any:
+    from bytewax.outputs import DynamicSink, StatelessSinkPartition
+
+    class Part(StatelessSinkPartition[Any]):
+        def write_batch(self, items: list[Any]) -> None:
+            fn(items)
+
+    class Sink(DynamicSink[Any]):
+        def build(self, step_id: str, worker_index: int, worker_count: int) -> Part:
+            return Part()
+
+    return Sink()
+
+
+def w1_bytewax(n: int, batch_size: int = 1000, **_: Any) -> Measured:
+    """Bytewax ``run_main`` (one worker), TestingSource with ``batch_size``."""
+    import bytewax.operators as op
+    from bytewax.dataflow import Dataflow
+    from bytewax.testing import TestingSource, run_main
+
+    def go() -> Tally:
+        tally = Tally()
+        flow = Dataflow("w1")
+        s = op.input("inp", flow, TestingSource(records(n), batch_size=batch_size))
+        s = op.filter("validate", s, validate)
+        s = op.map("enrich", s, enrich)
+        s = op.filter("keep", s, keep)
+        op.output("out", s, _bytewax_sink(lambda batch: tally.add(batch, "double")))
+        run_main(flow)
+        return tally
+
+    return _timed(go)
+
+
+# -- W2: I/O-bound --------------------------------------------------------------------------------
+
+W2_CONCURRENCY = 100
+
+
+def w2_asyncio(n: int, **_: Any) -> Measured:
+    """Baseline: hand-written asyncio, 100 worker tasks fed by a bounded queue."""
+
+    async def main() -> Tally:
+        tally = Tally()
+        queue: asyncio.Queue[Record | None] = asyncio.Queue(maxsize=1000)
+
+        async def worker() -> None:
+            while True:
+                r = await queue.get()
+                if r is None:
+                    return
+                out = await io_call(r)
+                tally.count += 1
+                tally.total += out["value"]
+                tally.ids += out["id"]
+
+        workers = [asyncio.create_task(worker()) for _ in range(W2_CONCURRENCY)]
+        for r in records(n):
+            await queue.put(r)
+        for _ in workers:
+            await queue.put(None)
+        await asyncio.gather(*workers)
+        return tally
+
+    return _timed(lambda: asyncio.run(main()))
+
+
+def w2_conveyor_map(
+    n: int, batch_size: int = 1000, stage_concurrency: int = 1, **_: Any
+) -> Measured:
+    """Conveyor: ``MapStage(io_call, concurrency=100)``: 100 calls of one micro-batch at once
+    (``stage_concurrency`` micro-batches at once, 1 by default)."""
+    c = _conveyor()
+    pipeline = c.Pipeline("w2").add_stage(
+        c.MapStage(io_call, concurrency=W2_CONCURRENCY, name="io"),
+        options=c.StageOptions(concurrency=stage_concurrency),
+    )
+    return _run_conveyor(pipeline, n, batch_size, "value")
+
+
+def w2_conveyor_options(n: int, batch_size: int = 10, ordered: bool = True, **_: Any) -> Measured:
+    """Conveyor: ``StageOptions(concurrency=100)``: 100 micro-batches in flight, the records
+    of each processed one after another."""
+    c = _conveyor()
+    pipeline = c.Pipeline("w2").add_stage(
+        c.MapStage(io_call, name="io"),
+        options=c.StageOptions(concurrency=W2_CONCURRENCY, ordered=ordered),
+    )
+    return _run_conveyor(pipeline, n, batch_size, "value")
+
+
+def _run_conveyor(
+    pipeline: Any, n: int, batch_size: int, key: str, capacity: int = 8, **run: Any
+) -> Measured:
+    def go() -> Tally:
+        tally = Tally()
+        report = pipeline.run(
+            records(n),
+            lambda batch: tally.add(batch, key),
+            batch_size=batch_size,
+            capacity=capacity,
+            dead_letters="memory",
+            handle_signals=False,
+            **run,
+        )
+        if report.records_in != n or report.dead_lettered:
+            raise VerificationError(f"report: {report.records_in} in, {report.dead_lettered} dead")
+        return tally
+
+    return _timed(go)
+
+
+def w2_pypeln(n: int, **_: Any) -> Measured:
+    """pypeln's ``task`` module: ``pl.task.map(io_call, workers=100)``."""
+    import pypeln as pl
+
+    def go() -> Tally:
+        tally = Tally()
+        for out in pl.task.map(io_call, records(n), workers=W2_CONCURRENCY, maxsize=1000):
+            tally.count += 1
+            tally.total += out["value"]
+            tally.ids += out["id"]
+        return tally
+
+    return _timed(go)
+
+
+def w2_bytewax(n: int, batch_size: int = 1000, **_: Any) -> Measured:
+    """Bytewax has no async operators: ``flat_map_batch`` runs each batch's calls on an event
+    loop of its own, at most 100 at once (the pattern its docs suggest for async clients)."""
+    import bytewax.operators as op
+    from bytewax.dataflow import Dataflow
+    from bytewax.testing import TestingSource, run_main
+
+    loop = asyncio.new_event_loop()
+
+    async def gather(batch: list[Record]) -> list[Record]:
+        semaphore = asyncio.Semaphore(W2_CONCURRENCY)
+
+        async def one(r: Record) -> Record:
+            async with semaphore:
+                return await io_call(r)
+
+        return await asyncio.gather(*(one(r) for r in batch))
+
+    def call_batch(batch: list[Record]) -> list[Record]:
+        return loop.run_until_complete(gather(batch))
+
+    def go() -> Tally:
+        tally = Tally()
+        flow = Dataflow("w2")
+        s = op.input("inp", flow, TestingSource(records(n), batch_size=batch_size))
+        s = op.flat_map_batch("io", s, call_batch)
+        op.output("out", s, _bytewax_sink(lambda batch: tally.add(batch, "value")))
+        run_main(flow)
+        return tally
+
+    try:
+        return _timed(go)
+    finally:
+        loop.close()
+
+
+# -- W3: CPU-bound ----------------------------------------------------------------------------
+
+W3_WORKERS = 2
+
+
+def _w3_tally(outputs: Any) -> Tally:
+    tally = Tally()
+    tally_batch(tally, outputs if isinstance(outputs, list) else list(outputs))
+    return tally
+
+
+def tally_batch(tally: Tally, batch: list[Record]) -> None:
+    """W3's sink: count, sum of ids, and a sample of results to recompute."""
+    tally.count += len(batch)
+    tally.ids += sum(r["id"] for r in batch)
+    _sample_w3(tally, batch)
+
+
+def w3_pool(n: int, chunksize: int = 25, **_: Any) -> Measured:
+    """Baseline: ``multiprocessing.Pool(2).imap`` (the platform's default start method)."""
+
+    def go() -> Tally:
+        tally = Tally()
+        with multiprocessing.Pool(W3_WORKERS) as pool:
+            batch: list[Record] = []
+            for out in pool.imap(burn, records(n), chunksize=chunksize):
+                batch.append(out)
+                if len(batch) >= 100:
+                    tally_batch(tally, batch)
+                    batch = []
+            tally_batch(tally, batch)
+        return tally
+
+    return _timed(go)
+
+
+def w3_conveyor(n: int, batch_size: int = 50, concurrency: int = 4, **_: Any) -> Measured:
+    """Conveyor: ``MapStage(burn)`` with ``StageOptions(executor="process", workers=2)``."""
+    c = _conveyor()
+    pipeline = c.Pipeline("w3").add_stage(
+        c.MapStage(burn, name="burn"),
+        options=c.StageOptions(executor="process", workers=W3_WORKERS, concurrency=concurrency),
+    )
+
+    def go() -> Tally:
+        tally = Tally()
+        report = pipeline.run(
+            records(n),
+            lambda batch: tally_batch(tally, batch),
+            batch_size=batch_size,
+            dead_letters="memory",
+            handle_signals=False,
+        )
+        if report.records_in != n or report.dead_lettered:
+            raise VerificationError(f"report: {report.records_in} in, {report.dead_lettered} dead")
+        return tally
+
+    return _timed(go)
+
+
+def w3_pypeln(n: int, **_: Any) -> Measured:
+    """pypeln's ``process`` module: ``pl.process.map(burn, workers=2)``."""
+    import pypeln as pl
+
+    def go() -> Tally:
+        tally = Tally()
+        tally_batch(tally, list(pl.process.map(burn, records(n), workers=W3_WORKERS)))
+        return tally
+
+    return _timed(go)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _bytewax_w3_process(
+    n: int, addresses: list[str], proc_id: int, batch_size: int, results: Any
+) -> None:
+    import bytewax.operators as op
+    from bytewax.dataflow import Dataflow
+    from bytewax.testing import TestingSource, cluster_main
+
+    tally = Tally()
+    flow = Dataflow("w3")
+    s = op.input("inp", flow, TestingSource(records(n), batch_size=batch_size))
+    s = op.redistribute("spread", s)
+    s = op.map("burn", s, burn)
+    op.output("out", s, _bytewax_sink(lambda batch: tally_batch(tally, batch)))
+    cluster_main(flow, addresses, proc_id)
+    results.put((tally.count, tally.ids, tally.extra.get("samples", {})))
+
+
+def w3_bytewax(n: int, batch_size: int = 50, **_: Any) -> Measured:
+    """Bytewax: a cluster of 2 processes (``cluster_main``, one worker each, on loopback),
+    the input spread over both with ``redistribute``."""
+    import bytewax.testing  # noqa: F401 - imported before the fork, like the others' imports
+
+    ctx = multiprocessing.get_context("fork")
+
+    def go() -> Tally:
+        addresses = [f"127.0.0.1:{_free_port()}" for _ in range(W3_WORKERS)]
+        results = ctx.Queue()
+        procs = [
+            ctx.Process(target=_bytewax_w3_process, args=(n, addresses, i, batch_size, results))
+            for i in range(W3_WORKERS)
+        ]
+        for p in procs:
+            p.start()
+        parts = [results.get(timeout=600) for _ in procs]
+        for p in procs:
+            p.join()
+            if p.exitcode != 0:
+                raise RuntimeError(f"bytewax process exited with {p.exitcode}")
+        tally = Tally()
+        for count, ids, samples in parts:
+            tally.count += count
+            tally.ids += ids
+            tally.extra.setdefault("samples", {}).update(samples)
+        return tally
+
+    return _timed(go)
+
+
+def w3_serial_ms_per_record(calls: int = 40, repeats: int = 5) -> float:
+    """The cost of one :func:`burn` call in this process (ms; median of ``repeats``)."""
+    costs = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for i in range(calls):
+            burn({"id": i})
+        costs.append((time.perf_counter() - t0) / calls * 1000.0)
+    return sorted(costs)[len(costs) // 2]
+
+
+# -- W4: memory under a slow sink ----------------------------------------------------------------
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size (VmHWM), in MiB."""
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def w4_import(library: str) -> float:
+    """Peak RSS of a bare interpreter that imported ``library`` (the memory baseline)."""
+    if library == "conveyor":
+        c = _conveyor()
+        c.Pipeline("w4").add_stage(c.MapStage(enrich))
+    elif library == "pypeln":
+        import pypeln  # noqa: F401
+    elif library == "bytewax":
+        import bytewax.operators
+        import bytewax.testing  # noqa: F401
+    return peak_rss_mb()
+
+
+def w4_generators(n: int, **_: Any) -> Measured:
+    """Baseline: a generator chain into the slow sink, fed lists of 1,000 like the others."""
+
+    def go() -> Tally:
+        tally = SlowTally()
+        batch: list[Record] = []
+        for r in (enrich(r) for r in records(n)):
+            batch.append(r)
+            if len(batch) >= 1000:
+                time.sleep(IO_SECONDS * tally.add_slow(batch, "double"))
+                batch = []
+        time.sleep(IO_SECONDS * tally.add_slow(batch, "double"))
+        return tally
+
+    return _w4(go)
+
+
+def _w4(go: Callable[[], Tally]) -> Measured:
+    measured = _timed(go)
+    measured.info["peak_rss_mb"] = peak_rss_mb()
+    if "channel_peaks" in measured.tally.extra:
+        measured.info["channel_peaks"] = measured.tally.extra["channel_peaks"]
+    return measured
+
+
+def w4_conveyor(n: int, batch_size: int = 1000, **_: Any) -> Measured:
+    """Conveyor: one fast MapStage into an async slow sink. The sink awaits its sleep, so the
+    source and the stage are free to run ahead: only the bounded channels hold them back."""
+    c = _conveyor()
+    pipeline = c.Pipeline("w4").add_stage(c.MapStage(enrich, name="enrich"))
+
+    def go() -> Tally:
+        tally = SlowTally()
+
+        async def sink(batch: list[Record]) -> None:
+            due = tally.add_slow(batch, "double")
+            if due:
+                await asyncio.sleep(IO_SECONDS * due)
+
+        report = pipeline.run(
+            records(n), sink, batch_size=batch_size, dead_letters="memory", handle_signals=False
+        )
+        if report.records_in != n or report.dead_lettered:
+            raise VerificationError(f"report: {report.records_in} in, {report.dead_lettered} dead")
+        # Proof that the sink was the slow side: the channels filled up (back-pressure).
+        tally.extra["channel_peaks"] = [f"{ch.peak}/{ch.capacity}" for ch in report.channels]
+        return tally
+
+    return _w4(go)
+
+
+def w4_pypeln(n: int, **_: Any) -> Measured:
+    """pypeln: ``pl.thread.map(enrich, maxsize=1000)``: a worker thread runs ahead of the slow
+    sink in the main thread, held back by pypeln's bounded queue."""
+    import pypeln as pl
+
+    def go() -> Tally:
+        tally = SlowTally()
+        batch: list[Record] = []
+        for r in pl.thread.map(enrich, records(n), workers=1, maxsize=1000):
+            batch.append(r)
+            if len(batch) >= 1000:
+                time.sleep(IO_SECONDS * tally.add_slow(batch, "double"))
+                batch = []
+        time.sleep(IO_SECONDS * tally.add_slow(batch, "double"))
+        return tally
+
+    return _w4(go)
+
+
+def w4_bytewax(n: int, batch_size: int = 1000, **_: Any) -> Measured:
+    """Bytewax ``run_main``: map, then the slow sink."""
+    import bytewax.operators as op
+    from bytewax.dataflow import Dataflow
+    from bytewax.testing import TestingSource, run_main
+
+    def go() -> Tally:
+        tally = SlowTally()
+
+        def sink(batch: list[Record]) -> None:
+            time.sleep(IO_SECONDS * tally.add_slow(batch, "double"))
+
+        flow = Dataflow("w4")
+        s = op.input("inp", flow, TestingSource(records(n), batch_size=batch_size))
+        s = op.map("enrich", s, enrich)
+        op.output("out", s, _bytewax_sink(sink))
+        run_main(flow)
+        return tally
+
+    return _w4(go)
+
+
+CONTENDERS: dict[str, Callable[..., Measured]] = {
+    "w1_generators": w1_generators,
+    "w1_conveyor": w1_conveyor,
+    "w1_pypeln": w1_pypeln,
+    "w1_bytewax": w1_bytewax,
+    "w2_asyncio": w2_asyncio,
+    "w2_conveyor_map": w2_conveyor_map,
+    "w2_conveyor_options": w2_conveyor_options,
+    "w2_pypeln": w2_pypeln,
+    "w2_bytewax": w2_bytewax,
+    "w3_pool": w3_pool,
+    "w3_conveyor": w3_conveyor,
+    "w3_pypeln": w3_pypeln,
+    "w3_bytewax": w3_bytewax,
+    "w4_generators": w4_generators,
+    "w4_conveyor": w4_conveyor,
+    "w4_pypeln": w4_pypeln,
+    "w4_bytewax": w4_bytewax,
+}
+
+# Anything a peer might send home stays home (bytewax's dataflow API web server is off
+# unless asked for; OpenTelemetry export is off).
+TELEMETRY_ENV = {
+    "OTEL_SDK_DISABLED": "true",
+    "DO_NOT_TRACK": "1",
+    "BYTEWAX_DATAFLOW_API_ENABLED": "",
+}
+
+
+def quiet_environment() -> None:
+    """Apply :data:`TELEMETRY_ENV` to this process."""
+    for key, value in TELEMETRY_ENV.items():
+        if value:
+            os.environ[key] = value
+        else:
+            os.environ.pop(key, None)
