@@ -9,7 +9,6 @@ EXAMPLE := examples/user_import
 
 # No phoning home from anything the project runs.
 export DVC_NO_ANALYTICS := 1
-export HYPOTHESIS_NO_PLUGINS ?=
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: run test lint format typecheck imports pytest bench clean help
@@ -45,6 +44,10 @@ pytest: $(STAMP)
 	$(BIN)/python -m pytest --cov --cov-report=term
 
 test: format lint typecheck imports pytest
+
+bench:
+	bash bench/setup.sh
+	bench/.venv/bin/python bench/run.py --workload all --runs 5
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

@@ -214,7 +214,7 @@ def w1_generators(n: int, **_: Any) -> Measured:
     return _timed(go)
 
 
-def w1_conveyor(n: int, batch_size: int = 1000, capacity: int = 8, **_: Any) -> Measured:
+def w1_conveyor(n: int, batch_size: int = 1000, capacity: int = 2, **_: Any) -> Measured:
     """Conveyor streaming: ValidateStage -> MapStage -> FilterStage -> sink."""
     c = _conveyor()
     pipeline = (
@@ -353,7 +353,7 @@ def w2_conveyor_options(n: int, batch_size: int = 10, ordered: bool = True, **_:
 
 
 def _run_conveyor(
-    pipeline: Any, n: int, batch_size: int, key: str, capacity: int = 8, **run: Any
+    pipeline: Any, n: int, batch_size: int, key: str, capacity: int = 2, **run: Any
 ) -> Measured:
     def go() -> Tally:
         tally = Tally()
