@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
 import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
 
 import conveyor
+from conveyor.errors import ConveyorError
 
 app = typer.Typer(
     name="conveyor",
@@ -12,6 +21,13 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+dlq_app = typer.Typer(help="List, show and replay dead letters of a project.", no_args_is_help=True)
+app.add_typer(dlq_app, name="dlq")
+contracts_app = typer.Typer(help="Work with a project's contract files.", no_args_is_help=True)
+app.add_typer(contracts_app, name="contracts")
+
+console = Console(soft_wrap=True)
+errors = Console(stderr=True, soft_wrap=True)
 
 
 def _version_callback(value: bool) -> None:
@@ -35,6 +51,306 @@ def version() -> None:
     typer.echo(f"conveyor {conveyor.__version__}")
 
 
+def _split_path(args: list[str]) -> tuple[Path, list[str]]:
+    """``[PATH] [key=value ...]``: the first argument without ``=`` is the path."""
+    if args and "=" not in args[0]:
+        return Path(args[0]), args[1:]
+    return Path("."), list(args)
+
+
+def _fail(error: BaseException, hint: str = "") -> None:
+    errors.print(f"[bold red]error:[/] {error}", markup=True, highlight=False)
+    if hint:
+        errors.print(hint, highlight=False)
+    raise typer.Exit(1)
+
+
+def _stats_table(runner: Any) -> Table:
+    stats, channels = runner.progress()
+    fill = {ch.name.split(" -> ")[-1]: ch for ch in channels}
+    table = Table(title=f"{runner.name}", title_justify="left")
+    for column in ("stage", "in", "out", "filtered", "dead", "rate/s", "queue"):
+        table.add_column(column, justify="left" if column == "stage" else "right")
+    for s in stats:
+        ch = fill.get(s.name)
+        rate = s.received / s.busy_seconds if s.busy_seconds else 0.0
+        table.add_row(
+            s.name,
+            f"{s.received:,}",
+            f"{s.emitted:,}",
+            f"{s.filtered:,}",
+            f"{s.dead_lettered:,}",
+            f"{rate:,.0f}",
+            f"{ch.buffered}/{ch.capacity}" if ch else "",
+        )
+    return table
+
+
+class _Progress:
+    """A live table on a terminal; a log line every few seconds otherwise."""
+
+    def __init__(self) -> None:
+        self.live: Live | None = None
+        self.last_line = 0.0
+
+    def __call__(self, runner: Any) -> None:
+        if console.is_terminal:
+            if self.live is None:
+                self.live = Live(_stats_table(runner), console=console, refresh_per_second=4)
+                self.live.start()
+            else:
+                self.live.update(_stats_table(runner))
+        elif time.monotonic() - self.last_line >= 2.0:
+            self.last_line = time.monotonic()
+            stats, _ = runner.progress()
+            console.print(
+                " | ".join(f"{s.name}: {s.received:,} in, {s.emitted:,} out" for s in stats),
+                highlight=False,
+            )
+
+    def stop(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def run(
+    args: list[str] = typer.Argument(
+        None, help="[PATH] [key=value ...]; stage=NAME runs one stage"
+    ),
+) -> None:
+    """Run a pipeline project (the whole pipeline, or one stage with stage=NAME)."""
+    from conveyor.project.run import run_project
+
+    path, overrides = _split_path(list(args or []))
+    progress = _Progress()
+    try:
+        outcome = run_project(path, overrides, progress=progress)
+    except ConveyorError as exc:
+        progress.stop()
+        stage = next((o for o in overrides if o.startswith("stage=")), None)
+        hint = f"re-run with: conveyor run {path} {stage}" if stage else ""
+        _fail(exc, hint)
+        return
+    progress.stop()
+    report = outcome.report
+    for name in outcome.skipped:
+        console.print(
+            f"stage {name} is unchanged (code, config and input): skipped", highlight=False
+        )
+    if report is None:
+        if outcome.tasks_run:
+            console.print(f"ran task stages: {', '.join(outcome.tasks_run)}")
+        return
+    if not console.is_terminal:
+        console.print(_stats_table_from_report(report))
+    console.print(report.summary(), highlight=False)
+    if report.dead_lettered:
+        console.print(
+            f"{report.dead_lettered} dead letters in {report.dead_letter_store}; "
+            f"inspect them with: conveyor dlq list {path}",
+            highlight=False,
+        )
+    if report.interrupted:
+        raise typer.Exit(130)
+
+
+def _stats_table_from_report(report: Any) -> Table:
+    table = Table(title=report.pipeline_name, title_justify="left")
+    for column in ("stage", "in", "out", "filtered", "dead", "retried", "busy s"):
+        table.add_column(column, justify="left" if column == "stage" else "right")
+    for s in report.stages:
+        table.add_row(
+            s.name,
+            f"{s.received:,}",
+            f"{s.emitted:,}",
+            f"{s.filtered:,}",
+            f"{s.dead_lettered:,}",
+            f"{s.retried:,}",
+            f"{s.busy_seconds:.2f}",
+        )
+    return table
+
+
+def _project_store(path: Path) -> Any:
+    from conveyor.dlq import open_dead_letter_store
+    from conveyor.project.config import load_config
+    from conveyor.project.discovery import find_pipeline_dir, project_root
+
+    pipeline_dir = find_pipeline_dir(path)
+    root = project_root(path)
+    settings = load_config(pipeline_dir / "config.yaml").config.pipeline
+    store_path = Path(settings.dead_letters)
+    return open_dead_letter_store(store_path if store_path.is_absolute() else root / store_path)
+
+
+@dlq_app.command("list")
+def dlq_list(
+    path: Path = typer.Argument(Path("."), help="The project."),
+    stage: str | None = typer.Option(None, help="Only this stage's letters."),
+    all_letters: bool = typer.Option(False, "--all", help="Include replayed letters."),
+    limit: int = typer.Option(50, help="At most this many."),
+) -> None:
+    """List a project's dead letters, newest last."""
+    try:
+        with _project_store(path) as store:
+            letters = store.list(stage=stage, include_replayed=all_letters, limit=limit)
+            total = store.count(stage=stage, include_replayed=all_letters)
+    except ConveyorError as exc:
+        _fail(exc)
+        return
+    for letter in letters:
+        console.print(letter.summary(), highlight=False, markup=False)
+    console.print(f"{total} dead letter(s) in {store.description}", highlight=False)
+
+
+@dlq_app.command("show")
+def dlq_show(
+    letter_id: str = typer.Argument(..., help="The letter's id (or a unique prefix)."),
+    path: Path = typer.Argument(Path("."), help="The project."),
+) -> None:
+    """Show one dead letter with its record and traceback."""
+    try:
+        with _project_store(path) as store:
+            matches = [d for d in store.list(include_replayed=True) if d.id.startswith(letter_id)]
+    except ConveyorError as exc:
+        _fail(exc)
+        return
+    if len(matches) != 1:
+        _fail(KeyError(f"{len(matches)} dead letters match {letter_id!r}; give more of the id"))
+        return
+    letter = matches[0]
+    for key in ("id", "stage", "attempts", "error_type", "message", "run_id", "created_at"):
+        console.print(f"{key}: {getattr(letter, key)}", highlight=False, markup=False)
+    console.print(f"record: {letter.record!r}", highlight=False, markup=False)
+    console.print(letter.traceback, highlight=False, markup=False)
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    path: Path = typer.Argument(Path("."), help="The project."),
+    stage: str | None = typer.Option(None, help="Only this stage's letters."),
+) -> None:
+    """Feed not-yet-replayed dead letters back into the stage where they failed."""
+    import asyncio
+    import contextlib
+
+    from conveyor.project.discovery import project_root
+    from conveyor.project.project import load_project, sink_function
+    from conveyor.runtime import replay_dead_letters
+
+    try:
+        with contextlib.chdir(project_root(path)):  # stage paths are relative to the project
+            project = load_project(Path.cwd())
+            with _project_store(Path.cwd()) as store:
+                reports = asyncio.run(
+                    replay_dead_letters(
+                        project.pipeline(), store, sink_function(project), stage=stage
+                    )
+                )
+    except ConveyorError as exc:
+        _fail(exc)
+        return
+    for report in reports:
+        console.print(report.summary(), highlight=False)
+    if not reports:
+        console.print("no dead letters to replay")
+
+
+@app.command(context_settings={"allow_extra_args": True})
+def new(
+    what: list[str] = typer.Argument(..., help="PROJECT, or: stage NAME"),
+    after: int | None = typer.Option(None, help="For a stage: the number it comes after."),
+    project: Path = typer.Option(Path("."), help="For a stage: the project."),
+) -> None:
+    """Create a working project (`new PROJECT`) or one stage (`new stage NAME`)."""
+    from conveyor.project.scaffold import new_project, new_stage
+
+    try:
+        if len(what) == 2 and what[0] == "stage":
+            written = new_stage(project, what[1], after=after)
+        elif len(what) == 1:
+            written = new_project(Path(what[0]))
+        else:
+            raise typer.BadParameter("use: conveyor new PROJECT  or  conveyor new stage NAME")
+    except ConveyorError as exc:
+        _fail(exc)
+        return
+    for path in written:
+        console.print(f"wrote {path}", highlight=False)
+
+
+@app.command()
+def check(path: Path = typer.Argument(Path("."), help="The project.")) -> None:
+    """Check the architecture rules of seed 000 (stage imports, cycles, numbering)."""
+    from conveyor.project.discovery import find_pipeline_dir
+    from conveyor.project.lint import check_project
+
+    try:
+        violations = check_project(find_pipeline_dir(path))
+    except ConveyorError as exc:
+        _fail(exc)
+        return
+    for violation in violations:
+        console.print(str(violation), highlight=False, markup=False)
+    if violations:
+        errors.print(f"{len(violations)} violation(s)")
+        raise typer.Exit(1)
+    console.print("no violations")
+
+
+@app.command()
+def graph(
+    path: Path = typer.Argument(Path("."), help="The project."),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="Write .mmd, .md, .svg or .png instead of printing Mermaid."
+    ),
+) -> None:
+    """Draw the project's pipeline: Mermaid text, or an SVG/PNG file."""
+    from conveyor.observe import to_mermaid, write_graph
+    from conveyor.project.project import load_project
+
+    try:
+        project = load_project(path)  # stages are only built, not run: no chdir needed
+        pipeline = project.pipeline()
+        if output is None:
+            console.print(to_mermaid(pipeline), highlight=False, markup=False)
+            return
+        written = write_graph(pipeline, output)
+    except (ConveyorError, ValueError, ImportError) as exc:
+        _fail(exc)
+        return
+    console.print(f"wrote {written}", highlight=False)
+
+
+@contracts_app.command("check")
+def contracts_check(
+    path: Path = typer.Argument(Path("."), help="A project, its pipeline folder, or a folder."),
+) -> None:
+    """Refuse contract versions that break readers of the previous version (backward)."""
+    from conveyor.contracts import check_directory
+
+    folder = path
+    for candidate in (path / "src" / "pipeline" / "contracts", path / "contracts"):
+        if candidate.is_dir():
+            folder = candidate
+            break
+    try:
+        changes = check_directory(folder)
+    except (ConveyorError, FileNotFoundError, ImportError) as exc:
+        _fail(exc)
+        return
+    for change in changes:
+        console.print(str(change), highlight=False, markup=False)
+    if changes:
+        errors.print(f"{len(changes)} breaking change(s) in {folder}")
+        raise typer.Exit(1)
+    console.print(f"contracts in {folder} are backward compatible", highlight=False)
+
+
 def main() -> None:
     """Entry point of the ``conveyor`` console script and ``python -m conveyor``."""
-    app()
+    try:
+        app()
+    except KeyboardInterrupt:  # pragma: no cover - a second Ctrl-C outside a run
+        sys.exit(130)

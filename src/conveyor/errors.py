@@ -16,6 +16,8 @@ never wrapped: a failed :class:`~conveyor.StageResult` carries the original exce
     ├── ContractViolation(ConveyorError, ValueError)        a record broke a stage's contract
     ├── StageTimeoutError(ConveyorError, TimeoutError)      a record took longer than its timeout
     ├── DeadLetterStoreError(ConveyorError, OSError)        the dead-letter queue cannot be written
+    ├── ProjectError(ConveyorError, ValueError)            a pipeline project is laid out wrong
+    │   └── ConfigError(ProjectError)                       config.yaml or an override is wrong
     └── ConservationError(ConveyorError, AssertionError)    records were lost or duplicated (a bug)
 
 Each class carries structured fields (``stage``, ``branch``, ``hook`` …) and composes its
@@ -26,12 +28,14 @@ from __future__ import annotations
 
 __all__ = [
     "BranchError",
+    "ConfigError",
     "ConservationError",
     "ContractViolation",
     "ConveyorError",
     "DeadLetterStoreError",
     "HookError",
     "PipelineDefinitionError",
+    "ProjectError",
     "RecordValidationError",
     "StageTimeoutError",
     "UsageError",
@@ -192,3 +196,53 @@ class ConservationError(ConveyorError, AssertionError):
             f"conservation violated in {where}: {detail}; this is a bug in Conveyor or in a "
             "stage that drops records without filtering them, please report it"
         )
+
+
+class ProjectError(ConveyorError, ValueError):
+    """A pipeline project cannot be loaded; the message names the file and the fix.
+
+    Attributes:
+        file: the file at fault (``None`` when it is the project as a whole).
+        line: 1-based line in ``file``, when known.
+    """
+
+    def __init__(self, message: str, *, file: object = None, line: int | None = None) -> None:
+        self.file = file
+        self.line = line
+        where = f"{file}:{line}: " if file is not None and line else f"{file}: " if file else ""
+        super().__init__(f"{where}{message}")
+
+
+class ConfigError(ProjectError):
+    """``config.yaml`` (or a command-line override) is invalid.
+
+    Attributes:
+        file, line, column: where (``column`` 1-based), when known.
+        key: the dotted key path (``"stages.enrich.concurency"``).
+        valid_keys: the keys allowed at that place, when the key is unknown.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: object = None,
+        line: int | None = None,
+        column: int | None = None,
+        key: str = "",
+        valid_keys: tuple[str, ...] = (),
+    ) -> None:
+        self.column = column
+        self.key = key
+        self.valid_keys = valid_keys
+        ConveyorError.__init__(self, _located(file, line, column) + message)
+        self.file = file
+        self.line = line
+
+
+def _located(file: object, line: int | None, column: int | None) -> str:
+    if file is None:
+        return ""
+    if line is None:
+        return f"{file}: "
+    return f"{file}:{line}:{column or 1}: "

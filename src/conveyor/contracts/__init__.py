@@ -47,18 +47,30 @@ field 'y' violates contract Point: Input should be a valid integer
 from conveyor.contracts._avro import AvroContract
 from conveyor.contracts._base import Contract
 from conveyor.contracts._check import CheckMode, ContractCheck, ContractCheckStatistics, Edge
+from conveyor.contracts._compat import (
+    BreakingChange,
+    ContractFile,
+    check_compatibility,
+    check_directory,
+    find_contract_versions,
+)
 from conveyor.contracts._jsonschema import JsonSchemaContract
 from conveyor.contracts._spec import contract_for
 from conveyor.contracts._typed import TypeContract
 
 __all__ = [
     "AvroContract",
+    "BreakingChange",
     "CheckMode",
     "Contract",
     "ContractCheck",
     "ContractCheckStatistics",
+    "ContractFile",
     "Edge",
     "JsonSchemaContract",
     "TypeContract",
+    "check_compatibility",
+    "check_directory",
     "contract_for",
+    "find_contract_versions",
 ]

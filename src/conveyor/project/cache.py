@@ -1,0 +1,332 @@
+"""The run cache: skip a persisted stage whose code, config and input are unchanged.
+
+A stage's :class:`StageFingerprint` is three content hashes:
+
+- ``code_hash``: the stage file's bytes, plus every ``.py`` / ``.json`` / ``.avsc`` file
+  under the pipeline's ``shared/`` and ``contracts/`` folders (what a stage may import);
+- ``config_hash``: the canonical JSON of the stage's config section;
+- ``input_hash``: the :func:`~conveyor.project.datasets.dataset_fingerprint` of the
+  dataset the stage reads, or ``""`` for a source.
+
+:class:`RunCache` keeps the fingerprint each stage last ran with in ``state_dir/cache.json``;
+a stage is *fresh* (and may be skipped) when its fingerprint is the recorded one and its
+persisted output is still there with a valid manifest.
+
+>>> import tempfile
+>>> from pathlib import Path
+>>> from conveyor.project.datasets import DatasetWriter
+>>> with tempfile.TemporaryDirectory() as tmp:
+...     out = Path(tmp) / "data" / "raw"
+...     with DatasetWriter(out, "jsonl") as sink:
+...         sink([{"n": 1}])
+...     cache = RunCache(Path(tmp) / ".conveyor")
+...     fp = StageFingerprint(code_hash="c", config_hash=config_hash({"size": 8}), input_hash="")
+...     before = cache.is_fresh("source", fp, out)
+...     cache.record("source", fp)
+...     after = cache.is_fresh("source", fp, out)
+...     changed = cache.stale_reason("source", dataclasses.replace(fp, code_hash="d"), out)
+>>> before, after, changed
+(False, True, 'code changed')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path, PurePath
+from typing import Any, Final
+
+from conveyor.project.datasets import DatasetError, dataset_fingerprint, load_manifest
+
+__all__ = [
+    "CACHE_FILE",
+    "CODE_SUFFIXES",
+    "RunCache",
+    "StageFingerprint",
+    "canonical_json",
+    "code_hash",
+    "config_hash",
+    "input_hash",
+]
+
+CACHE_FILE: Final = "cache.json"
+"""The file in the state directory that holds the recorded fingerprints."""
+
+CODE_SUFFIXES: Final = frozenset({".py", ".json", ".avsc"})
+"""Files under ``shared/`` and ``contracts/`` that count as a stage's code."""
+
+CODE_FOLDERS: Final = ("shared", "contracts")
+_CACHE_VERSION: Final = 1
+_FIELDS: Final = ("code_hash", "config_hash", "input_hash")
+
+logger = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- hashes
+
+
+def _update_framed(digest: Any, label: str, data: bytes) -> None:
+    """Feed ``label`` and ``data`` length-prefixed, so no two inputs run together."""
+    encoded = label.encode()
+    digest.update(f"{len(encoded)}:".encode() + encoded + f"{len(data)}:".encode())
+    digest.update(data)
+
+
+def _code_files(pipeline_dir: Path) -> Iterable[tuple[str, Path]]:
+    for folder in CODE_FOLDERS:
+        root = pipeline_dir / folder
+        if not root.is_dir():
+            continue
+        found = [
+            file
+            for file in root.rglob("*")
+            if file.suffix in CODE_SUFFIXES
+            and file.is_file()
+            and "__pycache__" not in file.relative_to(root).parts
+        ]
+        for file in sorted(found, key=lambda f: f.relative_to(pipeline_dir).as_posix()):
+            yield file.relative_to(pipeline_dir).as_posix(), file
+
+
+def code_hash(stage_file: Path | str, pipeline_dir: Path | str | None = None) -> str:
+    """sha256 of the stage file's bytes and of the code the stage may import.
+
+    ``pipeline_dir`` is the pipeline folder holding ``shared/`` and ``contracts/``; by
+    default the parent of the stage file's folder (``pipeline/stages/10_x.py`` →
+    ``pipeline``). Every ``.py`` / ``.json`` / ``.avsc`` file below those two folders
+    counts, by its relative path and bytes, so adding, removing, renaming or editing one
+    changes the hash. The stage file counts by its bytes only: renumbering it does not.
+    """
+    stage_file = Path(stage_file)
+    root = Path(pipeline_dir) if pipeline_dir is not None else stage_file.parent.parent
+    digest = hashlib.sha256(b"conveyor-code-v1\n")
+    _update_framed(digest, "<stage>", stage_file.read_bytes())
+    for relative, file in _code_files(root):
+        _update_framed(digest, relative, file.read_bytes())
+    return digest.hexdigest()
+
+
+def _json_default(value: object) -> object:
+    model_dump = getattr(value, "model_dump", None)
+    if callable(model_dump):  # a Pydantic model
+        return model_dump(mode="json")
+    if isinstance(value, PurePath):
+        return value.as_posix()
+    if isinstance(value, dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, set | frozenset):
+        return sorted(value, key=canonical_json)
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, tuple):  # pragma: no cover - json encodes tuples as lists itself
+        return list(value)
+    raise TypeError(
+        f"config value of type {type(value).__name__} cannot be hashed; "
+        "use JSON-able values (str, numbers, bools, None, lists, dicts)"
+    )
+
+
+def canonical_json(value: object) -> str:
+    """``value`` as JSON with sorted keys and no whitespace: equal configs, equal text.
+
+    >>> canonical_json({"b": [1, 2], "a": {"y": None, "x": 1.5}})
+    '{"a":{"x":1.5,"y":null},"b":[1,2]}'
+    """
+    return json.dumps(
+        value,
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=True,
+        default=_json_default,
+    )
+
+
+def config_hash(config: object) -> str:
+    """sha256 of the canonical JSON of a stage's config section (a mapping, a Pydantic
+    model or ``None``); the order of keys does not matter.
+
+    >>> config_hash({"a": 1, "b": 2}) == config_hash({"b": 2, "a": 1})
+    True
+    >>> config_hash({"a": 1}) == config_hash({"a": 2})
+    False
+    """
+    return hashlib.sha256(canonical_json(config).encode()).hexdigest()
+
+
+def input_hash(input_path: Path | str | None) -> str:
+    """The fingerprint of the input dataset, or ``""`` for a stage without one (a source).
+
+    Raises :class:`FileNotFoundError` naming the path when the dataset is not there.
+    """
+    return "" if input_path is None else dataset_fingerprint(input_path)
+
+
+@dataclasses.dataclass(frozen=True)
+class StageFingerprint:
+    """What a stage's output depends on: its code, its config and its input's content."""
+
+    code_hash: str
+    config_hash: str
+    input_hash: str
+
+    @classmethod
+    def compute(
+        cls,
+        stage_file: Path | str,
+        config: object,
+        input_path: Path | str | None,
+        *,
+        pipeline_dir: Path | str | None = None,
+    ) -> StageFingerprint:
+        """Fingerprint a stage from its file, its config section and its input dataset
+        (``None`` for a source); see :func:`code_hash`, :func:`config_hash`,
+        :func:`input_hash`.
+        """
+        return cls(
+            code_hash=code_hash(stage_file, pipeline_dir),
+            config_hash=config_hash(config),
+            input_hash=input_hash(input_path),
+        )
+
+    def to_json(self) -> dict[str, str]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: object) -> StageFingerprint | None:
+        """The fingerprint stored in ``data``, or ``None`` if ``data`` is not one."""
+        if not isinstance(data, dict) or not all(isinstance(data.get(k), str) for k in _FIELDS):
+            return None
+        return cls(**{k: data[k] for k in _FIELDS})
+
+
+# --------------------------------------------------------------------------- the cache
+
+
+class RunCache:
+    """The fingerprints each persisted stage last ran with, in ``state_dir/cache.json``.
+
+    Every :meth:`record` rewrites the file atomically (temporary file and rename), merging
+    with what is on disk. An unreadable cache file is treated as empty, with a warning in
+    the log: the cache only ever saves work, it never decides a result.
+    """
+
+    def __init__(self, state_dir: Path | str) -> None:
+        self.state_dir = Path(state_dir)
+        self.path = self.state_dir / CACHE_FILE
+
+    def _load(self) -> dict[str, dict[str, Any]]:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return {}
+        try:
+            data = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            logger.warning("ignoring unreadable run cache %s: %s", self.path, exc)
+            return {}
+        if (
+            not isinstance(data, dict)
+            or data.get("version") != _CACHE_VERSION
+            or not isinstance(data.get("stages"), dict)
+        ):
+            logger.warning("ignoring run cache %s in an unknown layout", self.path)
+            return {}
+        return {k: v for k, v in data["stages"].items() if isinstance(v, dict)}
+
+    def _save(self, stages: Mapping[str, Mapping[str, Any]]) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        payload = {"version": _CACHE_VERSION, "stages": dict(sorted(stages.items()))}
+        fd, tmp = tempfile.mkstemp(prefix=f".{CACHE_FILE}.", suffix=".tmp", dir=self.state_dir)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as file:
+                json.dump(payload, file, indent=2)
+                file.write("\n")
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def get(self, stage: str) -> StageFingerprint | None:
+        """The fingerprint recorded for ``stage``, or ``None``."""
+        return StageFingerprint.from_json(self._load().get(stage))
+
+    def record(
+        self,
+        stage: str,
+        fingerprint: StageFingerprint,
+        output_path: Path | str | None = None,
+    ) -> None:
+        """Record that ``stage`` ran with ``fingerprint``; call it after its output was
+        committed. With ``output_path``, the output dataset's fingerprint is kept too, and
+        :meth:`is_fresh` then also requires the output to be that same dataset.
+        """
+        stages = self._load()
+        entry: dict[str, Any] = fingerprint.to_json()
+        if output_path is not None:
+            entry["output_hash"] = dataset_fingerprint(output_path)
+        stages[stage] = entry
+        self._save(stages)
+
+    def forget(self, stage: str) -> None:
+        """Drop what is recorded for ``stage`` (its next run is never skipped)."""
+        stages = self._load()
+        if stages.pop(stage, None) is not None:
+            self._save(stages)
+
+    def clear(self) -> None:
+        """Drop every recorded fingerprint."""
+        self.path.unlink(missing_ok=True)
+
+    def stale_reason(
+        self, stage: str, fingerprint: StageFingerprint, output_path: Path | str
+    ) -> str | None:
+        """Why ``stage`` must run, or ``None`` when it may be skipped.
+
+        The reasons: ``"never run"``, ``"code changed"``, ``"config changed"``,
+        ``"input changed"`` (joined with ``", "`` when several), ``"output missing"``,
+        ``"output invalid"``, ``"output changed"``.
+        """
+        entry = self._load().get(stage)
+        recorded = StageFingerprint.from_json(entry)
+        if recorded is None or entry is None:
+            return "never run"
+        changed = [
+            f"{name.removesuffix('_hash')} changed"
+            for name in _FIELDS
+            if getattr(recorded, name) != getattr(fingerprint, name)
+        ]
+        if changed:
+            return ", ".join(changed)
+        try:
+            load_manifest(output_path)
+        except FileNotFoundError:
+            return "output missing"
+        except DatasetError:
+            return "output invalid"
+        expected_output = entry.get("output_hash")
+        if isinstance(expected_output, str) and dataset_fingerprint(output_path) != (
+            expected_output
+        ):
+            return "output changed"
+        return None
+
+    def is_fresh(self, stage: str, fingerprint: StageFingerprint, output_path: Path | str) -> bool:
+        """``True`` when ``stage`` may be skipped: it was recorded with this same fingerprint
+        and its output dataset exists with a valid manifest (see :meth:`stale_reason`).
+        """
+        return self.stale_reason(stage, fingerprint, output_path) is None
+
+    def __repr__(self) -> str:
+        return f"<RunCache {str(self.path)!r}>"

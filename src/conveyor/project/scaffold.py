@@ -1,0 +1,279 @@
+"""``conveyor new``: a working project, or one new stage file between its neighbours."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from conveyor.errors import ProjectError
+from conveyor.project.discovery import discover_stage_files, find_pipeline_dir
+
+__all__ = ["new_project", "new_stage"]
+
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+_FILES: dict[str, str] = {
+    "src/pipeline/__init__.py": '"""The {name} pipeline."""\n',
+    "src/pipeline/stages/__init__.py": "",
+    "src/pipeline/contracts/__init__.py": "",
+    "src/pipeline/contracts/models.py": '''"""The records passed between stages."""
+
+from typing_extensions import TypedDict
+
+
+class Reading(TypedDict):
+    """A raw sensor reading, as the source emits it."""
+
+    sensor: str
+    celsius: float
+
+
+class EnrichedReading(Reading):
+    """A reading with its Fahrenheit value."""
+
+    fahrenheit: float
+''',
+    "src/pipeline/shared/__init__.py": "",
+    "src/pipeline/shared/units.py": '''"""Unit conversions shared by stages."""
+
+
+def to_fahrenheit(celsius: float) -> float:
+    """Celsius to Fahrenheit."""
+    return celsius * 9 / 5 + 32
+''',
+    "src/pipeline/stages/00_source.py": '''"""Emits the readings (a stand-in source)."""
+
+from collections.abc import Iterator
+
+from pydantic import BaseModel
+
+from conveyor.project import Source
+from pipeline.contracts.models import Reading
+
+
+class Readings(Source):
+    """``count`` readings from three sensors."""
+
+    class Config(BaseModel):
+        count: int = 1000
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    def read(self) -> Iterator[Reading]:
+        for i in range(self.config.count):
+            yield {"sensor": f"s{i % 3}", "celsius": (i % 50) - 10.0}
+''',
+    "src/pipeline/stages/10_validate.py": '''"""Rejects impossible temperatures."""
+
+from conveyor import ValidateStage
+from pipeline.contracts.models import Reading
+
+
+def plausible(reading: Reading) -> bool | str:
+    """True for a plausible reading, else the reason."""
+    if -90.0 <= reading["celsius"] <= 60.0:
+        return True
+    return f"implausible temperature {reading['celsius']}"
+
+
+stage = ValidateStage(plausible)
+''',
+    "src/pipeline/stages/20_enrich.py": '''"""Adds the Fahrenheit value."""
+
+from conveyor import MapStage
+from pipeline.contracts.models import EnrichedReading, Reading
+from pipeline.shared.units import to_fahrenheit
+
+
+def enrich(reading: Reading) -> EnrichedReading:
+    """The reading with ``fahrenheit``."""
+    return {**reading, "fahrenheit": to_fahrenheit(reading["celsius"])}
+
+
+stage = MapStage(enrich)
+''',
+    "src/pipeline/stages/90_sink.py": '''"""Writes the readings as JSON lines."""
+
+import json
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from conveyor.project import Sink
+from pipeline.contracts.models import EnrichedReading
+
+
+class JsonLines(Sink):
+    """Appends every micro-batch to ``path`` (a fresh file per run)."""
+
+    class Config(BaseModel):
+        path: str = "data/readings.jsonl"
+
+    def __init__(self, config: Config) -> None:
+        self.path = Path(config.path)
+        self.started = False
+
+    def write(self, records: list[EnrichedReading]) -> None:
+        if not self.started:  # a fresh file per run, made when the run writes
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text("")
+            self.started = True
+        with self.path.open("a") as out:
+            out.writelines(json.dumps(record) + "\\n" for record in records)
+''',
+    "src/pipeline/stages/__tests__/test_stages.py": '''"""Tests of the stages, each on its own."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+from conveyor.testing import run_stage_on
+
+STAGES = Path(__file__).parent.parent
+sys.path.insert(0, str(STAGES.parent.parent))
+
+
+def load(file_name: str):
+    spec = importlib.util.spec_from_file_location(file_name[:-3], STAGES / file_name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_validate_rejects_implausible_readings() -> None:
+    validate = load("10_validate.py")
+    run = run_stage_on(validate.stage, [{"sensor": "a", "celsius": 20.0},
+                                        {"sensor": "a", "celsius": 999.0}])
+    assert [r["celsius"] for r in run.outputs] == [20.0]
+    assert [d.record["celsius"] for d in run.dead_letters] == [999.0]
+
+
+def test_enrich_adds_fahrenheit() -> None:
+    enrich = load("20_enrich.py")
+    run = run_stage_on(enrich.stage, [{"sensor": "a", "celsius": 100.0}])
+    assert run.outputs == [{"sensor": "a", "celsius": 100.0, "fahrenheit": 212.0}]
+''',
+    "src/pipeline/runner.py": '''"""Thin entry point: ``python runner.py [key=value ...]``."""
+
+import sys
+from pathlib import Path
+
+from conveyor.cli import main
+
+if __name__ == "__main__":
+    sys.argv[1:1] = ["run", str(Path(__file__).resolve().parent)]
+    main()
+''',
+    "src/pipeline/config.yaml": """# Settings of the {name} pipeline (keys: see Conveyor's README).
+pipeline:
+  name: {name}
+  batch_size: 500
+stages:
+  source:
+    params:
+      count: 1000
+  sink:
+    params:
+      path: data/readings.jsonl
+""",
+    "README.md": """# {name}
+
+A Conveyor pipeline project.
+
+    conveyor run .                    # the whole pipeline
+    conveyor run . stages.source.params.count=50
+    conveyor check .                  # the architecture rules
+    python -m pytest src/pipeline/stages/__tests__
+""",
+}
+
+
+def new_project(path: Path) -> list[Path]:
+    """Create a working project at ``path`` (which must not exist or be empty)."""
+    if path.exists() and any(path.iterdir()):
+        raise ProjectError("the folder exists and is not empty; pick a new name", file=path)
+    name = re.sub(r"[^a-z0-9_]", "_", path.name.lower()) or "pipeline"
+    written = []
+    for relative, text in _FILES.items():
+        target = path / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text.replace("{name}", name), encoding="utf-8")
+        written.append(target)
+    return written
+
+
+_STAGE_TEMPLATE = '''"""{title}: one job, one stage."""
+
+from typing import Any
+
+from conveyor import MapStage
+
+
+def {name}(record: Any) -> Any:
+    """Transform one record."""
+    return record
+
+
+stage = MapStage({name})
+'''
+
+_TEST_TEMPLATE = '''"""Tests of the {name} stage."""
+
+import importlib.util
+from pathlib import Path
+
+from conveyor.testing import run_stage_on
+
+FILE = Path(__file__).parent.parent / "{file}"
+
+
+def test_{name}_passes_records_on() -> None:
+    spec = importlib.util.spec_from_file_location("{name}", FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert run_stage_on(module.stage, [{{"id": 1}}]).outputs == [{{"id": 1}}]
+'''
+
+
+def new_stage(project: Path, name: str, *, after: int | None = None) -> list[Path]:
+    """Add ``NN_name.py`` after stage number ``after`` (default: before the last stage),
+    with a test and a config stub; the number is free and between its neighbours."""
+    if not _NAME.match(name):
+        raise ProjectError(f"stage name {name!r} must be a lower-case identifier")
+    pipeline_dir = find_pipeline_dir(project)
+    files = discover_stage_files(pipeline_dir)
+    if any(f.name == name for f in files):
+        raise ProjectError(f"a stage named {name!r} exists already", file=pipeline_dir)
+    numbers = [f.number for f in files]
+    if after is None:
+        after = numbers[-2] if len(numbers) > 1 else numbers[-1]
+    if after not in numbers:
+        raise ProjectError(f"no stage numbered {after:02d}; numbers: {numbers}")
+    following = [n for n in numbers if n > after]
+    upper = following[0] if following else after + 20
+    if upper - after < 2:
+        raise ProjectError(
+            f"no free number between {after:02d} and {upper:02d}; renumber the stages "
+            "(leave gaps of 10)"
+        )
+    number = after + (upper - after) // 2
+    file = f"{number:02d}_{name}.py"
+    stage_path = pipeline_dir / "stages" / file
+    stage_path.write_text(_STAGE_TEMPLATE.format(title=name.title(), name=name), encoding="utf-8")
+    test_path = pipeline_dir / "stages" / "__tests__" / f"test_{name}.py"
+    test_path.parent.mkdir(exist_ok=True)
+    test_path.write_text(_TEST_TEMPLATE.format(name=name, file=file), encoding="utf-8")
+    config = pipeline_dir / "config.yaml"
+    text = config.read_text(encoding="utf-8") if config.exists() else ""
+    stub = (
+        f"  {name}:\n    params: {{}}\n"
+        if "\nstages:" in f"\n{text}"
+        else (f"stages:\n  {name}:\n    params: {{}}\n")
+    )
+    if "\nstages:" in f"\n{text}":
+        text = text.replace("stages:\n", "stages:\n" + stub, 1)
+    else:
+        text = text + ("" if text.endswith("\n") or not text else "\n") + stub
+    config.write_text(text, encoding="utf-8")
+    return [stage_path, test_path, config]

@@ -1,0 +1,207 @@
+"""In-process tests of the CLI commands and of persisted, single-stage and skipped runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from conveyor.cli import app
+from conveyor.dlq import open_dead_letter_store
+from conveyor.errors import ProjectError
+from conveyor.project.datasets import read_dataset
+from conveyor.project.run import run_project
+from conveyor.project.scaffold import new_project
+
+runner = CliRunner()
+
+PERSIST = """
+  validate:
+    persist: {path: data/validated}
+  enrich:
+    persist: {path: data/enriched, format: parquet}
+"""
+
+
+def make(tmp_path: Path, *, persist: bool = False, count: int = 30) -> Path:
+    project = tmp_path / "proj"
+    new_project(project)
+    config = project / "src" / "pipeline" / "config.yaml"
+    text = config.read_text().replace("count: 1000", f"count: {count}")
+    config.write_text(text + (PERSIST if persist else ""))
+    return project
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    result = runner.invoke(app, list(args))
+    return result.exit_code, result.output
+
+
+def test_run_prints_the_summary_and_writes_the_sink(tmp_path: Path) -> None:
+    project = make(tmp_path)
+    code, out = invoke("run", str(project))
+    assert code == 0, out
+    assert "30 in, 30 out" in out
+    assert len((project / "data" / "readings.jsonl").read_text().splitlines()) == 30
+
+
+def test_run_with_a_typo_fails_with_did_you_mean(tmp_path: Path) -> None:
+    project = make(tmp_path)
+    code, out = invoke("run", str(project), "stages.enrich.concurency=3")
+    assert code == 1
+    assert "did you mean 'concurrency'" in out
+
+
+def test_persisted_outputs_are_datasets_and_single_stage_runs_read_them(tmp_path: Path) -> None:
+    project = make(tmp_path, persist=True)
+    assert run_project(project, handle_signals=False).report is not None
+    validated = list(read_dataset(project / "data" / "validated"))
+    enriched = list(read_dataset(project / "data" / "enriched"))
+    assert len(validated) == len(enriched) == 30
+    assert enriched[0]["fahrenheit"] == enriched[0]["celsius"] * 9 / 5 + 32
+    first = run_project(project, ["stage=enrich"], handle_signals=False)
+    assert first.report is not None
+    assert first.report.records_in == 30
+    assert first.skipped == []
+
+
+def test_an_unchanged_stage_is_skipped_and_the_run_says_so(tmp_path: Path) -> None:
+    project = make(tmp_path, persist=True)
+    run_project(project, handle_signals=False)
+    run_project(project, ["stage=enrich"], handle_signals=False)
+    again = run_project(project, ["stage=enrich"], handle_signals=False)
+    assert again.skipped == ["enrich"]
+    assert again.report is None
+    code, out = invoke("run", str(project), "stage=enrich")
+    assert code == 0
+    assert "stage enrich is unchanged (code, config and input): skipped" in out
+    # New input content makes it run again.
+    run_project(project, ["stage=validate", "stages.source.params.count=12"], handle_signals=False)
+    rerun = run_project(project, ["stage=enrich"], handle_signals=False)
+    assert rerun.skipped == []
+    assert rerun.report is not None
+    assert rerun.report.records_in == 12
+
+
+def test_a_stage_after_an_unpersisted_stage_cannot_run_alone(tmp_path: Path) -> None:
+    project = make(tmp_path)
+    with pytest.raises(ProjectError, match=r"add `persist: \{path: data/validate\}`"):
+        run_project(project, ["stage=enrich"], handle_signals=False)
+    code, out = invoke("run", str(project), "stage=enrich")
+    assert code == 1
+    assert f"re-run with: conveyor run {project} stage=enrich" in out
+
+
+def test_a_missing_persisted_input_names_the_stage_to_run_first(tmp_path: Path) -> None:
+    project = make(tmp_path, persist=True)
+    with pytest.raises(ProjectError, match="stage=validate"):
+        run_project(project, ["stage=enrich"], handle_signals=False)
+
+
+def test_the_sink_can_run_alone_on_the_previous_persisted_output(tmp_path: Path) -> None:
+    project = make(tmp_path, persist=True)
+    run_project(project, handle_signals=False)
+    (project / "data" / "readings.jsonl").unlink()
+    result = run_project(project, ["stage=sink"], handle_signals=False)
+    assert result.report is not None
+    assert result.report.records_out == 30
+    assert len((project / "data" / "readings.jsonl").read_text().splitlines()) == 30
+
+
+def test_the_first_stage_cannot_run_alone(tmp_path: Path) -> None:
+    project = make(tmp_path)
+    with pytest.raises(ProjectError, match="first stage"):
+        run_project(project, ["stage=source"], handle_signals=False)
+
+
+def test_new_stage_and_check_and_graph(tmp_path: Path) -> None:
+    project = make(tmp_path)
+    code, out = invoke("new", "stage", "dedupe", "--project", str(project))
+    assert code == 0
+    assert "55_dedupe.py" in out
+    code, out = invoke("check", str(project))
+    assert code == 0
+    assert "no violations" in out
+    code, out = invoke("graph", str(project))
+    assert code == 0
+    assert "enrich --> dedupe" in out
+    svg = tmp_path / "p.svg"
+    code, out = invoke("graph", str(project), "--output", str(svg))
+    assert code == 0
+    assert svg.read_text().startswith("<svg")
+    code, out = invoke("graph", str(project), "--output", str(tmp_path / "p.gif"))
+    assert code == 1
+    assert ".svg" in out
+
+
+def test_check_reports_a_stage_importing_another(tmp_path: Path) -> None:
+    project = make(tmp_path)
+    enrich = project / "src" / "pipeline" / "stages" / "20_enrich.py"
+    enrich.write_text(enrich.read_text() + "\nfrom pipeline.stages import validate\n")
+    code, out = invoke("check", str(project))
+    assert code == 1
+    assert "20_enrich.py:" in out
+    assert "stage-imports-stage" in out
+
+
+def test_new_refuses_a_folder_that_is_not_empty(tmp_path: Path) -> None:
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "f").write_text("")
+    code, out = invoke("new", str(tmp_path / "x"))
+    assert code == 1
+    assert "not empty" in out
+    code, out = invoke("new", "a", "b", "c")
+    assert code != 0
+
+
+def test_dlq_commands(tmp_path: Path) -> None:
+    project = make(tmp_path, count=70)  # celsius runs -10..39: none implausible yet
+    validate = project / "src" / "pipeline" / "stages" / "10_validate.py"
+    validate.write_text(validate.read_text().replace("<= 60.0", "<= 30.0"))
+    code, out = invoke("run", str(project))
+    assert code == 0, out
+    with open_dead_letter_store(project / ".conveyor" / "dead_letters.db") as store:
+        letters = store.list()
+    assert letters
+    assert all(d.stage == "validate" for d in letters)
+    code, out = invoke("dlq", "list", str(project))
+    assert code == 0
+    assert f"{len(letters)} dead letter(s)" in out
+    code, out = invoke("dlq", "show", letters[0].id[:12], str(project))
+    assert code == 0
+    assert "implausible temperature" in out
+    code, out = invoke("dlq", "show", "zzzz", str(project))
+    assert code == 1
+    validate.write_text(validate.read_text().replace("<= 30.0", "<= 60.0"))
+    code, out = invoke("dlq", "replay", str(project))
+    assert code == 0
+    assert f"{len(letters)} in, {len(letters)} out" in out
+    code, out = invoke("dlq", "replay", str(project))
+    assert code == 0
+    assert "no dead letters to replay" in out
+
+
+def test_contracts_check(tmp_path: Path) -> None:
+    project = make(tmp_path)
+    contracts = project / "src" / "pipeline" / "contracts"
+    v1 = {"type": "object", "properties": {"id": {"type": "integer"}}}
+    (contracts / "order.v1.json").write_text(json.dumps(v1))
+    (contracts / "order.v2.json").write_text(json.dumps(v1))
+    code, out = invoke("contracts", "check", str(project))
+    assert code == 0
+    assert "backward compatible" in out
+    v3 = {**v1, "required": ["id"]}
+    (contracts / "order.v3.json").write_text(json.dumps(v3))
+    code, out = invoke("contracts", "check", str(project))
+    assert code == 1
+    assert "required-added" in out
+    assert "'id'" in out
+
+
+def test_version_and_no_project(tmp_path: Path) -> None:
+    assert invoke("version")[1].startswith("conveyor ")
+    code, out = invoke("run", str(tmp_path))
+    assert code == 1
+    assert "conveyor new" in out
