@@ -323,6 +323,24 @@ def graph(
     console.print(f"wrote {written}", highlight=False)
 
 
+@app.command()
+def dvc(
+    path: Path = typer.Argument(Path("."), help="The project."),
+    output: Path | None = typer.Option(None, help="Where to write (default: PATH/dvc.yaml)."),
+    force: bool = typer.Option(False, help="Overwrite a dvc.yaml that Conveyor did not write."),
+) -> None:
+    """Write dvc.yaml: one DVC stage per persisted stage, so `dvc repro` runs the pipeline."""
+    from conveyor.project.dvc import write_dvc_yaml
+    from conveyor.project.project import load_project
+
+    try:
+        written = write_dvc_yaml(load_project(path), output, force=force)
+    except ConveyorError as exc:
+        _fail(exc)
+        return
+    console.print(f"wrote {written}; run it with: dvc repro", highlight=False)
+
+
 @contracts_app.command("check")
 def contracts_check(
     path: Path = typer.Argument(Path("."), help="A project, its pipeline folder, or a folder."),

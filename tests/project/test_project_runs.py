@@ -205,3 +205,34 @@ def test_version_and_no_project(tmp_path: Path) -> None:
     code, out = invoke("run", str(tmp_path))
     assert code == 1
     assert "conveyor new" in out
+
+
+def test_a_stage_fed_by_the_source_reruns_when_the_source_params_change(tmp_path: Path) -> None:
+    project = make(tmp_path, persist=True)
+    run_project(project, ["stage=validate"], handle_signals=False)
+    assert run_project(project, ["stage=validate"], handle_signals=False).skipped == ["validate"]
+    changed = run_project(
+        project, ["stage=validate", "stages.source.params.count=7"], handle_signals=False
+    )
+    assert changed.skipped == []
+    assert changed.report is not None
+    assert changed.report.records_in == 7
+
+
+def test_persist_on_the_source_is_refused(tmp_path: Path) -> None:
+    project = make(tmp_path)
+    code, out = invoke("run", str(project), "stages.source.persist.path=data/raw")
+    assert code == 1
+    assert "persist the stage after it" in out
+
+
+def test_dvc_command_writes_dvc_yaml(tmp_path: Path) -> None:
+    project = make(tmp_path, persist=True)
+    code, out = invoke("dvc", str(project))
+    assert code == 0
+    assert "dvc repro" in out
+    text = (project / "dvc.yaml").read_text()
+    assert "cmd: conveyor run . stage=enrich" in text
+    (project / "dvc.yaml").write_text("stages: {}\n")
+    code, out = invoke("dvc", str(project))
+    assert code == 1

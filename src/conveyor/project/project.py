@@ -280,6 +280,12 @@ def _check_shape(project: Project) -> None:
             file=project.pipeline_dir,
         )
     for index, loaded in enumerate(project.stages):
+        if isinstance(loaded.stage, Source | Sink) and loaded.section.persist is not None:
+            raise project.config.error(
+                ("stages", loaded.name, "persist"),
+                f"stage {loaded.name!r} is a {type(loaded.stage).__bases__[0].__name__}: "
+                "its records are not written by the run; persist the stage after it instead",
+            )
         if isinstance(loaded.stage, Source) and index != 0:
             raise ProjectError("a Source must be the first stage", file=loaded.file.path)
         if isinstance(loaded.stage, Sink) and index != len(kinds) - 1:

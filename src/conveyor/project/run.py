@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import hashlib
 from collections.abc import AsyncIterable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,9 +98,21 @@ def _fingerprint(project: Project, loaded: LoadedStage, input_path: Path | None)
 
     # What changes the output: parameters and persistence, not runner options.
     section = {"params": loaded.section.params, "persist": loaded.section.persist}
-    return StageFingerprint.compute(
+    fingerprint = StageFingerprint.compute(
         loaded.file.path, section, input_path, pipeline_dir=project.pipeline_dir
     )
+    if input_path is None and project.source is not None:
+        # Fed by the Source itself: its input is what the Source's code and params make.
+        source = project.stages[0]
+        made_by = StageFingerprint.compute(
+            source.file.path,
+            {"params": source.section.params},
+            None,
+            pipeline_dir=project.pipeline_dir,
+        )
+        digest = hashlib.sha256(f"{made_by.code_hash}:{made_by.config_hash}".encode())
+        fingerprint = dataclasses.replace(fingerprint, input_hash=f"source:{digest.hexdigest()}")
+    return fingerprint
 
 
 def _single_stage_input(
@@ -208,6 +222,8 @@ async def _stream(
     else:
         for writer in writers.values():
             writer.commit()
+        if project.sink is not None and (only is None or only == project.stages[-1].name):
+            project.sink.close()  # the Sink's end-of-run hook
         if only is not None:
             loaded = project.stage(only)
             output = _persist_path(project, loaded)
