@@ -44,6 +44,10 @@ class Sink(ABC):
     def write(self, records: list[Any]) -> Any:
         """Store one micro-batch (may be ``async``)."""
 
+    def close(self) -> None:  # noqa: B027 - an optional hook, not abstract
+        """Called once after a successful run that wrote through this sink (not after a
+        failed or interrupted one): commit what the micro-batches buffered."""
+
 
 class TaskStage(ABC):
     """Seed 002's stage interface: a whole-dataset step, ``run(config)`` after
