@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,16 @@ def _fail(error: BaseException, hint: str = "") -> None:
     if hint:
         errors.print(hint, highlight=False)
     raise typer.Exit(1)
+
+
+def _findings(findings: Sequence[object], failed: str, passed: str) -> None:
+    """Print one finding a line; exit 1 with ``failed`` on stderr if there are any."""
+    for finding in findings:
+        console.print(str(finding), highlight=False, markup=False)
+    if findings:
+        errors.print(failed, highlight=False)
+        raise typer.Exit(1)
+    console.print(passed, highlight=False)
 
 
 def _stats_table(runner: Any) -> Table:
@@ -291,12 +302,7 @@ def check(path: Path = typer.Argument(Path("."), help="The project.")) -> None:
     except ConveyorError as exc:
         _fail(exc)
         return
-    for violation in violations:
-        console.print(str(violation), highlight=False, markup=False)
-    if violations:
-        errors.print(f"{len(violations)} violation(s)")
-        raise typer.Exit(1)
-    console.print("no violations")
+    _findings(violations, f"{len(violations)} violation(s)", "no violations")
 
 
 @app.command()
@@ -358,12 +364,11 @@ def contracts_check(
     except (ConveyorError, FileNotFoundError, ImportError) as exc:
         _fail(exc)
         return
-    for change in changes:
-        console.print(str(change), highlight=False, markup=False)
-    if changes:
-        errors.print(f"{len(changes)} breaking change(s) in {folder}")
-        raise typer.Exit(1)
-    console.print(f"contracts in {folder} are backward compatible", highlight=False)
+    _findings(
+        changes,
+        f"{len(changes)} breaking change(s) in {folder}",
+        f"contracts in {folder} are backward compatible",
+    )
 
 
 def main() -> None:

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,24 +13,6 @@ import pytest
 from conveyor.dlq import open_dead_letter_store
 from conveyor.errors import ConfigError, ProjectError
 from conveyor.project.run import run_project
-from conveyor.project.scaffold import new_project
-
-
-@pytest.fixture(autouse=True)
-def _isolated_imports() -> Iterator[None]:
-    """Stage files import ``pipeline.…``; forget every project's modules after each test."""
-    path = list(sys.path)
-    yield
-    sys.path[:] = path
-    for name in [m for m in sys.modules if m == "pipeline" or m.startswith("pipeline.")]:
-        del sys.modules[name]
-
-
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
-    root = tmp_path / "demo"
-    new_project(root)
-    return root.resolve()
 
 
 def _stages(project: Path) -> Path:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,7 +9,6 @@ import pytest
 from conveyor.errors import ConfigError, ProjectError
 from conveyor.project.config import load_config, parse_overrides
 from conveyor.project.project import load_project
-from conveyor.project.scaffold import new_project
 
 PIPELINE_KEYS = (
     "name",
@@ -40,16 +37,6 @@ STAGE_KEYS = (
 SECRET = "s3cr3t-value"
 
 
-@pytest.fixture(autouse=True)
-def _isolated_imports() -> Iterator[None]:
-    """Stage files import ``pipeline.…``; forget every project's modules after each test."""
-    path = list(sys.path)
-    yield
-    sys.path[:] = path
-    for name in [m for m in sys.modules if m == "pipeline" or m.startswith("pipeline.")]:
-        del sys.modules[name]
-
-
 def _config(tmp_path: Path, text: str) -> Path:
     file = tmp_path / "config.yaml"
     file.write_text(text, encoding="utf-8")
@@ -60,13 +47,6 @@ def _error(file: Path, overrides: tuple[str, ...] = (), env: dict[str, str] | No
     with pytest.raises(ConfigError) as info:
         load_config(file, overrides, env={} if env is None else env)
     return info.value
-
-
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
-    root = tmp_path / "demo"
-    new_project(root)
-    return root
 
 
 def _write_config(project: Path, text: str) -> Path:
