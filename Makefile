@@ -5,16 +5,17 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-EXAMPLE := examples/user_import
+EXAMPLE := examples/digits
 
 # No phoning home from anything the project runs.
 export DVC_NO_ANALYTICS := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test lint format typecheck imports pytest bench clean help
+.PHONY: run run-user-import test lint format typecheck imports pytest bench clean help
 
 help:
-	@echo "make run   - set up .venv and run the main job (the user-import example)"
+	@echo "make run   - set up .venv and run the main job (the digits dataset pipeline)"
+	@echo "make run-user-import - the user-import example of the stage algebra"
 	@echo "make test  - set up .venv and run every gate (format, lint, mypy, imports, pytest)"
 	@echo "make bench - run the benchmarks under bench/ (slow, on demand)"
 
@@ -26,7 +27,10 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/python $(EXAMPLE)/run.py
+	$(BIN)/conveyor run $(EXAMPLE)
+
+run-user-import: $(STAMP)
+	$(BIN)/python examples/user_import/run.py
 
 format: $(STAMP)
 	$(BIN)/ruff format --check src tests examples bench

@@ -299,3 +299,18 @@ def test_dvc_repro_reruns_everything_when_the_source_changes(
     assert ran(output) == {"validate", "enrich"}, output
     assert len(records(root / "data/validated")) == 7
     assert len(records(root / "data/enriched")) == 7
+
+
+def test_a_sink_that_names_its_outputs_is_the_last_dvc_stage() -> None:
+    from conveyor.project.project import load_project
+
+    digits = Path(__file__).resolve().parents[2] / "examples" / "digits"
+    stages = dvc_stages(load_project(digits))
+    assert list(stages) == ["preprocess", "validate", "split", "export"]
+    export = stages["export"]
+    assert export["cmd"] == "conveyor run . stage=export"
+    assert export["deps"][:2] == ["data/assigned", "src/pipeline/stages/90_export.py"]
+    assert export["outs"] == ["data/splits"]
+    # The committed dvc.yaml is what `conveyor dvc` writes today.
+    committed = yaml.safe_load((digits / "dvc.yaml").read_text(encoding="utf-8"))
+    assert committed["stages"] == stages

@@ -236,3 +236,42 @@ def test_dvc_command_writes_dvc_yaml(tmp_path: Path) -> None:
     (project / "dvc.yaml").write_text("stages: {}\n")
     code, out = invoke("dvc", str(project))
     assert code == 1
+
+
+CLASS_STAGE = '''"""A stage class defined in the stage file itself."""
+
+from conveyor import PipelineStage, StageResult
+from pipeline.shared.units import to_fahrenheit
+
+
+class Enrich(PipelineStage[list[dict], list[dict]]):
+    async def process(self, data, context):
+        out = [{**r, "fahrenheit": to_fahrenheit(r["celsius"])} for r in data]
+        return StageResult.ok(out)
+'''
+
+
+def test_a_stage_class_of_a_project_runs_on_spawned_process_workers(tmp_path: Path) -> None:
+    import threading
+
+    project = make(tmp_path, count=40)
+    (project / "src" / "pipeline" / "stages" / "20_enrich.py").write_text(CLASS_STAGE)
+    # Another thread is alive, so workers start from a forkserver and must import the
+    # stage's module (named pipeline.stages.enrich, from a file starting with a digit).
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait, daemon=True)
+    other.start()
+    try:
+        result = run_project(
+            project,
+            ["stages.enrich.executor=process", "stages.enrich.workers=2", "pipeline.batch_size=10"],
+            handle_signals=False,
+        )
+    finally:
+        stop.set()
+        other.join()
+    assert result.report is not None
+    assert result.report.records_out == 40
+    assert result.report.dead_lettered == 0
+    lines = (project / "data" / "readings.jsonl").read_text().splitlines()
+    assert json.loads(lines[0])["fahrenheit"] == json.loads(lines[0])["celsius"] * 9 / 5 + 32

@@ -14,6 +14,7 @@ from typing import Any
 from conveyor.core.stage import PipelineStage
 from conveyor.errors import ProjectError
 from conveyor.project.kinds import Sink, Source, TaskStage
+from conveyor.runtime.executors import register_file_module
 
 __all__ = [
     "StageFile",
@@ -98,6 +99,7 @@ def _import(stage_file: StageFile, package: str) -> ModuleType:
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
+    register_file_module(module_name, str(stage_file.path))  # for process workers
     try:
         spec.loader.exec_module(module)
     except Exception as exc:

@@ -32,7 +32,9 @@ a single-stage run cannot read the records of an unpersisted stage.) Further:
 - persist paths must lie inside the project folder, outside the pipeline folder, and
   not inside one another.
 
-What ``dvc repro`` does not run: the Sink and unpersisted stages after the last persisted
+What ``dvc repro`` does not run: the Sink (unless it directly follows a persisted stage and
+names its outputs with :meth:`Sink.outputs`, then it is the last DVC stage) and unpersisted
+stages after the last persisted
 one (run them with ``conveyor run . stage=NAME`` or the whole pipeline). Values that come
 from ``${VAR}`` in ``config.yaml`` are tracked by DVC as written, not as substituted.
 
@@ -228,6 +230,28 @@ def dvc_stages(project: Project) -> dict[str, dict[str, Any]]:
             stage["params"] = [{config_file: keys}]
         stage["outs"] = [_persist_out(project, loaded)]
         out[loaded.name] = stage
+    sink = project.sink
+    last = project.stages[-1]
+    if (
+        sink is not None
+        and sink.outputs()
+        and len(project.stages) > 1
+        and project.stages[-2] in persisted
+    ):
+        # A Sink that names its outputs runs as the last DVC stage, on the dataset before it.
+        sink_stage: dict[str, Any] = {
+            "cmd": f"conveyor run . stage={last.name}",
+            "deps": [
+                _persist_out(project, project.stages[-2]),
+                _relative(project, last.file.path),
+                *code,
+            ],
+        }
+        keys = _params(written, last.name, ("params",))
+        if keys:
+            sink_stage["params"] = [{config_file: keys}]
+        sink_stage["outs"] = list(sink.outputs())
+        out[last.name] = sink_stage
     return out
 
 

@@ -44,6 +44,11 @@ class Sink(ABC):
     def write(self, records: list[Any]) -> Any:
         """Store one micro-batch (may be ``async``)."""
 
+    def outputs(self) -> list[str]:
+        """Files or folders (relative to the project) that :meth:`write` produces; a Sink
+        that names them becomes the last stage of ``conveyor dvc``'s ``dvc.yaml``."""
+        return []
+
     def close(self) -> None:  # noqa: B027 - an optional hook, not abstract
         """Called once after a successful run that wrote through this sink (not after a
         failed or interrupted one): commit what the micro-batches buffered."""

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import importlib.abc
+import importlib.machinery
+import importlib.util
 import multiprocessing
 import pickle
 import signal
+import sys
 import threading
 import traceback
 from concurrent.futures.process import BrokenProcessPool
@@ -248,10 +252,40 @@ def _picklable(error: BaseException) -> BaseException:
     return error
 
 
-def _ignore_interrupts() -> None:
-    """Worker initializer: Ctrl-C reaches the whole process group, but only the parent
-    decides how to stop (drain, then abort); a worker killed by it would break the pool."""
+_FILE_MODULES: dict[str, str] = {}
+"""Modules loaded from a file under a name the import system cannot find by itself (a
+project's ``10_preprocess.py`` is ``pipeline.stages.preprocess``), by name."""
+
+
+def register_file_module(name: str, path: str) -> None:
+    """Tell worker processes where module ``name`` comes from, so that stages defined in it
+    can be unpickled there (project discovery calls this for every stage file)."""
+    _FILE_MODULES[name] = path
+
+
+class _FileModuleFinder(importlib.abc.MetaPathFinder):
+    """Finds the registered file-backed modules in a worker process."""
+
+    def __init__(self, modules: dict[str, str]) -> None:
+        self.modules = modules
+
+    def find_spec(
+        self, fullname: str, path: Any = None, target: Any = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        origin = self.modules.get(fullname)
+        return None if origin is None else importlib.util.spec_from_file_location(fullname, origin)
+
+
+def _init_worker(sys_path: list[str], modules: dict[str, str]) -> None:
+    """Worker initializer: the parent's import path and file-backed modules; and ignore
+    Ctrl-C, which reaches the whole process group, because only the parent decides how to
+    stop (drain, then abort) and a worker killed by it would break the pool."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for entry in reversed(sys_path):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+    if modules:
+        sys.meta_path.insert(0, _FileModuleFinder(dict(modules)))
 
 
 def _noop() -> None:
@@ -283,7 +317,8 @@ class ProcessExecutor(StageExecutor):
         pool = concurrent.futures.ProcessPoolExecutor(
             self._workers,
             mp_context=multiprocessing.get_context(method),
-            initializer=_ignore_interrupts,
+            initializer=_init_worker,
+            initargs=(list(sys.path), dict(_FILE_MODULES)),
         )
         if method == "fork":
             pool.submit(_noop)  # forks every worker now, while this is the only thread

@@ -1,0 +1,1 @@
+"""The digits pipeline: UCI handwritten digits to stratified Parquet splits."""

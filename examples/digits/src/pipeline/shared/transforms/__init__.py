@@ -1,0 +1,1 @@
+"""Record-level transforms the stages share (pure Python, picklable)."""
