@@ -257,3 +257,20 @@ def test_http_download_resumes_after_a_dropped_connection(
     half = len(_Handler.body) // 2
     assert handler.requests[1]["Range"] == f"bytes={half}-"
     assert (project / "data" / "raw" / "digits.csv.gz").read_bytes() == BUNDLED.read_bytes()
+
+
+def test_the_projects_own_stage_tests_pass() -> None:
+    import subprocess
+    import sys
+
+    digits = Path(__file__).resolve().parents[2] / "examples" / "digits"
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "src/pipeline/stages"],
+        cwd=digits,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "3 passed" in result.stdout
