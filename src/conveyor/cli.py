@@ -140,6 +140,9 @@ def run(
     except ConveyorError as exc:
         progress.stop()
         stage = next((o for o in overrides if o.startswith("stage=")), None)
+        failed = getattr(exc, "stage", None)  # HookError, ConservationError … name it
+        if stage is None and isinstance(failed, str) and failed and failed != "sink":
+            stage = f"stage={failed}"
         hint = f"re-run with: conveyor run {path} {stage}" if stage else ""
         _fail(exc, hint)
         return

@@ -329,3 +329,35 @@ def test_cli_dead_letters_list_show_replay(cli_project: Path, tmp_path: Path) ->
     replayed = _conveyor("dlq", "replay", str(cli_project), cwd=tmp_path)
     assert replayed.returncode == 0, replayed.stderr
     assert "1 in" in _flat(replayed.stdout)
+
+
+def test_check_graph_contracts_and_dvc_commands_in_a_subprocess(project: Path) -> None:
+    import subprocess
+    import sys
+
+    config = project / "src" / "pipeline" / "config.yaml"
+    config.write_text(
+        config.read_text(encoding="utf-8") + "  validate:\n    persist: {path: data/validated}\n",
+        encoding="utf-8",
+    )
+
+    def conveyor(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "conveyor", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    check = conveyor("check", str(project))
+    assert (check.returncode, check.stdout.strip()) == (0, "no violations")
+    graph = conveyor("graph", str(project))
+    assert graph.returncode == 0
+    assert "source --> validate" in graph.stdout
+    contracts = conveyor("contracts", "check", str(project))
+    assert contracts.returncode == 0
+    assert "backward compatible" in contracts.stdout
+    dvc = conveyor("dvc", str(project))
+    assert dvc.returncode == 0
+    assert "stage=validate" in (project / "dvc.yaml").read_text(encoding="utf-8")
