@@ -314,3 +314,28 @@ def test_a_sink_that_names_its_outputs_is_the_last_dvc_stage() -> None:
     # The committed dvc.yaml is what `conveyor dvc` writes today.
     committed = yaml.safe_load((digits / "dvc.yaml").read_text(encoding="utf-8"))
     assert committed["stages"] == stages
+
+
+@needs_dvc
+@pytest.mark.timeout(600)
+def test_dvc_repro_reproduces_the_digits_reference_pipeline(
+    tmp_path: Path, dvc_env: dict[str, str]
+) -> None:
+    import shutil
+
+    digits = Path(__file__).resolve().parents[2] / "examples" / "digits"
+    root = tmp_path / "digits"
+    shutil.copytree(digits, root, ignore=shutil.ignore_patterns("data", ".conveyor", ".dvc"))
+    dvc(root, "init", "--no-scm", env=dvc_env)
+    dvc(root, "config", "core.analytics", "false", env=dvc_env)
+    dvc(root, "config", "core.check_update", "false", env=dvc_env)
+    first = dvc(root, "repro", env=dvc_env)
+    assert ran(first) == {"preprocess", "validate", "split", "export"}, first
+    manifest = json.loads((root / "data/splits/manifest.json").read_text(encoding="utf-8"))
+    assert manifest["records"] == 1797
+    assert ran(dvc(root, "repro", env=dvc_env)) == set()
+    config = root / "src/pipeline/config.yaml"
+    config.write_text(
+        config.read_text(encoding="utf-8").replace("seed: 20261122", "seed: 7"), encoding="utf-8"
+    )
+    assert ran(dvc(root, "repro", env=dvc_env)) == {"split", "export"}
