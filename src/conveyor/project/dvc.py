@@ -26,7 +26,8 @@ be given ``persist:`` too. (Chaining several stages in one DVC command is not po
 a single-stage run cannot read the records of an unpersisted stage.) Further:
 
 - the first stage must be a :class:`~conveyor.project.Source`; ``persist:`` on the Source
-  or on the :class:`~conveyor.project.Sink` is rejected (runs never write them);
+  or on the :class:`~conveyor.project.Sink` is rejected when the project loads (runs never
+  write them);
 - a persisted stage may not be a member of a branch of ``branches:``;
 - task-stage projects (``run(config)``/``validate()``) are not supported;
 - persist paths must lie inside the project folder, outside the pipeline folder, and
@@ -54,7 +55,7 @@ from typing import Any, Final
 import yaml
 
 from conveyor.errors import ProjectError
-from conveyor.project.kinds import Sink, Source, TaskStage
+from conveyor.project.kinds import TaskStage
 from conveyor.project.project import LoadedStage, Project
 
 __all__ = ["DVCIGNORE_PATTERNS", "GENERATED_HEADER", "dvc_stages", "write_dvc_yaml"]
@@ -132,15 +133,6 @@ def _check(project: Project) -> list[LoadedStage]:
             file=project.pipeline_dir,
         )
     where = project.config.file
-    for loaded in project.stages:
-        if loaded.section.persist is not None and isinstance(loaded.stage, Source | Sink):
-            kind = "Source" if isinstance(loaded.stage, Source) else "Sink"
-            raise ProjectError(
-                f"stage {loaded.name!r} is the {kind} and runs never write its persist: "
-                f"remove persist from stages.{loaded.name} (persist the stage "
-                f"{'after' if kind == 'Source' else 'before'} it instead)",
-                file=where,
-            )
     persisted = [s for s in project.stages if s.section.persist is not None]
     if not persisted:
         raise ProjectError(

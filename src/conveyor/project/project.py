@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import difflib
 import importlib
 import inspect
 from collections.abc import AsyncIterable, Callable, Iterable, Mapping, Sequence
@@ -195,16 +196,14 @@ def _exception_type(name: str) -> type[BaseException] | None:
     return value if isinstance(value, type) and issubclass(value, BaseException) else None
 
 
-def _unknown_stage(name: str, names: list[str]) -> ConfigError:
-    import difflib
-
+def _unknown_stage(name: str, names: list[str], config: LoadedConfig | None = None) -> ConfigError:
+    """An unknown stage name, with "did you mean"; located in config.yaml when it is there."""
     close = difflib.get_close_matches(name, names, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
-    return ConfigError(
-        f"unknown stage {name!r}{hint} (stages: {', '.join(names)})",
-        key=name,
-        valid_keys=tuple(names),
-    )
+    message = f"unknown stage {name!r}{hint} (stages: {', '.join(names)})"
+    if config is not None:
+        return config.error(("stages", name), message, names)
+    return ConfigError(message, key=name, valid_keys=tuple(names))
 
 
 def _instantiate(
@@ -250,16 +249,7 @@ def load_project(path: Path, overrides: Sequence[str] = ()) -> Project:
     names = [f.name for f in files]
     for name in config.config.stages:
         if name not in names:
-            error = _unknown_stage(name, names)
-            file, line, column = config.where(("stages", name))
-            raise ConfigError(
-                str(error),
-                file=file,
-                line=line,
-                column=column,
-                key=f"stages.{name}",
-                valid_keys=tuple(names),
-            )
+            raise _unknown_stage(name, names, config)
     project = Project(root, pipeline_dir, config)
     for stage_file in files:
         found, _ = load_stage(stage_file, pipeline_dir)
@@ -302,7 +292,7 @@ def source_records(source: Source) -> Iterable[Any] | AsyncIterable[Any]:
     return records
 
 
-class _Discard:
+class DiscardSink:
     """The sink of a project without a Sink stage: counts and drops."""
 
     def __init__(self) -> None:
@@ -315,7 +305,7 @@ class _Discard:
 def sink_function(project: Project) -> Callable[[list[Any]], Any]:
     """The project's Sink.write, or a counting sink."""
     sink = project.sink
-    return sink.write if sink is not None else _Discard()
+    return sink.write if sink is not None else DiscardSink()
 
 
 class PersistStage(PipelineStage[list[Any], list[Any]]):

@@ -15,6 +15,7 @@ from conveyor.errors import ProjectError
 from conveyor.project.discovery import project_root
 from conveyor.project.kinds import TaskStage
 from conveyor.project.project import (
+    DiscardSink,
     LoadedStage,
     Project,
     load_project,
@@ -183,7 +184,7 @@ async def _stream(
         if loaded is project.stages[-1] and project.sink is not None:
             stages, sink = [], sink_function(project)
         else:
-            stages, sink = [loaded], _discard()
+            stages, sink = [loaded], DiscardSink()
     writers = {
         s.name: DatasetWriter(path, s.section.persist.format)  # type: ignore[union-attr]
         for s in stages
@@ -235,12 +236,6 @@ async def _stream(
         progress(runner)
     run.report = report
     return run
-
-
-def _discard() -> Any:
-    from conveyor.project.project import _Discard
-
-    return _Discard()
 
 
 async def _tick(runner: StreamRunner, progress: Progress, interval: float) -> None:

@@ -56,7 +56,8 @@ class ChunkOutcome:
     raw: Any = None
 
 
-def _format(error: BaseException) -> str:
+def format_traceback(error: BaseException) -> str:
+    """The exception formatted with its frames and chained causes."""
     return "".join(traceback.format_exception(error))
 
 
@@ -79,21 +80,25 @@ async def apply_stage(
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            return ChunkOutcome(error=exc, error_traceback=_format(exc))
+            return ChunkOutcome(error=exc, error_traceback=format_traceback(exc))
         return ChunkOutcome(
             outputs=outcome.outputs,
             filtered=outcome.filtered,
-            failures=[FailedRecord(f.item, f.error, _format(f.error)) for f in outcome.failures],
+            failures=[
+                FailedRecord(f.item, f.error, format_traceback(f.error)) for f in outcome.failures
+            ],
         )
     result = await run_stage(stage, records, context)
     if not result.success:
         assert result.error is not None
-        return ChunkOutcome(error=result.error, error_traceback=_format(result.error))
+        return ChunkOutcome(error=result.error, error_traceback=format_traceback(result.error))
     return ChunkOutcome(
         outputs=as_records(result.data),
         raw=result.data,
         filtered=result.records_filtered,
-        failures=[FailedRecord(f.item, f.error, _format(f.error)) for f in result.failures],
+        failures=[
+            FailedRecord(f.item, f.error, format_traceback(f.error)) for f in result.failures
+        ],
     )
 
 

@@ -17,7 +17,6 @@ import itertools
 import logging
 import signal
 import time
-import traceback
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -45,6 +44,7 @@ from conveyor.runtime.executors import (
     ChunkOutcome,
     RemoteError,
     StageExecutor,
+    format_traceback,
     make_executor,
 )
 from conveyor.runtime.limiter import RateLimiter
@@ -705,7 +705,7 @@ class StreamRunner:
         except TimeoutError:
             rt.executor.abandon()  # a worker may still be stuck on it: do not queue behind it
             error = StageTimeoutError(rt.name, timeout)
-            return ChunkOutcome(error=error, error_traceback=_describe(error))
+            return ChunkOutcome(error=error, error_traceback=format_traceback(error))
 
     async def _process(
         self, rt: _StageRuntime, records: list[Any], dead: list[DeadLetter], attempt: int
@@ -780,7 +780,7 @@ class StreamRunner:
             return records
         bad = {index for index, _ in violations}
         for index, violation in violations:
-            dead.append(self._letter(rt, records[index], violation, _describe(violation), 0))
+            dead.append(self._letter(rt, records[index], violation, format_traceback(violation), 0))
         return [r for i, r in enumerate(records) if i not in bad]
 
     def _letter(
@@ -798,7 +798,7 @@ class StreamRunner:
             attempts=attempts,
             error_type=type_name,
             message=str(error),
-            traceback=tb or _describe(error),
+            traceback=tb or format_traceback(error),
             run_id=self.run_id,
         )
 
@@ -889,7 +889,3 @@ class _LetterError(Exception):
     def __init__(self, letter: DeadLetter) -> None:
         self.dead_letter = letter
         super().__init__(f"{letter.error_type}: {letter.message}")
-
-
-def _describe(error: BaseException) -> str:
-    return "".join(traceback.format_exception(error))
