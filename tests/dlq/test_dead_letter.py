@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import traceback
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -120,6 +122,7 @@ class TestFromException:
         for value in ids:
             assert len(value) == 32
             assert uuid.UUID(hex=value).version == 4
+            assert uuid.UUID(hex=value).variant == uuid.RFC_4122
 
     def test_created_at_is_utc_now(self) -> None:
         before = datetime.now(UTC)
@@ -193,3 +196,112 @@ class TestSummary:
                 raise RuntimeError("no repr")
 
         assert "record=<Opaque instance at 0x" in letter(record=Opaque()).summary()
+
+
+# -- records, output, and exceptions that resist formatting -----------------------------------
+
+
+class Unprintable:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+class StrRaisesError(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no message")
+
+
+class TestRecordsAndOutput:
+    def test_defaults(self) -> None:
+        dead = DeadLetter.from_exception({}, ValueError(), stage="s", attempts=1, run_id="r")
+        assert (dead.records, dead.output) == (1, None)
+        assert (letter().records, letter().output) == (1, None)
+
+    def test_from_exception_keeps_them(self) -> None:
+        group = [{"id": 1}, {"id": 2}, {"id": 3}]
+        dead = DeadLetter.from_exception(
+            group,
+            ValueError("bad total"),
+            stage="batch",
+            attempts=1,
+            run_id="r",
+            records=3,
+            output={"total": -1},
+        )
+        assert dead.record is group
+        assert (dead.records, dead.output) == (3, {"total": -1})
+
+    @pytest.mark.parametrize("count", [0, -2])
+    def test_fewer_than_one_record_is_refused(self, count: int) -> None:
+        with pytest.raises(ValueError, match=r"records must be >= 1"):
+            letter(records=count)
+        with pytest.raises(ValueError, match=r"records must be >= 1"):
+            DeadLetter.from_exception(
+                {}, ValueError(), stage="s", attempts=1, run_id="r", records=count
+            )
+
+    def test_summary_shows_them_when_not_default(self) -> None:
+        summary = letter(records=4, output={"id": 7, "email": None}).summary()
+        assert summary == (
+            "0123456789ab 2024-05-01 12:30:15Z enrich attempts=3 records=4 KeyError: 'email' "
+            "record={'id': 7} output={'email': None, 'id': 7}"
+        )
+
+    def test_summary_hides_them_when_default(self) -> None:
+        summary = letter().summary()
+        assert "records=" not in summary
+        assert "output=" not in summary
+
+    def test_a_long_output_is_shortened(self) -> None:
+        summary = letter(output={"text": "y" * 500, "n": list(range(99))}).summary()
+        assert "output={'n': [0, 1, 2, 3, 4, 5, ...], 'text': 'yyyy" in summary
+        assert summary.endswith("…")
+        assert len(summary) < 200
+
+    def test_an_unrepresentable_output_does_not_break_the_summary(self) -> None:
+        assert "output=<Unprintable instance at 0x" in letter(output=Unprintable()).summary()
+
+
+class TestHostileExceptions:
+    def test_a_key_error_holding_an_unrepresentable_record(self) -> None:
+        record = Unprintable()
+        exc = caught_as(lambda: {}.__getitem__(record))
+        dead = DeadLetter.from_exception(record, exc, stage="s", attempts=1, run_id="r")
+        assert dead.message == "<unprintable builtins.KeyError: RuntimeError>"
+        assert dead.traceback.endswith("KeyError: <exception str() failed>\n")
+        assert dead.traceback == "".join(traceback.format_exception(exc))
+
+    def test_an_exception_whose_str_raises(self) -> None:
+        exc = caught_as(lambda: raise_(StrRaisesError()))
+        dead = DeadLetter.from_exception({}, exc, stage="s", attempts=1, run_id="r")
+        assert dead.message == f"<unprintable {__name__}.StrRaisesError: RuntimeError>"
+        assert dead.error_type == f"{__name__}.StrRaisesError"
+        assert "raise_" in dead.traceback
+
+    def test_a_cyclic_cause(self) -> None:
+        first, second = ValueError("first"), ValueError("second")
+        first.__cause__, second.__cause__ = second, first
+        dead = DeadLetter.from_exception({}, first, stage="s", attempts=1, run_id="r")
+        assert dead.traceback == "".join(traceback.format_exception(first))
+        assert dead.traceback.count("ValueError: second") == 1
+
+    def test_the_traceback_equals_the_stdlib_one_also_when_repeated(self) -> None:
+        texts = set()
+        for n in range(3):
+            exc = caught({"n": n})
+            dead = DeadLetter.from_exception({}, exc, stage="s", attempts=1, run_id="r")
+            assert dead.traceback == "".join(traceback.format_exception(exc))
+            texts.add(dead.traceback)
+        assert len(texts) == 1
+
+
+def raise_(exc: BaseException) -> None:
+    raise exc
+
+
+def caught_as(action: Callable[[], object]) -> Exception:
+    try:
+        action()
+    except Exception as exc:
+        return exc
+    raise AssertionError("did not raise")

@@ -13,7 +13,9 @@ import decimal
 import json
 import logging
 import math
+import os
 import pickle
+import shutil
 import sqlite3
 import sys
 import tempfile
@@ -35,6 +37,7 @@ from conveyor.dlq import (
     LetterQuery,
     MemoryDeadLetterStore,
     SqliteDeadLetterStore,
+    _codec,
     _jsonl,
     _sqlite,
     open_dead_letter_store,
@@ -159,6 +162,16 @@ class TestWriteAndRead:
         assert store.count() == 2
         assert store.get(letter.id).stage == "parse"
         assert records(store.list()) == [{"n": 1}, {"n": 2}]
+
+    @pytest.mark.parametrize("size", [63, 64, 65, 200])
+    def test_a_big_batch_keeps_its_order_and_first_copies(
+        self, store: DeadLetterStore, size: int
+    ) -> None:
+        letters = [dead({"n": n}) for n in range(size)]
+        again = dataclasses.replace(letters[3], stage="other")
+        store.write([*letters[: size // 2], again, *letters[size // 2 :], letters[-1]])
+        assert store.list() == letters
+        assert store.get(letters[3].id).stage == "parse"
 
     def test_the_record_is_copied_when_written(self, store: DeadLetterStore) -> None:
         record = {"tags": ["a"]}
@@ -313,15 +326,17 @@ class TestFidelityFallback:
         assert stored.record["lock"].startswith("<unlocked _thread.lock object")
         assert stored.source_offset == [1, 2]
 
-    def test_record_json_cannot_express_becomes_its_repr(self, store: DeadLetterStore) -> None:
+    def test_what_json_cannot_express_is_rendered_part_by_part(
+        self, store: DeadLetterStore
+    ) -> None:
         class Local:  # a local class cannot be pickled
             def __repr__(self) -> str:
                 return "Local()"
 
-        store.write([dead({(1, 2): Local()})])
+        store.write([dead({(1, 2): Local(), "n": 1, "score": math.nan})])
         (stored,) = store.list()
         assert stored.record_exact is False
-        assert stored.record == "{(1, 2): Local()}"
+        assert stored.record == {"(1, 2)": "Local()", "n": 1, "score": "nan"}
 
     def test_unrepresentable_record(self, store: DeadLetterStore) -> None:
         class Opaque:
@@ -344,7 +359,12 @@ class TestFidelityFallback:
             (stored,) = store.list()
         assert "cannot be loaded here" in caplog.text
         assert stored.record_exact is False
-        assert stored.record == repr(order)
+        assert stored.record == {
+            "__type__": f"{__name__}.Order",
+            "id": 1,
+            "placed": repr(order.placed),
+            "lines": [],
+        }
 
     def test_a_json_only_letter_stays_json_only(self, store: DeadLetterStore) -> None:
         letter = dataclasses.replace(dead({"n": [1, 2]}), record_exact=False)
@@ -488,13 +508,15 @@ class TestJsonlStore:
         (line,) = path.read_text(encoding="utf-8").splitlines()
         obj = json.loads(line)
         assert obj["kind"] == "dead_letter"
-        assert obj["v"] == 1
+        assert obj["v"] == 2
         assert obj["record"] == {"id": 3, "when": "datetime.date(2024, 1, 2)"}
         assert obj["source_offset"] == [0, 17]
         assert obj["error_type"] == "builtins.ValueError"
         assert obj["replayed"] is False
-        record, offset = pickle.loads(base64.b64decode(obj["record_pickle"]))
-        assert (record, offset) == (letter.record, [0, 17])
+        assert obj["records"] == 1
+        assert obj["output"] is None
+        record, offset, output = pickle.loads(base64.b64decode(obj["record_pickle"]))
+        assert (record, offset, output) == (letter.record, [0, 17], None)
 
     def test_file_is_append_only(self, path: Path) -> None:
         letters = [dead({"n": i}) for i in range(3)]
@@ -605,7 +627,9 @@ class TestJsonlStore:
         [
             (b"not json", r"dlq\.jsonl:2: not a JSON object; fix or delete that line"),
             (b"[1, 2]", r"dlq\.jsonl:2: not a JSON object"),
-            (b'{"kind": "dead_letter", "v": 2}', r"dlq\.jsonl:2: format version 2"),
+            (b'{"kind": "dead_letter", "v": 3}', r"dlq\.jsonl:2: format version 3"),
+            (b'{"kind": "dead_letter", "v": 0}', r"dlq\.jsonl:2: format version 0"),
+            (b'{"kind": "dead_letter", "v": 2, "record_pickle": null}', r"without the field"),
             (b'{"kind": "dead_letter"}', r"format version None"),
             (b'{"kind": "surprise", "v": 1}', r"dlq\.jsonl:2: unknown kind 'surprise'"),
             (b'{"kind": "dead_letter", "v": 1}', r"dlq\.jsonl:2: dead letter without the field"),
@@ -670,6 +694,10 @@ class TestSqliteStore:
             batch = [dead({"n": 1}), dead({"n": 2}, stage="boom"), dead({"n": 3})]
             with pytest.raises(DeadLetterStoreError, match="boom refused") as info:
                 store.write(batch)
+            big = [dead({"n": n}) for n in range(5, 205)]
+            big[150] = dead({"n": 155}, stage="boom")  # in the third statement of 64 rows
+            with pytest.raises(DeadLetterStoreError, match="boom refused"):
+                store.write(big)
             assert isinstance(info.value.__cause__, sqlite3.IntegrityError)
             assert records(store.list()) == [{"n": 0}]
             store.write([dead({"n": 4})])
@@ -749,6 +777,18 @@ class TestSqliteStore:
         with pytest.raises(sqlite3.OperationalError, match="no such table"):
             _sqlite.retry_while_busy(broken, timeout=5.0)
         assert calls == [1]
+
+    def test_the_row_hook_writes_the_same_rows(self, path: Path) -> None:
+        class ViaRows(SqliteDeadLetterStore):
+            _write = DeadLetterStore._write  # encode to EncodedLetter rows, then _append
+
+        letters = [dead({"n": n}, records=n + 1, output=[n]) for n in range(70)]
+        letters.append(dataclasses.replace(dead(), message="bad \udcff"))
+        with ViaRows(path) as store:
+            store.write(letters)
+        with SqliteDeadLetterStore(path) as store:
+            assert store.list()[:70] == letters[:70]
+            assert store.get(letters[70].id).message == "bad \\udcff"
 
     def test_lone_surrogates_in_text_columns_are_escaped(self, path: Path) -> None:
         letter = dataclasses.replace(dead(), message="file \udcff.csv")
@@ -894,3 +934,419 @@ def test_write_then_list_returns_the_records_in_order(
         assert records(listed) == [letter.record for letter in flat]
         assert listed == flat
         assert store.count() == len(flat)
+
+
+# -- records and output ------------------------------------------------------------------------
+
+
+class Unrepresentable:
+    """Cannot be pickled (holds a lock) nor repr()'d, but has fields."""
+
+    def __init__(self, id: int) -> None:
+        self.id = id
+        self.email = "ada@example.com"
+        self.lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+class TestRecordsAndOutput:
+    def test_they_come_back_exactly(self, store: DeadLetterStore) -> None:
+        group = [Order(i, datetime(2024, 1, 1, tzinfo=UTC), ()) for i in range(3)]
+        output = {"total": decimal.Decimal("-1.50"), "lines": (1, 2)}
+        letter = dead(group, records=3, output=output)
+        plain = dead({"n": 1})
+        store.write([letter, plain])
+        stored = store.get(letter.id)
+        assert (stored.record, stored.records, stored.output) == (group, 3, output)
+        assert type(stored.output["lines"]) is tuple
+        assert stored == letter
+        assert (store.get(plain.id).records, store.get(plain.id).output) == (1, None)
+
+    def test_an_unpicklable_output_falls_back_to_json_with_the_record(
+        self, store: DeadLetterStore, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        with caplog.at_level(logging.WARNING, logger="conveyor.dlq"):
+            store.write([dead({"id": 1}, output={"lock": threading.Lock(), "n": 2}, records=2)])
+        assert "or its output (builtins.dict) cannot be pickled" in caplog.text
+        (stored,) = store.list()
+        assert stored.record_exact is False
+        assert stored.record == {"id": 1}
+        assert stored.records == 2
+        assert stored.output["n"] == 2
+        assert stored.output["lock"].startswith("<unlocked _thread.lock object")
+
+    def test_a_record_neither_picklable_nor_representable_keeps_its_fields(
+        self, store: DeadLetterStore
+    ) -> None:
+        store.write([dead(Unrepresentable(5), output=[Unrepresentable(6)])])
+        (stored,) = store.list()
+        assert stored.record_exact is False
+        assert stored.record["__type__"] == f"{__name__}.Unrepresentable"
+        assert (stored.record["id"], stored.record["email"]) == (5, "ada@example.com")
+        assert stored.record["lock"].startswith("<unlocked _thread.lock object")
+        assert stored.output[0]["id"] == 6
+
+
+class TestCodec:
+    def test_a_pickle_of_the_earlier_two_fields_still_decodes(self) -> None:
+        letter = dead({"n": 1}, source_offset=4)
+        row = dataclasses.replace(
+            _codec.encode(letter), record_pickle=pickle.dumps(({"n": 1}, 4)), output_json="null"
+        )
+        decoded = _codec.decode(row)
+        assert (decoded.record, decoded.source_offset, decoded.output) == ({"n": 1}, 4, None)
+        assert decoded.record_exact is True
+
+    def test_a_pickle_of_something_else_falls_back_to_json(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        row = dataclasses.replace(_codec.encode(dead({"n": 1})), record_pickle=pickle.dumps(7))
+        with caplog.at_level(logging.WARNING, logger="conveyor.dlq"):
+            decoded = _codec.decode(row)
+        assert "expected (record, source_offset, output), got builtins.int" in caplog.text
+        assert (decoded.record, decoded.record_exact) == ({"n": 1}, False)
+
+    def test_encode_values_follow_the_field_order(self) -> None:
+        letter = dead({"n": 1}, records=2, output=[1])
+        assert _codec.EncodedLetter(*_codec.encode_values(letter)) == _codec.encode(letter)
+        assert _codec.decode(_codec.encode(letter)) == letter
+
+    @pytest.mark.parametrize(
+        ("value", "text"),
+        [
+            (None, "null"),
+            (7, "7"),
+            (True, "true"),
+            ("é", '"é"'),
+            ({"a": (1, 2.5)}, '{"a": [1, 2.5]}'),
+            ({"n": math.nan}, '{"n": "nan"}'),
+        ],
+    )
+    def test_json_text(self, value: Any, text: str) -> None:
+        assert _codec.json_text(value) == text
+
+    def test_json_text_of_a_cycle(self) -> None:
+        looping: list[Any] = []
+        looping.append(looping)
+        assert json.loads(_codec.json_text(looping)) == ["<cycle: builtins.list>"]
+
+
+# -- schema and format versions ----------------------------------------------------------------
+
+V1_SCHEMA = """
+CREATE TABLE IF NOT EXISTS dead_letters (
+    seq           INTEGER PRIMARY KEY AUTOINCREMENT,
+    id            TEXT    NOT NULL UNIQUE,
+    stage         TEXT    NOT NULL,
+    run_id        TEXT    NOT NULL,
+    attempts      INTEGER NOT NULL,
+    error_type    TEXT    NOT NULL,
+    message       TEXT    NOT NULL,
+    traceback     TEXT    NOT NULL,
+    created_at    TEXT    NOT NULL,
+    source_offset TEXT    NOT NULL,
+    record_json   TEXT    NOT NULL,
+    record_pickle BLOB,
+    replayed      INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS dead_letters_stage_run ON dead_letters (stage, run_id);
+"""
+
+V1_COLUMNS = (
+    "id, stage, run_id, attempts, error_type, message, traceback, created_at, "
+    "source_offset, record_json, record_pickle, replayed"
+)
+
+
+def make_v1_file(path: Path) -> None:
+    """A dead-letter file as Conveyor wrote it before version 2: two letters."""
+    conn = sqlite3.connect(path)
+    conn.executescript(V1_SCHEMA)
+    conn.execute(
+        f"INSERT INTO dead_letters ({V1_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            "a" * 32,
+            "parse",
+            "r0",
+            2,
+            "builtins.ValueError",
+            "bad",
+            "Traceback ...",
+            "2024-05-01T12:00:00+00:00",
+            "[0, 1]",
+            '{"n": 1}',
+            pickle.dumps(((1, "exact"), [0, 1])),
+            0,
+        ),
+    )
+    conn.execute(
+        f"INSERT INTO dead_letters ({V1_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            "b" * 32,
+            "load",
+            "r0",
+            1,
+            "builtins.KeyError",
+            "'x'",
+            "Traceback ...",
+            "2024-05-01T12:00:01+00:00",
+            "null",
+            '{"json": "only"}',
+            None,
+            1,
+        ),
+    )
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+
+
+def columns(path: Path) -> list[str]:
+    conn = sqlite3.connect(path)
+    try:
+        return [row[1] for row in conn.execute("PRAGMA table_info(dead_letters)")]
+    finally:
+        conn.close()
+
+
+def user_version(path: Path) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return int(conn.execute("PRAGMA user_version").fetchone()[0])
+    finally:
+        conn.close()
+
+
+class TestSqliteSchemaVersions:
+    @pytest.fixture
+    def path(self, tmp_path: Path) -> Path:
+        return tmp_path / "dlq.db"
+
+    def test_a_new_file_is_version_2(self, path: Path) -> None:
+        with SqliteDeadLetterStore(path) as store:
+            store.write([dead(records=2, output={"o": 1})])
+        assert user_version(path) == 2
+        assert columns(path)[-2:] == ["records", "output_json"]
+        conn = sqlite3.connect(path)
+        assert conn.execute("SELECT records, output_json FROM dead_letters").fetchall() == [
+            (2, '{"o": 1}')
+        ]
+        conn.close()
+
+    def test_a_version_1_file_is_upgraded_in_place(self, path: Path) -> None:
+        make_v1_file(path)
+        assert "records" not in columns(path)
+        with SqliteDeadLetterStore(path) as store:
+            exact, json_only = store.list(include_replayed=True)
+            new = dead({"n": 9}, records=3, output=[1, 2])
+            store.write([new])
+            assert store.get(new.id) == new
+        assert user_version(path) == 2
+        assert columns(path)[-2:] == ["records", "output_json"]
+        assert (exact.id, exact.record, exact.source_offset) == ("a" * 32, (1, "exact"), [0, 1])
+        assert (exact.records, exact.output, exact.record_exact) == (1, None, True)
+        assert (exact.stage, exact.attempts, exact.message) == ("parse", 2, "bad")
+        assert exact.created_at == datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+        assert (json_only.record, json_only.records, json_only.output) == (
+            {"json": "only"},
+            1,
+            None,
+        )
+        assert (json_only.record_exact, json_only.replayed) == (False, True)
+        with SqliteDeadLetterStore(path) as reopened:
+            assert reopened.count(include_replayed=True) == 3
+            assert reopened.list(stage="load", include_replayed=True) == [json_only]
+
+    def test_many_stores_upgrading_one_version_1_file_at_once(self, path: Path) -> None:
+        make_v1_file(path)
+        barrier = threading.Barrier(THREADS)
+        errors: list[BaseException] = []
+
+        def open_and_write() -> None:
+            try:
+                barrier.wait()
+                with SqliteDeadLetterStore(path) as store:
+                    store.write([dead(records=2)])
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=open_and_write) for _ in range(THREADS)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        assert columns(path).count("records") == 1
+        with SqliteDeadLetterStore(path) as store:
+            assert store.count(include_replayed=True) == THREADS + 2
+
+    def test_the_next_version_is_refused_untouched(self, path: Path) -> None:
+        conn = sqlite3.connect(path)
+        conn.execute("CREATE TABLE dead_letters (seq INTEGER PRIMARY KEY)")
+        conn.execute("PRAGMA user_version = 3")
+        conn.commit()
+        conn.close()
+        with pytest.raises(DeadLetterStoreError, match="schema version 3 is newer than") as info:
+            SqliteDeadLetterStore(path)
+        assert isinstance(info.value.__cause__, sqlite3.DatabaseError)
+        assert user_version(path) == 3
+        assert columns(path) == ["seq"]
+
+
+class TestJsonlFormatVersions:
+    @pytest.fixture
+    def path(self, tmp_path: Path) -> Path:
+        return tmp_path / "dlq.jsonl"
+
+    def test_version_2_lines_carry_records_and_output(self, path: Path) -> None:
+        letter = dead({"n": 1}, records=4, output={"total": math.inf})
+        with JsonlDeadLetterStore(path) as store:
+            store.write([letter])
+            assert store.get(letter.id) == letter
+        obj = json.loads(path.read_text(encoding="utf-8"))
+        assert (obj["v"], obj["records"], obj["output"]) == (2, 4, {"total": "inf"})
+
+    def test_version_1_lines_are_still_read(self, path: Path) -> None:
+        v1 = {
+            "kind": "dead_letter",
+            "v": 1,
+            "id": "c" * 32,
+            "created_at": "2024-05-01T12:00:00+00:00",
+            "run_id": "r0",
+            "stage": "parse",
+            "attempts": 1,
+            "error_type": "builtins.ValueError",
+            "message": "bad",
+            "source_offset": 3,
+            "record": {"n": 1},
+            "traceback": "Traceback ...",
+            "record_pickle": base64.b64encode(pickle.dumps(({"n": 1}, 3))).decode("ascii"),
+            "replayed": False,
+        }
+        marker = {"kind": "replayed", "v": 1, "ids": ["d" * 32], "at": "2024-05-01T13:00:00Z"}
+        json_only = {**v1, "id": "d" * 32, "record_pickle": None, "record": ["j"]}
+        lines = [json.dumps(obj) for obj in (v1, json_only, marker)]
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        with JsonlDeadLetterStore(path) as store:
+            old, old_json = store.list(include_replayed=True)
+            store.write([dead({"n": 2}, records=2)])
+            assert store.count(include_replayed=True) == 3
+        assert (old.record, old.source_offset, old.records, old.output) == ({"n": 1}, 3, 1, None)
+        assert old.record_exact is True
+        assert (old_json.record, old_json.records, old_json.output) == (["j"], 1, None)
+        assert (old_json.record_exact, old_json.replayed) == (False, True)
+
+
+# -- the file deleted or replaced during the run ----------------------------------------------
+
+
+def file_store(kind: str, path: Path) -> DeadLetterStore:
+    return JsonlDeadLetterStore(path) if kind == "jsonl" else SqliteDeadLetterStore(path)
+
+
+class TestDeletedOrReplacedFile:
+    @pytest.fixture
+    def path(self, file_kind: str, tmp_path: Path) -> Path:
+        return tmp_path / "state" / ("dlq.jsonl" if file_kind == "jsonl" else "dlq.db")
+
+    def assert_lost(self, info: pytest.ExceptionInfo[DeadLetterStoreError], path: Path) -> None:
+        message = str(info.value)
+        assert info.value.store == str(path)
+        assert f"the file {path} was deleted or replaced during the run" in message
+        assert "the letters of this batch were not stored, so the run must stop" in message
+
+    def test_repeated_writes_work(self, file_kind: str, path: Path) -> None:
+        with file_store(file_kind, path) as store:
+            for n in range(20):
+                store.write([dead({"n": n}), dead({"n": -n})])
+            store.mark_replayed([store.list()[0].id])
+            assert store.count(include_replayed=True) == 40
+
+    def test_file_deleted_between_two_writes(self, file_kind: str, path: Path) -> None:
+        with file_store(file_kind, path) as store:
+            store.write([dead({"n": 1})])
+            path.unlink()
+            with pytest.raises(DeadLetterStoreError, match="cannot write 2 dead letter") as info:
+                store.write([dead({"n": 2}), dead({"n": 3})])
+            self.assert_lost(info, path)
+            assert "(it is gone)" in str(info.value)
+            assert not path.exists()  # not created again
+            with pytest.raises(DeadLetterStoreError, match="deleted or replaced"):
+                store.write([dead({"n": 4})])  # and still refused
+            assert not path.exists()
+
+    def test_folder_deleted(self, file_kind: str, path: Path) -> None:
+        with file_store(file_kind, path) as store:
+            store.write([dead({"n": 1})])
+            shutil.rmtree(path.parent)
+            with pytest.raises(DeadLetterStoreError) as info:
+                store.write([dead({"n": 2})])
+            self.assert_lost(info, path)
+            assert not path.parent.exists()
+
+    def test_file_replaced_by_another(self, file_kind: str, path: Path) -> None:
+        with file_store(file_kind, path) as store:
+            store.write([dead({"n": 1})])
+            other = path.with_name("other")
+            other.write_bytes(b"someone else's file\n")
+            os.replace(other, path)
+            with pytest.raises(DeadLetterStoreError) as info:
+                store.write([dead({"n": 2})])
+            self.assert_lost(info, path)
+            assert "(another file is at its path now)" in str(info.value)
+            assert path.read_bytes() == b"someone else's file\n"
+
+    def test_mark_replayed_after_the_file_was_deleted(self, file_kind: str, path: Path) -> None:
+        with file_store(file_kind, path) as store:
+            letter = dead()
+            store.write([letter])
+            path.unlink()
+            with pytest.raises(DeadLetterStoreError) as info:
+                store.mark_replayed([letter.id])
+            assert "cannot mark 1 dead letter(s) replayed: the file" in str(info.value)
+            assert "the replay marks were not stored, so the run must stop" in str(info.value)
+
+    def test_a_store_opened_again_starts_a_fresh_file(self, file_kind: str, path: Path) -> None:
+        with file_store(file_kind, path) as store:
+            store.write([dead({"n": 1})])
+            shutil.rmtree(path.parent)
+            with pytest.raises(DeadLetterStoreError):
+                store.write([dead({"n": 2})])
+        with file_store(file_kind, path) as fresh:
+            assert fresh.count() == 0
+            fresh.write([dead({"n": 3})])
+            fresh.write([dead({"n": 4})])
+            assert records(fresh.list()) == [{"n": 3}, {"n": 4}]
+        with file_store(file_kind, path) as reopened:
+            assert records(reopened.list()) == [{"n": 3}, {"n": 4}]
+
+    def test_a_file_deleted_while_a_write_is_in_progress(
+        self, file_kind: str, path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Deleted after the check before writing: the check after writing catches it."""
+        with file_store(file_kind, path) as store:
+            store.write([dead({"n": 1})])
+            module: Any = _jsonl if file_kind == "jsonl" else _sqlite
+            real = module.check_same_file
+            calls = []
+
+            def delete_after_the_first_check(*args: Any) -> None:
+                real(*args)
+                calls.append(1)
+                if len(calls) == 1 and file_kind == "sqlite":
+                    path.unlink()
+
+            monkeypatch.setattr(module, "check_same_file", delete_after_the_first_check)
+            if file_kind == "jsonl":  # its first check is on the open file itself
+                real_write = _jsonl._write_all
+
+                def write_then_delete(file: Any, data: bytes) -> None:
+                    real_write(file, data)
+                    path.unlink()
+
+                monkeypatch.setattr(_jsonl, "_write_all", write_then_delete)
+            with pytest.raises(DeadLetterStoreError) as info:
+                store.write([dead({"n": 2})])
+            self.assert_lost(info, path)

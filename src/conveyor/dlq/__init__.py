@@ -3,17 +3,22 @@
 Every record that enters a run leaves through a sink, a deliberate filter or this queue,
 so nothing is lost silently. The design:
 
-- A :class:`DeadLetter` is a frozen value: the *original* record, the stage, the attempt
-  count, the qualified error type, the message, the traceback formatted from the live
-  exception, the run id, the time (UTC) and, when known, the source offset.
-  :meth:`DeadLetter.from_exception` builds one from the exception just caught.
+- A :class:`DeadLetter` is a frozen value: the *original* record (as it entered the
+  failing stage), the stage, the attempt count, the qualified error type, the message, the
+  traceback formatted from the live exception, the run id, the time (UTC), when known the
+  source offset, how many records it holds (``records``: a failed group of ``n`` counts
+  ``n``) and, for an output-contract violation, the violating ``output``.
+  :meth:`DeadLetter.from_exception` builds one from the exception just caught, and never
+  fails on an exception (or a record) that cannot be printed: placeholders stand in.
 - A :class:`DeadLetterStore` keeps letters. Its API is synchronous and thread-safe; the
   asynchronous runner calls it through :func:`asyncio.to_thread`. A :meth:`~DeadLetterStore.write`
   stores a whole batch or nothing and raises :class:`~conveyor.errors.DeadLetterStoreError`
   (the store's own exception as ``__cause__``) on any failure, so the run stops loudly
   instead of losing records. Letters are identified by ``id``: writing an id that is already
-  stored does nothing, so a retried write never duplicates.
-- Records are stored twice: as JSON (``json.dumps(default=repr)``) for people and tools,
+  stored does nothing, so a retried write never duplicates. A file store whose file is
+  deleted or replaced during the run refuses to write on (the letters would be lost).
+- Records (and outputs) are stored twice: as JSON for people and tools (plain values kept,
+  objects field by field or as their ``repr()``, placeholders for what cannot be shown),
   and as a pickle for replay, so a record comes back *exactly* (tuples, datetimes, your own
   dataclasses). A record that cannot be pickled is stored as JSON only, and one whose pickle
   cannot be loaded later (its class is not importable) is read back from the JSON; either

@@ -1,9 +1,10 @@
 """The storage form of a dead letter, shared by every store.
 
-A letter is stored twice over: a JSON rendering for people (``record_json``, always
-possible thanks to ``repr()`` fallbacks) and an exact pickle for replay (``record_pickle``,
-``None`` when the record cannot be pickled). Decoding prefers the pickle and falls back to
-the JSON rendering, marking the letter ``record_exact=False``.
+A letter is stored twice over: a JSON rendering for people (``record_json``,
+``output_json`` and ``source_offset_json``, always possible thanks to
+:func:`~conveyor.core._render.render_value`) and an exact pickle for replay
+(``record_pickle``, ``None`` when the record cannot be pickled). Decoding prefers the pickle
+and falls back to the JSON rendering, marking the letter ``record_exact=False``.
 """
 
 from __future__ import annotations
@@ -11,26 +12,32 @@ from __future__ import annotations
 import json
 import logging
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from conveyor.core._render import render_value, safe_str
 from conveyor.dlq._letter import DeadLetter, qualified_name
 
-__all__ = ["EncodedLetter", "decode", "encode", "json_text"]
+__all__ = ["EncodedLetter", "decode", "encode", "encode_values", "json_text"]
 
 _log = logging.getLogger("conveyor.dlq")
 
 PICKLE_PROTOCOL = 5
+_NULL = "null"
 
 
 @dataclass(frozen=True, slots=True)
 class EncodedLetter:
     """A dead letter in storable form: text, numbers and at most one ``bytes`` field.
 
-    ``record_pickle`` holds ``pickle.dumps((record, source_offset))``; ``record_json`` and
-    ``source_offset_json`` are JSON texts; ``created_at`` is ISO 8601 with its UTC offset.
-    Store implementations persist these fields and give them back unchanged.
+    ``record_pickle`` holds ``pickle.dumps((record, source_offset, output))`` (letters
+    stored by earlier versions hold ``(record, source_offset)``, which still decodes);
+    ``record_json``, ``source_offset_json`` and ``output_json`` are JSON texts;
+    ``created_at`` is ISO 8601 with its UTC offset. Store implementations persist these
+    fields and give them back unchanged. ``records`` and ``output_json`` have defaults (1
+    and ``"null"``) so that a store of your own written for the earlier fields still works.
     """
 
     id: str
@@ -45,35 +52,105 @@ class EncodedLetter:
     record_json: str
     record_pickle: bytes | None
     replayed: bool
+    records: int = 1
+    output_json: str = "null"
 
 
 def json_text(value: Any) -> str:
     """``value`` as JSON text for people; never fails.
 
-    Unknown objects become their ``repr()``; a value JSON cannot express at all (a dict with
-    tuple keys, NaN, a cycle) becomes the ``repr()`` string of the whole value.
+    The text of :func:`~conveyor.core._render.render_value`'s rendering: plain JSON values
+    kept, objects field by field or as their ``repr()``, and whatever cannot be shown as a
+    placeholder, so a record that can neither be pickled nor ``repr()``'d still keeps every
+    field that can be shown.
+
+    >>> json_text({"id": 1, "tags": ("a", "b"), (1, 2): float("nan")})
+    '{"id": 1, "tags": ["a", "b"], "(1, 2)": "nan"}'
     """
+    kind = type(value)
+    if kind is int:
+        return int.__repr__(value)
+    if value is None:
+        return _NULL
+    try:  # the C encoder for the usual plain values, render_value for the rest
+        return _encode(value)
+    except Exception:
+        pass
     try:
-        return json.dumps(value, default=_safe_repr, ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError, RecursionError):
-        return json.dumps(_safe_repr(value), ensure_ascii=False)
+        return _JSON.encode(render_value(value))
+    except Exception:  # pragma: no cover - render_value gives plain JSON values
+        return json.dumps(safe_str(value), ensure_ascii=False)
+
+
+_JSON = json.JSONEncoder(default=render_value, ensure_ascii=False, allow_nan=False)
+
+
+def _c_encoder() -> Callable[[Any], str]:
+    """``_JSON.encode`` without building an encoder per call, where the C encoder allows.
+
+    The encoder is made once, with no cycle markers (a cycle ends in ``RecursionError``,
+    and the caller falls back to :func:`render_value`, which handles it).
+    """
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # pragma: no cover - CPython has the C accelerator
+        return _JSON.encode
+    try:
+        # (markers, default, encoder, indent, key_separator, item_separator, sort_keys,
+        # skipkeys, allow_nan), as json.JSONEncoder.iterencode passes them
+        encoder = make(
+            None,
+            render_value,
+            json.encoder.encode_basestring,
+            None,
+            ": ",
+            ", ",
+            False,
+            False,
+            False,
+        )
+
+        def encode(value: Any) -> str:
+            return "".join(encoder(value, 0))
+
+        sample = {"a": [1, "é", None, 2.5, True]}
+        if encode(sample) != _JSON.encode(sample):
+            return _JSON.encode  # pragma: no cover - a C encoder of another signature
+        encode(float("nan"))
+    except ValueError:  # NaN refused, as it must be
+        return encode
+    except Exception:  # pragma: no cover - a C encoder of another signature
+        pass
+    return _JSON.encode  # pragma: no cover - idem
+
+
+_encode = _c_encoder()
 
 
 def encode(letter: DeadLetter) -> EncodedLetter:
     """The storable form of ``letter``."""
-    return EncodedLetter(
-        id=letter.id,
-        stage=letter.stage,
-        run_id=letter.run_id,
-        attempts=letter.attempts,
-        error_type=letter.error_type,
-        message=letter.message,
-        traceback=letter.traceback,
-        created_at=letter.created_at.isoformat(),
-        source_offset_json=json_text(letter.source_offset),
-        record_json=json_text(letter.record),
-        record_pickle=_pickle(letter) if letter.record_exact else None,
-        replayed=letter.replayed,
+    return EncodedLetter(*encode_values(letter))
+
+
+def encode_values(letter: DeadLetter) -> tuple[Any, ...]:
+    """The fields of ``encode(letter)`` as a tuple, in :class:`EncodedLetter`'s field order.
+
+    For stores that write rows as tuples: it saves building the frozen dataclass.
+    """
+    return (
+        letter.id,
+        letter.stage,
+        letter.run_id,
+        letter.attempts,
+        letter.error_type,
+        letter.message,
+        letter.traceback,
+        letter.created_at.isoformat(),
+        json_text(letter.source_offset),
+        json_text(letter.record),
+        _pickle(letter) if letter.record_exact else None,
+        letter.replayed,
+        letter.records,
+        _NULL if letter.output is None else json_text(letter.output),
     )
 
 
@@ -84,9 +161,11 @@ def decode(row: EncodedLetter) -> DeadLetter:
     """
     exact = _unpickle(row)
     if exact is not None:
-        record, offset = exact
+        record, offset, output = exact
     else:
-        record, offset = json.loads(row.record_json), json.loads(row.source_offset_json)
+        record = json.loads(row.record_json)
+        offset = json.loads(row.source_offset_json)
+        output = json.loads(row.output_json)
     return DeadLetter(
         id=row.id,
         record=record,
@@ -98,6 +177,8 @@ def decode(row: EncodedLetter) -> DeadLetter:
         run_id=row.run_id,
         created_at=datetime.fromisoformat(row.created_at),
         source_offset=offset,
+        records=row.records,
+        output=output,
         replayed=row.replayed,
         record_exact=exact is not None,
     )
@@ -105,38 +186,42 @@ def decode(row: EncodedLetter) -> DeadLetter:
 
 def _pickle(letter: DeadLetter) -> bytes | None:
     try:
-        return pickle.dumps((letter.record, letter.source_offset), protocol=PICKLE_PROTOCOL)
+        return pickle.dumps(
+            (letter.record, letter.source_offset, letter.output), protocol=PICKLE_PROTOCOL
+        )
     except Exception as exc:
+        what = f"the record ({qualified_name(type(letter.record))})"
+        if letter.output is not None:
+            what += f" or its output ({qualified_name(type(letter.output))})"
         _log.warning(
-            "dead letter %s: the record (%s) cannot be pickled (%s: %s); storing its JSON "
-            "rendering only, so a replay gets plain JSON values instead of the original object",
+            "dead letter %s: %s cannot be pickled (%s: %s); storing the JSON rendering only, "
+            "so a replay gets plain JSON values instead of the original object",
             letter.id,
-            qualified_name(type(letter.record)),
+            what,
             type(exc).__name__,
-            exc,
+            safe_str(exc),
         )
         return None
 
 
-def _unpickle(row: EncodedLetter) -> tuple[Any, Any] | None:
+def _unpickle(row: EncodedLetter) -> tuple[Any, Any, Any] | None:
     if row.record_pickle is None:
         return None
     try:
-        record, offset = pickle.loads(row.record_pickle)
+        loaded = pickle.loads(row.record_pickle)
+        if not isinstance(loaded, tuple) or len(loaded) not in (2, 3):
+            raise ValueError(
+                f"expected (record, source_offset, output), got {qualified_name(type(loaded))}"
+            )
     except Exception as exc:
         _log.warning(
             "dead letter %s: its exact record cannot be loaded here (%s: %s); using the JSON "
             "rendering instead (is the record's class importable in this process?)",
             row.id,
             type(exc).__name__,
-            exc,
+            safe_str(exc),
         )
         return None
-    return record, offset
-
-
-def _safe_repr(value: object) -> str:
-    try:
-        return repr(value)
-    except Exception:
-        return f"<unrepresentable {qualified_name(type(value))}>"
+    if len(loaded) == 2:  # stored before letters had an output
+        return loaded[0], loaded[1], None
+    return loaded[0], loaded[1], loaded[2]

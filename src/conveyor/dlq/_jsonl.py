@@ -16,7 +16,13 @@ from pathlib import Path
 from typing import Any, Final
 
 from conveyor.dlq._codec import EncodedLetter
-from conveyor.dlq._store import DeadLetterStore, LetterQuery
+from conveyor.dlq._store import (
+    DeadLetterStore,
+    FileIdentity,
+    LetterQuery,
+    check_same_file,
+    file_lost_error,
+)
 
 try:
     import fcntl
@@ -27,7 +33,7 @@ __all__ = ["JsonlDeadLetterStore"]
 
 _log = logging.getLogger("conveyor.dlq")
 
-FORMAT_VERSION: Final = 1
+FORMAT_VERSION: Final = 2
 _LETTER: Final = "dead_letter"
 _REPLAYED: Final = "replayed"
 _TAIL_CHUNK = 64 * 1024
@@ -36,16 +42,22 @@ _TAIL_CHUNK = 64 * 1024
 class JsonlDeadLetterStore(DeadLetterStore):
     """Dead letters as JSON lines in one file, for small queues, inspection and interchange.
 
-    The file is only ever appended to. Each letter is one line (``"kind": "dead_letter"``)
-    with the record's JSON rendering under ``"record"`` and its exact pickle, base64, under
-    ``"record_pickle"``; :meth:`mark_replayed` appends a ``"kind": "replayed"`` line listing
-    ids. Each write is one ``O_APPEND`` write followed by ``fsync``, under an exclusive
-    ``flock`` where the platform has it, so threads and processes may share the file. A
-    write that fails is truncated away; a torn last line left by a crash is dropped by the
-    next write (it was never acknowledged). Reads parse the whole file, so prefer
+    The file is only ever appended to. Each letter is one line (``"kind": "dead_letter"``,
+    format version ``"v": 2``) with the record's JSON rendering under ``"record"``, the
+    number of records it holds under ``"records"``, the violating output (or ``null``) under
+    ``"output"`` and the exact pickle, base64, under ``"record_pickle"``;
+    :meth:`mark_replayed` appends a ``"kind": "replayed"`` line listing ids. Lines of format
+    version 1 (without ``records`` and ``output``) read as ``records=1``, ``output=None``.
+    Each write is one ``O_APPEND`` write followed by ``fsync``, under an exclusive ``flock``
+    where the platform has it, so threads and processes may share the file. A write that
+    fails is truncated away; a torn last line left by a crash is dropped by the next write
+    (it was never acknowledged). Reads parse the whole file, so prefer
     :class:`SqliteDeadLetterStore` for large queues.
 
     The parent folders and the file are created at once, so a bad location fails here.
+    Later writes never create it again: if the file is deleted or replaced (by another file
+    at the same path) while the store is open, :meth:`write` and :meth:`mark_replayed` raise
+    :class:`~conveyor.errors.DeadLetterStoreError` instead of starting an empty file.
 
     >>> import tempfile, pathlib
     >>> from conveyor.dlq import DeadLetter
@@ -66,9 +78,14 @@ class JsonlDeadLetterStore(DeadLetterStore):
         self._path = Path(path)
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
-            self._path.touch(exist_ok=True)
+            fd = os.open(self._path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+            try:
+                stat = os.fstat(fd)
+            finally:
+                os.close(fd)
         except OSError as exc:
             raise self._error("cannot create the file", exc) from exc
+        self._identity: FileIdentity = (stat.st_dev, stat.st_ino)
 
     @property
     def description(self) -> str:
@@ -83,7 +100,10 @@ class JsonlDeadLetterStore(DeadLetterStore):
     # -- storage hooks ----------------------------------------------------------------------
 
     def _append(self, rows: builtins.list[EncodedLetter]) -> None:
-        self._append_bytes(b"".join(_letter_line(row) for row in rows))
+        data = b"".join(_letter_line(row) for row in rows)
+        action = f"cannot write {len(rows)} dead letter(s)"
+        with self._locked_file(action, "the letters of this batch were not stored") as file:
+            self._append_locked(file, data)
 
     def _select(self, query: LetterQuery) -> builtins.list[EncodedLetter]:
         return query.take(self._scan().rows())
@@ -97,7 +117,8 @@ class JsonlDeadLetterStore(DeadLetterStore):
         return sum(1 for row in self._scan().rows() if query.matches(row))
 
     def _mark_replayed(self, ids: builtins.list[str]) -> int:
-        with self._locked_file() as file:
+        action = f"cannot mark {len(ids)} dead letter(s) replayed"
+        with self._locked_file(action, "the replay marks were not stored") as file:
             scan = _parse(_read_all(file), self.description)
             done = scan.replayed_ids()
             fresh = [i for i in ids if i in scan.letters and i not in done]
@@ -117,14 +138,23 @@ class JsonlDeadLetterStore(DeadLetterStore):
             return _parse(_read_all(file), self.description)
 
     @contextlib.contextmanager
-    def _locked_file(self) -> Iterator[io.FileIO]:
-        with open(self._path, "a+b", buffering=0) as file:
-            _flock(file, shared=False)
-            yield file
+    def _locked_file(self, action: str, lost: str) -> Iterator[io.FileIO]:
+        """The store's file, opened for appending (never created) and locked exclusively.
 
-    def _append_bytes(self, data: bytes) -> None:
-        with self._locked_file() as file:
-            self._append_locked(file, data)
+        Raises :class:`~conveyor.errors.DeadLetterStoreError` if the file is no longer the
+        one the store opened: before the caller writes, and after it wrote.
+        """
+        try:
+            file = open(self._path, "a+b", buffering=0, opener=_open_existing)  # noqa: SIM115
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            raise file_lost_error(self.description, self._path, action, lost, gone=True) from exc
+        with file:
+            _flock(file, shared=False)
+            stat = os.fstat(file.fileno())
+            if (stat.st_dev, stat.st_ino) != self._identity:
+                raise file_lost_error(self.description, self._path, action, lost, gone=False)
+            yield file
+            check_same_file(self.description, self._path, self._identity, action, lost)
 
     def _append_locked(self, file: io.FileIO, data: bytes) -> None:
         end = self._repair_tail(file)
@@ -196,14 +226,14 @@ def _parse(data: bytes, where: str) -> _Scan:
 
 def _apply(scan: _Scan, obj: dict[str, Any], where: str) -> None:
     version = obj.get("v")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
         raise ValueError(
             f"{where}: format version {version!r} is not supported (this Conveyor reads "
-            f"version {FORMAT_VERSION}); upgrade Conveyor or fix the line"
+            f"versions 1 to {FORMAT_VERSION}); upgrade Conveyor or fix the line"
         )
     kind = obj.get("kind")
     if kind == _LETTER:
-        row = _row(obj, where)
+        row = _row(obj, version, where)
         scan.letters.setdefault(row.id, row)
     elif kind == _REPLAYED:
         scan.marked.update(obj["ids"])
@@ -211,9 +241,12 @@ def _apply(scan: _Scan, obj: dict[str, Any], where: str) -> None:
         raise ValueError(f"{where}: unknown kind {kind!r}; expected {_LETTER!r} or {_REPLAYED!r}")
 
 
-def _row(obj: dict[str, Any], where: str) -> EncodedLetter:
+def _row(obj: dict[str, Any], version: int, where: str) -> EncodedLetter:
     try:
         pickled = obj["record_pickle"]
+        # Version 1 had no records and output: one record, no output.
+        records = obj["records"] if version >= 2 else 1
+        output = obj["output"] if version >= 2 else None
         return EncodedLetter(
             id=obj["id"],
             stage=obj["stage"],
@@ -227,6 +260,8 @@ def _row(obj: dict[str, Any], where: str) -> EncodedLetter:
             record_json=json.dumps(obj["record"], ensure_ascii=False),
             record_pickle=None if pickled is None else base64.b64decode(pickled, validate=True),
             replayed=bool(obj["replayed"]),
+            records=records,
+            output_json=json.dumps(output, ensure_ascii=False),
         )
     except KeyError as exc:
         raise ValueError(f"{where}: dead letter without the field {exc}; fix the line") from exc
@@ -245,7 +280,9 @@ def _letter_line(row: EncodedLetter) -> bytes:
         "error_type": row.error_type,
         "message": row.message,
         "source_offset": json.loads(row.source_offset_json),
+        "records": row.records,
         "record": json.loads(row.record_json),
+        "output": json.loads(row.output_json),
         "traceback": row.traceback,
         "record_pickle": None if pickled is None else pickled.decode("ascii"),
         "replayed": row.replayed,
@@ -297,6 +334,11 @@ def _write_all(file: io.FileIO, data: bytes) -> None:
         if not written:
             raise OSError(f"write to {file.name!r} made no progress")
         view = view[written:]
+
+
+def _open_existing(path: str, flags: int) -> int:
+    """``os.open`` without ``O_CREAT``: a store's file deleted during the run stays deleted."""
+    return os.open(path, flags & ~os.O_CREAT)
 
 
 def _flock(file: io.FileIO, *, shared: bool) -> None:

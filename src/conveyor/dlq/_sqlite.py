@@ -11,12 +11,19 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from conveyor.dlq._codec import EncodedLetter
-from conveyor.dlq._store import DeadLetterStore, LetterQuery
+from conveyor.dlq._codec import EncodedLetter, encode_values
+from conveyor.dlq._letter import DeadLetter
+from conveyor.dlq._store import (
+    DeadLetterStore,
+    FileIdentity,
+    LetterQuery,
+    check_same_file,
+    file_identity,
+)
 
 __all__ = ["SqliteDeadLetterStore"]
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 _BUSY_PAUSE: Final = 0.005
 
 T = TypeVar("T")
@@ -34,9 +41,11 @@ _COLUMNS: Final = (
     "record_json",
     "record_pickle",
     "replayed",
+    "records",
+    "output_json",
 )
 
-_SCHEMA: Final = """
+_TABLE: Final = """
 CREATE TABLE IF NOT EXISTS dead_letters (
     seq           INTEGER PRIMARY KEY AUTOINCREMENT,
     id            TEXT    NOT NULL UNIQUE,
@@ -50,15 +59,30 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     source_offset TEXT    NOT NULL,
     record_json   TEXT    NOT NULL,
     record_pickle BLOB,
-    replayed      INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS dead_letters_stage_run ON dead_letters (stage, run_id);
+    replayed      INTEGER NOT NULL DEFAULT 0,
+    records       INTEGER NOT NULL DEFAULT 1,
+    output_json   TEXT    NOT NULL DEFAULT 'null'
+)
 """
+_INDEX: Final = "CREATE INDEX IF NOT EXISTS dead_letters_stage_run ON dead_letters (stage, run_id)"
+# Columns added after version 1, with their definitions: opening a version-1 file adds them
+# (its letters then read back with records=1 and output=None).
+_ADDED_COLUMNS: Final = (
+    ("records", "INTEGER NOT NULL DEFAULT 1"),
+    ("output_json", "TEXT NOT NULL DEFAULT 'null'"),
+)
 
 _SELECT: Final = f"SELECT {', '.join(_COLUMNS)} FROM dead_letters"
+_PLACEHOLDERS: Final = f"({', '.join('?' for _ in _COLUMNS)})"
 _INSERT: Final = (
+    f"INSERT OR IGNORE INTO dead_letters ({', '.join(_COLUMNS)}) VALUES {_PLACEHOLDERS}"
+)
+# Bigger batches are inserted this many rows per statement (fewer statement steps than one
+# per row; 14 columns x 64 rows stay below SQLite's oldest limit of 999 parameters).
+_ROWS_PER_INSERT: Final = 64
+_INSERT_MANY: Final = (
     f"INSERT OR IGNORE INTO dead_letters ({', '.join(_COLUMNS)}) "
-    f"VALUES ({', '.join('?' for _ in _COLUMNS)})"
+    f"VALUES {', '.join(_PLACEHOLDERS for _ in range(_ROWS_PER_INSERT))}"
 )
 
 
@@ -70,12 +94,22 @@ class SqliteDeadLetterStore(DeadLetterStore):
     serialises their writes and waits up to ``timeout`` seconds for a lock. Each
     :meth:`write` is one transaction (``synchronous=FULL``: durable once it returns).
 
-    Table ``dead_letters``: the letter's fields, ``record_json`` (JSON text for people),
-    ``record_pickle`` (the exact pickle, a BLOB, NULL when the record cannot be pickled),
-    ``replayed`` (0/1) and ``seq`` (insertion order), with an index on ``(stage, run_id)``.
-    Text that is not valid Unicode (lone surrogates) is stored with ``\\uXXXX`` escapes.
+    Table ``dead_letters``: the letter's fields, ``record_json`` and ``output_json`` (JSON
+    text for people), ``record_pickle`` (the exact pickle, a BLOB, NULL when the record
+    cannot be pickled), ``records`` (how many records the letter holds), ``replayed`` (0/1)
+    and ``seq`` (insertion order), with an index on ``(stage, run_id)``. Text that is not
+    valid Unicode (lone surrogates) is stored with ``\\uXXXX`` escapes.
+
+    The schema version is SQLite's ``user_version``, now 2. A version-1 file (before
+    ``records`` and ``output_json``) is upgraded in place when opened, in one transaction;
+    its letters read back with ``records=1`` and ``output=None``. A file of a newer version
+    is refused.
 
     The parent folders and the database are created at once, so a bad location fails here.
+    The store remembers which file it opened: if that file is deleted or replaced (by
+    another file at the same path) while the store is open, :meth:`write` and
+    :meth:`mark_replayed` raise :class:`~conveyor.errors.DeadLetterStoreError` instead of
+    writing into a file nobody will read again.
 
     >>> import tempfile, pathlib
     >>> from conveyor.dlq import DeadLetter
@@ -100,6 +134,11 @@ class SqliteDeadLetterStore(DeadLetterStore):
             self._conn = _connect(self._path, timeout)
         except (OSError, sqlite3.Error) as exc:
             raise self._error("cannot open the database", exc) from exc
+        try:
+            self._identity: FileIdentity = file_identity(self._path)
+        except OSError as exc:
+            self._conn.close()
+            raise self._error("cannot open the database", exc) from exc
 
     @property
     def description(self) -> str:
@@ -113,9 +152,25 @@ class SqliteDeadLetterStore(DeadLetterStore):
 
     # -- storage hooks ----------------------------------------------------------------------
 
+    def _write(self, letters: builtins.list[DeadLetter]) -> None:
+        self._insert([_params(encode_values(letter)) for letter in letters])
+
     def _append(self, rows: builtins.list[EncodedLetter]) -> None:
+        self._insert([_params(_values(row)) for row in rows])
+
+    def _insert(self, params: builtins.list[tuple[Any, ...]]) -> None:
+        """Insert the rows in one transaction, many rows per statement."""
+        action = f"cannot write {len(params)} dead letter(s)"
+        lost = "the letters of this batch were not stored"
+        self._check_file(action, lost)
+        per = _ROWS_PER_INSERT
+        whole = len(params) - len(params) % per
         with self._transaction() as conn:
-            conn.executemany(_INSERT, [_params(row) for row in rows])
+            for start in range(0, whole, per):
+                conn.execute(_INSERT_MANY, [v for row in params[start : start + per] for v in row])
+            if whole < len(params):
+                conn.executemany(_INSERT, params[whole:])
+        self._check_file(action, lost)  # deleted while writing: written to a lost file
 
     def _select(self, query: LetterQuery) -> builtins.list[EncodedLetter]:
         where, params = _where(query)
@@ -135,12 +190,20 @@ class SqliteDeadLetterStore(DeadLetterStore):
         return int(count)
 
     def _mark_replayed(self, ids: builtins.list[str]) -> int:
+        action = f"cannot mark {len(ids)} dead letter(s) replayed"
+        lost = "the replay marks were not stored"
+        self._check_file(action, lost)
         sql = "UPDATE dead_letters SET replayed = 1 WHERE id = ? AND replayed = 0"
         with self._transaction() as conn:
-            return conn.executemany(sql, [(id,) for id in ids]).rowcount
+            marked = conn.executemany(sql, [(id,) for id in ids]).rowcount
+        self._check_file(action, lost)
+        return marked
 
     def _close(self) -> None:
         self._conn.close()
+
+    def _check_file(self, action: str, lost: str) -> None:
+        check_same_file(self.description, self._path, self._identity, action, lost)
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -165,15 +228,41 @@ def _connect(path: Path, timeout: float) -> sqlite3.Connection:
 
 
 def _prepare(conn: sqlite3.Connection) -> None:
+    version = _schema_version(conn)  # a newer file is refused before anything changes
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = FULL")
+    if version == SCHEMA_VERSION:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if _schema_version(conn) < SCHEMA_VERSION:  # not done by another opener meanwhile
+            _create_or_upgrade(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _schema_version(conn: sqlite3.Connection) -> int:
     (version,) = conn.execute("PRAGMA user_version").fetchone()
     if version > SCHEMA_VERSION:
         raise sqlite3.DatabaseError(
             f"schema version {version} is newer than this Conveyor's ({SCHEMA_VERSION}); "
             "upgrade Conveyor to read it"
         )
-    conn.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA user_version = {SCHEMA_VERSION};COMMIT;")
+    return int(version)
+
+
+def _create_or_upgrade(conn: sqlite3.Connection) -> None:
+    """Create the table, or add the columns a version-1 table lacks (inside a transaction)."""
+    conn.execute(_TABLE)
+    present = {row[1] for row in conn.execute("PRAGMA table_info(dead_letters)")}
+    for name, definition in _ADDED_COLUMNS:
+        if name not in present:
+            conn.execute(f"ALTER TABLE dead_letters ADD COLUMN {name} {definition}")
+    conn.execute(_INDEX)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
 def retry_while_busy(action: Callable[[], T], timeout: float) -> T:
@@ -213,24 +302,52 @@ def _where(query: LetterQuery) -> tuple[str, builtins.list[Any]]:
 def _text(value: str) -> str:
     # SQLite TEXT must be valid UTF-8: lone surrogates become \uXXXX escapes (in the JSON
     # columns that is a JSON escape for the very same character).
-    return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
 
 
-def _params(row: EncodedLetter) -> tuple[Any, ...]:
+def _values(row: EncodedLetter) -> tuple[Any, ...]:
+    """``row``'s fields in order (those of :func:`encode_values`, and of ``_COLUMNS``)."""
     return (
-        _text(row.id),
-        _text(row.stage),
-        _text(row.run_id),
+        row.id,
+        row.stage,
+        row.run_id,
         row.attempts,
-        _text(row.error_type),
-        _text(row.message),
-        _text(row.traceback),
+        row.error_type,
+        row.message,
+        row.traceback,
         row.created_at,
-        _text(row.source_offset_json),
-        _text(row.record_json),
+        row.source_offset_json,
+        row.record_json,
         row.record_pickle,
-        int(row.replayed),
+        row.replayed,
+        row.records,
+        row.output_json,
     )
+
+
+def _params(values: tuple[Any, ...]) -> tuple[Any, ...]:
+    """SQL parameters for a row's values (in ``_COLUMNS`` order; ``replayed`` binds as 0/1).
+
+    ASCII text (the usual case; a constant-time check) is valid UTF-8 as it is.
+    """
+    if (
+        values[0].isascii()
+        and values[1].isascii()
+        and values[2].isascii()
+        and values[4].isascii()
+        and values[5].isascii()
+        and values[6].isascii()
+        and values[7].isascii()
+        and values[8].isascii()
+        and values[9].isascii()
+        and values[13].isascii()
+    ):
+        return values
+    return tuple(_text(value) if isinstance(value, str) else value for value in values)
 
 
 def _row(values: tuple[Any, ...]) -> EncodedLetter:
@@ -247,6 +364,8 @@ def _row(values: tuple[Any, ...]) -> EncodedLetter:
         record_json,
         record_pickle,
         replayed,
+        records,
+        output_json,
     ) = values
     return EncodedLetter(
         id=id,
@@ -261,4 +380,6 @@ def _row(values: tuple[Any, ...]) -> EncodedLetter:
         record_json=record_json,
         record_pickle=record_pickle,
         replayed=bool(replayed),
+        records=records,
+        output_json=output_json,
     )

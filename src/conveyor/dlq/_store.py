@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import builtins
 import dataclasses
+import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -15,9 +16,57 @@ from conveyor.dlq._codec import EncodedLetter, decode, encode
 from conveyor.dlq._letter import DeadLetter
 from conveyor.errors import DeadLetterStoreError
 
-__all__ = ["DeadLetterStore", "LetterQuery", "MemoryDeadLetterStore"]
+__all__ = [
+    "DeadLetterStore",
+    "FileIdentity",
+    "LetterQuery",
+    "MemoryDeadLetterStore",
+    "check_same_file",
+    "file_identity",
+    "file_lost_error",
+]
 
 T = TypeVar("T")
+
+#: Which file a path named when a store opened it: ``(st_dev, st_ino)``.
+FileIdentity = tuple[int, int]
+
+
+def file_identity(path: str | os.PathLike[str]) -> FileIdentity:
+    """``(st_dev, st_ino)`` of the file at ``path``; raises :class:`OSError` if there is none."""
+    stat = os.stat(path)
+    return stat.st_dev, stat.st_ino
+
+
+def check_same_file(
+    store: str, path: str | os.PathLike[str], identity: FileIdentity, action: str, lost: str
+) -> None:
+    """Raise :class:`DeadLetterStoreError` unless ``path`` is still the file ``identity`` names.
+
+    A file store keeps its file open (SQLite) or reopens it by name (JSON lines); if the
+    file was deleted, its folder removed, or another file put at its path during the run,
+    writing on would store letters where nobody will find them, so the write fails
+    instead. ``action`` says what failed (``"cannot write 3 dead letter(s)"``), ``lost``
+    what that means (``"the letters of this batch were not stored"``).
+    """
+    try:
+        now = file_identity(path)
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        raise file_lost_error(store, path, action, lost, gone=True) from exc
+    if now != identity:
+        raise file_lost_error(store, path, action, lost, gone=False)
+
+
+def file_lost_error(
+    store: str, path: str | os.PathLike[str], action: str, lost: str, *, gone: bool
+) -> DeadLetterStoreError:
+    """The error for a store file deleted (``gone``) or replaced during the run."""
+    state = "it is gone" if gone else "another file is at its path now"
+    return DeadLetterStoreError(
+        store,
+        f"{action}: the file {os.fspath(path)} was deleted or replaced during the run "
+        f"({state}); {lost}, so the run must stop",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +125,9 @@ class DeadLetterStore(abc.ABC):
     Subclasses implement the storage hooks (``_append``, ``_select``, ``_find``, ``_count``,
     ``_mark_replayed``, ``_close``) on :class:`EncodedLetter` rows and the
     :attr:`description` property; the public methods add locking, encoding, decoding,
-    argument checks and error wrapping.
+    argument checks and error wrapping. (``_write``, which encodes the letters of a
+    :meth:`write` and calls ``_append``, may be overridden to skip the
+    :class:`EncodedLetter` rows, as the SQLite store does.)
     """
 
     def __init__(self) -> None:
@@ -101,10 +152,7 @@ class DeadLetterStore(abc.ABC):
         batch = builtins.list(letters)
         if not batch:
             return
-        self._call(
-            f"cannot write {len(batch)} dead letter(s)",
-            lambda: self._append([encode(letter) for letter in batch]),
-        )
+        self._call(f"cannot write {len(batch)} dead letter(s)", lambda: self._write(batch))
 
     def list(
         self,
@@ -187,6 +235,11 @@ class DeadLetterStore(abc.ABC):
         return f"{type(self).__name__}({self.description!r})"
 
     # -- storage hooks ----------------------------------------------------------------------
+
+    def _write(self, letters: builtins.list[DeadLetter]) -> None:
+        """Persist ``letters`` atomically (first copy of an id wins); by default, encode
+        each one and call :meth:`_append`. A store may override it to encode its own way."""
+        self._append([encode(letter) for letter in letters])
 
     @abc.abstractmethod
     def _append(self, rows: builtins.list[EncodedLetter]) -> None:
