@@ -25,6 +25,7 @@ PUBLIC_API = [
     "ContractViolation",
     "ConveyorError",
     "DeadLetter",
+    "DeadLetterBudget",
     "DeadLetterStore",
     "DeadLetterStoreError",
     "ErrorRecord",
@@ -48,16 +49,22 @@ PUBLIC_API = [
     "PipelineContext",
     "PipelineDefinitionError",
     "PipelineResult",
+    "PipelineSpec",
     "PipelineStage",
     "PipelineStatus",
     "RecordFailure",
     "RecordOutcome",
     "RecordStage",
     "RecordValidationError",
+    "ReplayRefused",
     "RetryPolicy",
+    "RunInfo",
+    "RunOptions",
     "RunReport",
     "RunStatus",
+    "Sink",
     "SqliteDeadLetterStore",
+    "StageKind",
     "StageOptions",
     "StageResult",
     "StageStats",
@@ -101,6 +108,16 @@ def test_classes_and_functions_have_their_own_docstring(name: str) -> None:
     assert doc, f"{name} has no docstring"
     assert doc.strip()
     assert not doc.startswith(f"{name}("), f"{name} only has the dataclass-generated docstring"
+
+
+def test_run_changes_keys_are_the_run_options_fields() -> None:
+    # RunChanges is the keyword form of RunOptions taken by Pipeline.run and its siblings.
+    import dataclasses
+
+    from conveyor.core.options import RunChanges
+
+    fields = [f.name for f in dataclasses.fields(conveyor.RunOptions)]
+    assert list(RunChanges.__annotations__) == fields
 
 
 def test_star_import_exports_exactly_all() -> None:

@@ -84,13 +84,13 @@ def _stats_table(runner: Any) -> Table:
         table.add_column(column, justify="left" if column == "stage" else "right")
     for s in stats:
         ch = fill.get(s.name)
-        rate = s.received / s.busy_seconds if s.busy_seconds else 0.0
+        rate = s.records_in / s.busy_seconds if s.busy_seconds else 0.0
         table.add_row(
             s.name,
-            f"{s.received:,}",
-            f"{s.emitted:,}",
-            f"{s.filtered:,}",
-            f"{s.dead_lettered:,}",
+            f"{s.records_in:,}",
+            f"{s.records_out:,}",
+            f"{s.records_filtered:,}",
+            f"{s.records_dead:,}",
             f"{rate:,.0f}",
             f"{ch.buffered}/{ch.capacity}" if ch else "",
         )
@@ -115,7 +115,7 @@ class _Progress:
             self.last_line = time.monotonic()
             stats, _ = runner.progress()
             console.print(
-                " | ".join(f"{s.name}: {s.received:,} in, {s.emitted:,} out" for s in stats),
+                " | ".join(f"{s.name}: {s.records_in:,} in, {s.records_out:,} out" for s in stats),
                 highlight=False,
             )
 
@@ -124,49 +124,86 @@ class _Progress:
             self.live.stop()
 
 
+EXIT_ERROR = 1
+EXIT_OVER_BUDGET = 3
+EXIT_INTERRUPTED = 130
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def run(
     args: list[str] = typer.Argument(
-        None, help="[PATH] [key=value ...]; stage=NAME runs one stage"
+        None,
+        help="[PATH] [key=value ...]: config overrides, dotted for nesting "
+        "(stages.enrich.concurrency=4); stage=NAME runs one stage",
+    ),
+    force: bool = typer.Option(
+        False, "--force", help="Run every stage, also the unchanged persisted ones."
     ),
 ) -> None:
-    """Run a pipeline project (the whole pipeline, or one stage with stage=NAME)."""
+    """Run a pipeline project (the whole pipeline, or one stage with stage=NAME).
+
+    Exit codes: 0 done; 1 an error; 3 more dead letters than pipeline.max_dead_letters
+    allows; 130 interrupted (Ctrl-C / SIGTERM).
+    """
     from conveyor.project.run import run_project
 
     path, overrides = _split_path(list(args or []))
     progress = _Progress()
     try:
-        outcome = run_project(path, overrides, progress=progress)
+        outcome = run_project(path, overrides, progress=progress, force=force)
     except ConveyorError as exc:
         progress.stop()
-        stage = next((o for o in overrides if o.startswith("stage=")), None)
-        failed = getattr(exc, "stage", None)  # HookError, ConservationError … name it
-        if stage is None and isinstance(failed, str) and failed and failed != "sink":
-            stage = f"stage={failed}"
-        hint = f"re-run with: conveyor run {path} {stage}" if stage else ""
-        _fail(exc, hint)
+        _fail(exc, _rerun_hint(path, overrides, exc))
         return
+    except (KeyboardInterrupt, SystemExit) as stop:
+        progress.stop()
+        report = getattr(stop, "report", None)
+        if report is None:
+            raise
+        _print_report(report, path)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     progress.stop()
-    report = outcome.report
     for name in outcome.skipped:
         console.print(
-            f"stage {name} is unchanged (code, config and input): skipped", highlight=False
+            f"stage {name} is unchanged (code, config and input): skipped "
+            "(conveyor run --force runs it anyway)",
+            highlight=False,
         )
+    report = outcome.report
     if report is None:
         if outcome.tasks_run:
             console.print(f"ran task stages: {', '.join(outcome.tasks_run)}")
         return
+    _print_report(report, path)
+    _exit_for(report)
+
+
+def _rerun_hint(path: Path, overrides: Sequence[str], exc: BaseException) -> str:
+    stage = next((o for o in overrides if o.startswith("stage=") and len(o) > 6), None)
+    failed = getattr(exc, "stage", None)  # HookError, ConservationError … name it
+    if stage is None and isinstance(failed, str) and failed and "/" not in failed:
+        stage = f"stage={failed}"
+    return f"re-run with: conveyor run {path} {stage}" if stage else ""
+
+
+def _print_report(report: Any, path: Path) -> None:
     if not console.is_terminal:
         console.print(_stats_table_from_report(report))
-    console.print(report.summary(), highlight=False)
+    console.print(report.summary(), highlight=False, markup=False)
     if report.dead_lettered:
         console.print(
-            f"{report.dead_lettered} dead letters in {report.dead_letter_store}; "
+            f"{report.dead_lettered} dead-lettered records in {report.dead_letter_store}; "
             f"inspect them with: conveyor dlq list {path}",
             highlight=False,
+            markup=False,
         )
+
+
+def _exit_for(report: Any) -> None:
     if report.interrupted:
-        raise typer.Exit(130)
+        raise typer.Exit(EXIT_INTERRUPTED)
+    if report.failed:
+        raise typer.Exit(EXIT_OVER_BUDGET)
 
 
 def _stats_table_from_report(report: Any) -> Table:
@@ -176,10 +213,10 @@ def _stats_table_from_report(report: Any) -> Table:
     for s in report.stages:
         table.add_row(
             s.name,
-            f"{s.received:,}",
-            f"{s.emitted:,}",
-            f"{s.filtered:,}",
-            f"{s.dead_lettered:,}",
+            f"{s.records_in:,}",
+            f"{s.records_out:,}",
+            f"{s.records_filtered:,}",
+            f"{s.records_dead:,}",
             f"{s.retried:,}",
             f"{s.busy_seconds:.2f}",
         )
@@ -244,31 +281,30 @@ def dlq_show(
 def dlq_replay(
     path: Path = typer.Argument(Path("."), help="The project."),
     stage: str | None = typer.Option(None, help="Only this stage's letters."),
+    run_id: str | None = typer.Option(None, "--run", help="Only the letters of this run."),
 ) -> None:
-    """Feed not-yet-replayed dead letters back into the stage where they failed."""
-    import asyncio
-    import contextlib
-
-    from conveyor.project.discovery import project_root
-    from conveyor.project.project import load_project, sink_function
-    from conveyor.runtime import replay_dead_letters
+    """Feed not-yet-replayed dead letters back into the stage where they failed, on
+    through every later stage into the Sink (persisted datasets gain the records)."""
+    from conveyor.project.replay import replay_project
 
     try:
-        with contextlib.chdir(project_root(path)):  # stage paths are relative to the project
-            project = load_project(Path.cwd())
-            with _project_store(Path.cwd()) as store:
-                reports = asyncio.run(
-                    replay_dead_letters(
-                        project.pipeline(), store, sink_function(project), stage=stage
-                    )
-                )
+        outcome = replay_project(path, stage=stage, run_id=run_id)
     except ConveyorError as exc:
         _fail(exc)
         return
-    for report in reports:
-        console.print(report.summary(), highlight=False)
-    if not reports:
+    if not outcome.reports:
         console.print("no dead letters to replay")
+        return
+    for report in outcome.reports:
+        console.print(report.summary(), highlight=False, markup=False)
+    for barrier in outcome.recomputed:
+        console.print(
+            f"recomputed {barrier} and every stage after it from its persisted input",
+            highlight=False,
+        )
+    console.print(f"{outcome.replayed} dead letter(s) marked replayed", highlight=False)
+    for report in outcome.reports:
+        _exit_for(report)
 
 
 @app.command(context_settings={"allow_extra_args": True})

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from conveyor.core.context import PipelineContext
-from conveyor.core.pipeline import Pipeline
 from conveyor.core.stage import PipelineStage
 from conveyor.dlq import DeadLetter, MemoryDeadLetterStore
+from conveyor.pipeline import Pipeline
 from conveyor.runtime import RunReport
 
 __all__ = [

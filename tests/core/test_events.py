@@ -160,6 +160,7 @@ async def test_item_created_payload(bus_and_events: tuple[EventBus, list[Event]]
         "pipeline_id": result.pipeline_id,
         "pipeline_name": "loader",
         "stage_count": 2,
+        "mode": "collection",
     }
 
 
@@ -199,14 +200,42 @@ async def test_stage_completed_payload(bus_and_events: tuple[EventBus, list[Even
     stage_result = result.stage_results["inv"]
     assert done.payload == {
         "pipeline_id": result.pipeline_id,
+        "pipeline_name": "p",
+        "mode": "collection",
         "stage": "inv",
+        "kind": "record",
+        "executor": "inline",
         "success": True,
         "duration_ms": stage_result.duration_ms,
         "records_in": 2,
         "records_out": 1,
         "records_failed": 1,
         "records_filtered": 0,
+        "retried": 0,
+        "batches": 1,
     }
+
+
+async def test_both_modes_publish_the_same_payload_keys() -> None:
+    def pipeline(bus: EventBus) -> Pipeline[list[int], list[int]]:
+        return Pipeline[list[int], list[int]]("same", event_bus=bus).add_stage(
+            MapStage(lambda x: x + 1, name="inc")
+        )
+
+    payloads: dict[str, dict[EventType, list[str]]] = {}
+    for mode in ("collection", "streaming"):
+        bus, seen = EventBus(), {}
+        for event_type in EventType:
+            bus.subscribe(
+                event_type, lambda e, seen=seen: seen.setdefault(e.type, sorted(e.payload))
+            )
+        if mode == "collection":
+            await pipeline(bus).execute([1, 2])
+        else:
+            await pipeline(bus).arun([1, 2], lambda batch: None, dead_letters="memory")
+        payloads[mode] = seen
+    assert payloads["collection"] == payloads["streaming"]
+    assert set(payloads["collection"]) == set(EventType)
 
 
 async def test_async_subscriber_sees_pipeline_events() -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from conveyor import MapStage
+from conveyor import MapStage, PipelineSpec, RunOptions
 from conveyor.dlq import MemoryDeadLetterStore
 from conveyor.errors import UsageError
 from conveyor.project.datasets import (
@@ -127,11 +127,9 @@ def test_the_writer_is_a_runner_sink(tmp_path: Path) -> None:
     path = tmp_path / "data" / "processed"
     writer = DatasetWriter(path, "jsonl", shard_records=4)
     runner = StreamRunner(
-        "persist",
-        [MapStage(lambda r: {**r, "double": r["n"] * 2}, name="double")],
+        PipelineSpec("persist", (MapStage(lambda r: {**r, "double": r["n"] * 2}, name="double"),)),
         writer,
-        batch_size=3,
-        dead_letters=MemoryDeadLetterStore(),
+        RunOptions(batch_size=3, dead_letters=MemoryDeadLetterStore()),
     )
     asyncio.run(runner.run({"n": n} for n in range(10)))
     assert not path.exists()  # nothing is visible before the commit

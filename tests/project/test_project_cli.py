@@ -302,9 +302,10 @@ def test_cli_new_stage_that_exists(cli_project: Path, tmp_path: Path) -> None:
 def test_cli_dead_letters_list_show_replay(cli_project: Path, tmp_path: Path) -> None:
     _plant_invalid_reading(cli_project)
     run = _conveyor("run", str(cli_project), "stages.source.params.count=5", cwd=tmp_path)
-    assert run.returncode == 0, run.stderr
+    assert run.returncode == 3, run.stderr  # 1 of 6 records: over the default 10% budget
     out = _flat(run.stdout)
     assert "1 dead-lettered" in out
+    assert "demo failed:" in out
     assert f"inspect them with: conveyor dlq list {cli_project}" in out
 
     listed = _conveyor("dlq", "list", str(cli_project), cwd=tmp_path)
@@ -326,9 +327,10 @@ def test_cli_dead_letters_list_show_replay(cli_project: Path, tmp_path: Path) ->
     assert missing.returncode == 1
     assert "0 dead letters match 'zzzz'" in _flat(missing.stderr)
 
+    # Replayed unfixed, the record fails again: a new letter, and exit 3 (all failed).
     replayed = _conveyor("dlq", "replay", str(cli_project), cwd=tmp_path)
-    assert replayed.returncode == 0, replayed.stderr
-    assert "1 in" in _flat(replayed.stdout)
+    assert replayed.returncode == 3, replayed.stderr
+    assert "1 in, 0 out, 0 filtered, 1 dead-lettered" in _flat(replayed.stdout)
 
 
 def test_check_graph_contracts_and_dvc_commands_in_a_subprocess(project: Path) -> None:

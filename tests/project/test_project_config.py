@@ -22,6 +22,9 @@ PIPELINE_KEYS = (
     "dead_letters",
     "state_dir",
     "grace_period",
+    "max_dead_letters",
+    "hooks",
+    "events",
 )
 STAGE_KEYS = (
     "concurrency",

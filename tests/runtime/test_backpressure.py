@@ -11,7 +11,7 @@ from typing import Any
 import _fns
 import pytest
 
-from conveyor import MapStage, Pipeline, StageOptions
+from conveyor import MapStage, Pipeline, PipelineSpec, RunOptions, StageOptions
 from conveyor.dlq import MemoryDeadLetterStore
 from conveyor.runtime import StreamRunner
 
@@ -105,12 +105,9 @@ async def test_progress_shows_waiting_senders_behind_a_slow_stage() -> None:
         await asyncio.sleep(0.002)
 
     runner = StreamRunner(
-        "bp",
-        [MapStage(_fns.inc, name="inc")],
+        PipelineSpec("bp", (MapStage(_fns.inc, name="inc"),)),
         sink,
-        batch_size=2,
-        capacity=2,
-        dead_letters=MemoryDeadLetterStore(),
+        RunOptions(batch_size=2, capacity=2, dead_letters=MemoryDeadLetterStore()),
     )
     report = await runner.run(range(60))
     assert report.records_out == 60

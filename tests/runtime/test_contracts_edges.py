@@ -96,7 +96,8 @@ def test_output_violations_are_caught_on_the_way_out() -> None:
     run = run_pipeline_on(pipeline, [-1, 2, -3])
     assert run.outputs == [1, 3]
     [letter] = run.dead_letters
-    assert letter.record == -2  # the output that broke the contract
+    assert letter.record == 2  # the record as it entered the stage: replayable
+    assert letter.output == -2  # the output that broke the contract, beside it
     assert letter.error_type == "conveyor.errors.ContractViolation"
     assert letter.message.startswith("neg output: ")
     run.report.check_conservation()

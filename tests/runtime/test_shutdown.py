@@ -22,7 +22,7 @@ from typing import Any
 import _fns
 import pytest
 
-from conveyor import MapStage, RunStatus, StageOptions
+from conveyor import MapStage, PipelineSpec, RunOptions, RunStatus, StageOptions
 from conveyor.dlq import MemoryDeadLetterStore
 from conveyor.runtime import StreamRunner
 
@@ -160,13 +160,9 @@ async def hang_from_30(x: int) -> int:
 
 def make_runner(stage: Any, sink: Any, **options: Any) -> StreamRunner:
     return StreamRunner(
-        "shutdown",
-        [stage],
+        PipelineSpec("shutdown", (stage,)),
         sink,
-        batch_size=5,
-        capacity=2,
-        dead_letters=MemoryDeadLetterStore(),
-        **options,
+        RunOptions(batch_size=5, capacity=2, dead_letters=MemoryDeadLetterStore(), **options),
     )
 
 
@@ -237,12 +233,13 @@ async def test_abort_cancels_unordered_concurrent_work() -> None:
             asyncio.get_running_loop().call_soon(runner.abort)
 
     runner = StreamRunner(
-        "shutdown",
-        [MapStage(hang_from_30, name="hang")],
+        PipelineSpec("shutdown", (MapStage(hang_from_30, name="hang"),)),
         sink,
-        batch_size=1,
-        dead_letters=MemoryDeadLetterStore(),
-        stage_options={"hang": StageOptions(concurrency=3, ordered=False)},
+        RunOptions(
+            batch_size=1,
+            dead_letters=MemoryDeadLetterStore(),
+            stage_options={"hang": StageOptions(concurrency=3, ordered=False)},
+        ),
     )
     report = await asyncio.wait_for(runner.run(range(40)), 30)
     assert report.status is RunStatus.ABORTED

@@ -23,6 +23,7 @@ from conveyor import (
     RunReport,
     StageResult,
 )
+from conveyor.core.hooks import CREATED_KEYS, STAGE_KEYS, UPDATED_KEYS
 from conveyor.testing import MemorySink
 
 
@@ -59,16 +60,22 @@ async def test_events_of_a_streaming_run(bus_and_events: tuple[EventBus, list[Ev
     )
     stages = {event.payload["stage"]: event.payload for event in events[1:4]}
     assert list(stages) == ["tenfold", "even", "sink"]
-    assert stages["tenfold"]["received"] == 10
-    assert stages["tenfold"]["emitted"] == 8
-    assert stages["tenfold"]["dead_lettered"] == 2
-    assert stages["even"]["filtered"] == 0  # ten times anything is even
-    assert stages["sink"]["received"] == stages["sink"]["emitted"] == 8
+    assert stages["tenfold"]["records_in"] == 10
+    assert stages["tenfold"]["records_out"] == 8
+    assert stages["tenfold"]["records_failed"] == 2
+    assert stages["even"]["records_filtered"] == 0  # ten times anything is even
+    assert stages["sink"]["records_in"] == stages["sink"]["records_out"] == 8
     assert stages["tenfold"]["batches"] == 4
+    assert stages["tenfold"]["kind"] == "record"
+    assert stages["sink"]["kind"] == "sink"
+    assert all(sorted(event.payload) == sorted(STAGE_KEYS) for event in events[1:4])
     updated = events[-1].payload
-    assert updated["status"] == "completed"
+    assert updated["status"] == "failed"  # 2 of 10 dead-lettered: over the default 10%
     assert updated["completed_stages"] == ["tenfold", "even", "sink"]
-    assert (updated["records_in"], updated["records_out"], updated["dead_lettered"]) == (10, 8, 2)
+    assert (updated["records_in"], updated["records_out"], updated["records_failed"]) == (10, 8, 2)
+    assert sorted(updated) == sorted(UPDATED_KEYS)
+    assert sorted(created) == sorted(CREATED_KEYS)
+    assert report.status.value == "failed"
     assert all(event.source == "hooks" for event in events)
 
 

@@ -1,13 +1,31 @@
-"""The stage algebra: stages, chaining, context, results, pipelines, events, ETL.
+"""The stage algebra: stages, chaining, context, results, options, hooks, events, kinds,
+sinks, the frozen pipeline spec and collection mode.
 
-This layer imports nothing else of Conveyor but :mod:`conveyor.errors`.
+This layer imports nothing else of Conveyor but :mod:`conveyor.errors`. The ``Pipeline``
+builder lives above the runners, in :mod:`conveyor.pipeline` (ADR 0004).
 """
 
 from conveyor.core.context import NO_ITEM, ErrorRecord, PipelineContext
-from conveyor.core.etl import create_etl_pipeline
 from conveyor.core.events import Event, EventBus, EventHandler, EventType
-from conveyor.core.pipeline import Hook, HookName, Pipeline
-from conveyor.core.result import PipelineResult, PipelineStatus, RecordFailure, StageResult
+from conveyor.core.hooks import Hook, HookName, RunEvents, StageEvent, call_hooks
+from conveyor.core.kinds import StageKind, flatten_stages, stage_kind
+from conveyor.core.options import (
+    DeadLetterBudget,
+    Executor,
+    RetryPolicy,
+    RunChanges,
+    RunOptions,
+    StageOptions,
+)
+from conveyor.core.result import (
+    PipelineResult,
+    PipelineStatus,
+    RecordFailure,
+    RunStatus,
+    StageResult,
+)
+from conveyor.core.sink import FunctionSink, RunInfo, RunMode, Sink, StageSink, as_sink
+from conveyor.core.spec import HasSpec, PipelineSpec, spec_of
 from conveyor.core.stage import ChainedStage, PipelineStage, run_stage
 from conveyor.core.stages import (
     AggregateStage,
@@ -28,27 +46,47 @@ __all__ = [
     "BatchStage",
     "BranchStage",
     "ChainedStage",
+    "DeadLetterBudget",
     "ErrorRecord",
     "Event",
     "EventBus",
     "EventHandler",
     "EventType",
+    "Executor",
     "FilterStage",
     "FlattenStage",
+    "FunctionSink",
     "FunctionStage",
+    "HasSpec",
     "Hook",
     "HookName",
     "MapStage",
-    "Pipeline",
     "PipelineContext",
     "PipelineResult",
+    "PipelineSpec",
     "PipelineStage",
     "PipelineStatus",
     "RecordFailure",
     "RecordOutcome",
     "RecordStage",
+    "RetryPolicy",
+    "RunChanges",
+    "RunEvents",
+    "RunInfo",
+    "RunMode",
+    "RunOptions",
+    "RunStatus",
+    "Sink",
+    "StageEvent",
+    "StageKind",
+    "StageOptions",
     "StageResult",
+    "StageSink",
     "ValidateStage",
-    "create_etl_pipeline",
+    "as_sink",
+    "call_hooks",
+    "flatten_stages",
     "run_stage",
+    "spec_of",
+    "stage_kind",
 ]

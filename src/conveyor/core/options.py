@@ -1,18 +1,38 @@
-"""Per-stage run options: where and how a stage runs in the streaming runner.
+"""Run options: how a run goes (:class:`RunOptions`) and how each stage runs in it
+(:class:`StageOptions`, :class:`RetryPolicy`).
 
-These are plain, frozen definition data: the pipeline carries them, runners read them.
+These are plain, frozen values and the one place where run defaults are written down: the
+pipeline carries stage options, every way of running (``Pipeline.run/arun/stream``, a
+project run, a ``stage=NAME`` run, a replay, a branch's arms) builds one :class:`RunOptions`
+and hands it to the runner.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import random
-from dataclasses import dataclass, field, replace
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Literal, TypedDict
 
 from conveyor.errors import PipelineDefinitionError
 
-__all__ = ["Executor", "RetryPolicy", "StageOptions"]
+__all__ = [
+    "ContractMode",
+    "DeadLetterBudget",
+    "Executor",
+    "RetryPolicy",
+    "RunChanges",
+    "RunOptions",
+    "StageOptions",
+]
+
+ContractMode = Literal["all", "sample", "off"]
+"""Which records the runner checks against stage contracts."""
 
 
 class Executor(StrEnum):
@@ -86,9 +106,13 @@ class StageOptions:
             ``process``).
         ordered: keep output in input order when ``concurrency > 1``.
         retry: the :class:`RetryPolicy` for transient errors.
-        timeout: seconds allowed per record (a micro-batch of ``n`` records gets ``n *
-            timeout``; on expiry the batch is split to find the slow record, which goes to
-            the dead-letter queue with :class:`~conveyor.errors.StageTimeoutError`).
+        timeout: seconds allowed per call. A per-record stage (Map, Filter, Validate, any
+            :class:`~conveyor.RecordStage`) is then called record by record, each call
+            bounded, so a hung record reaches the dead-letter queue (with
+            :class:`~conveyor.errors.StageTimeoutError`) within about ``timeout``; a
+            whole-batch stage gets ``timeout`` per call and a timed-out micro-batch is
+            bisected, which bounds the wait by ``timeout * (1 + ceil(log2(batch_size)))``.
+            Code running inline on the event loop can only be interrupted where it awaits.
         rate_limit: records per second this stage may process, at most.
         input_contract / output_contract: a type or schema the records entering / leaving
             the stage must satisfy (overrides the stage's own declaration).
@@ -137,6 +161,174 @@ def _executor(value: Any) -> Executor:
         ) from None
 
 
-def _positive_int(key: str, value: object) -> None:
+def _positive_int(key: str, value: object, owner: str = "StageOptions: ") -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise PipelineDefinitionError(f"StageOptions: {key} must be an int >= 1, got {value!r}")
+        raise PipelineDefinitionError(f"{owner}{key} must be an int >= 1, got {value!r}")
+
+
+_PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterBudget:
+    """How many dead letters a run may make before it counts as failed: a count
+    (``limit``) or a share of the records read (``percent``).
+
+    >>> DeadLetterBudget.parse("10%").exceeded(dead=11, records_in=100)
+    True
+    >>> DeadLetterBudget.parse(0).exceeded(dead=0, records_in=5), DeadLetterBudget.parse("3")
+    (False, DeadLetterBudget(limit=3, percent=None))
+    """
+
+    limit: int | None = None
+    percent: float | None = None
+
+    @classmethod
+    def parse(cls, value: int | str | DeadLetterBudget) -> DeadLetterBudget:
+        """A budget from ``10%``, ``"25"`` or ``3`` (a count); anything else is refused."""
+        if isinstance(value, DeadLetterBudget):
+            return value
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return cls(limit=value)
+        if isinstance(value, str):
+            text = value.strip()
+            if text.isdigit():
+                return cls(limit=int(text))
+            match = _PERCENT.match(text)
+            if match and float(match.group(1)) <= 100:
+                return cls(percent=float(match.group(1)))
+        raise PipelineDefinitionError(
+            f"max_dead_letters must be a count >= 0 (e.g. 0 or 25) or a percentage of the "
+            f"records read (e.g. '10%'), got {value!r}"
+        )
+
+    def allowed(self, records_in: int) -> int:
+        """The most dead letters allowed for a run that read ``records_in`` records."""
+        if self.limit is not None:
+            return self.limit
+        assert self.percent is not None
+        return math.floor(records_in * self.percent / 100 + 1e-9)
+
+    def exceeded(self, *, dead: int, records_in: int) -> bool:
+        """Whether ``dead`` letters are over the budget (a run where every record read was
+        dead-lettered always is)."""
+        if records_in and dead >= records_in:
+            return True
+        return dead > self.allowed(records_in)
+
+    def __str__(self) -> str:
+        return f"{self.limit}" if self.limit is not None else f"{self.percent:g}%"
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    """Everything that says how one run goes; the defaults of every way of running.
+
+    Attributes:
+        batch_size: records per micro-batch (queues and task switches are paid per batch).
+        linger: seconds an async source's micro-batch may wait to fill up.
+        capacity: micro-batches a channel between two stages holds (always bounded).
+        dead_letters: where dead letters go: a ``DeadLetterStore``, ``"memory"``, a
+            ``.jsonl`` or ``.db``/``.sqlite`` path; ``None`` means
+            ``.conveyor/dead_letters.db`` under the working directory.
+        contracts: check stage contracts on ``"all"`` records, a ``"sample"``, or ``"off"``.
+        sample_rate: share of records checked with ``contracts="sample"``.
+        grace_period: seconds to drain after the first SIGINT/SIGTERM (a second aborts).
+        handle_signals: install SIGINT/SIGTERM handlers for the run.
+        max_dead_letters: the dead-letter budget: a count or a percentage of the records
+            read (``"10%"``); above it the flow still drains but the run ends ``failed``.
+        stage_options: ``{stage_name: StageOptions}``, over those set on the pipeline
+            (``"sink"`` names the sink).
+
+    >>> RunOptions().merged(batch_size=10).batch_size
+    10
+    >>> RunOptions(capacity=0)
+    Traceback (most recent call last):
+    ...
+    conveyor.errors.PipelineDefinitionError: capacity must be an int >= 1 micro-batches \
+(channels are always bounded), got 0
+    """
+
+    batch_size: int = 1000
+    linger: float = 0.05
+    capacity: int = 2
+    dead_letters: object = None
+    contracts: ContractMode = "all"
+    sample_rate: float = 0.01
+    grace_period: float = 30.0
+    handle_signals: bool = False
+    max_dead_letters: int | str | DeadLetterBudget = "10%"
+    stage_options: Mapping[str, StageOptions] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _positive_int("batch_size", self.batch_size, "")
+        if (
+            not isinstance(self.capacity, int)
+            or isinstance(self.capacity, bool)
+            or (self.capacity < 1)
+        ):
+            raise PipelineDefinitionError(
+                f"capacity must be an int >= 1 micro-batches (channels are always bounded), "
+                f"got {self.capacity!r}"
+            )
+        for key in ("linger", "grace_period"):
+            value = getattr(self, key)
+            if not isinstance(value, int | float) or value < 0:
+                raise PipelineDefinitionError(f"{key} must be >= 0 seconds, got {value!r}")
+        if self.contracts not in ("all", "sample", "off"):
+            raise PipelineDefinitionError(
+                f"contracts must be 'all', 'sample' or 'off', got {self.contracts!r}"
+            )
+        if not 0 <= self.sample_rate <= 1:
+            raise PipelineDefinitionError(
+                f"sample_rate must be in [0, 1], got {self.sample_rate!r}"
+            )
+        if isinstance(self.dead_letters, str | os.PathLike) and not os.fspath(self.dead_letters):
+            raise PipelineDefinitionError("dead_letters must not be an empty path")
+        object.__setattr__(self, "max_dead_letters", DeadLetterBudget.parse(self.max_dead_letters))
+        for name, options in self.stage_options.items():
+            if not isinstance(options, StageOptions):
+                raise PipelineDefinitionError(
+                    f"stage_options[{name!r}] must be a StageOptions, got {type(options).__name__}"
+                )
+        object.__setattr__(self, "stage_options", MappingProxyType(dict(self.stage_options)))
+
+    @property
+    def budget(self) -> DeadLetterBudget:
+        """:attr:`max_dead_letters`, parsed."""
+        assert isinstance(self.max_dead_letters, DeadLetterBudget)
+        return self.max_dead_letters
+
+    def merged(self, **changes: Any) -> RunOptions:
+        """A copy with ``changes`` applied; unknown keys are an error naming the valid ones."""
+        valid = {f.name for f in fields(self)}
+        unknown = sorted(set(changes) - valid)
+        if unknown:
+            raise PipelineDefinitionError(
+                f"unknown run option(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}"
+            )
+        return replace(self, **changes)
+
+    def options_for(self, stage: str, base: StageOptions | None = None) -> StageOptions:
+        """The options of ``stage``: :attr:`stage_options` over ``base`` over the defaults."""
+        return self.stage_options.get(stage) or base or StageOptions()
+
+    def with_stage_options(self, options: Mapping[str, StageOptions]) -> RunOptions:
+        """A copy whose stage options are ``options`` under the ones already set."""
+        return replace(self, stage_options={**options, **self.stage_options})
+
+
+class RunChanges(TypedDict, total=False):
+    """The keyword form of :class:`RunOptions` taken by ``Pipeline.run`` and its siblings
+    (a test keeps its keys equal to the fields of :class:`RunOptions`)."""
+
+    batch_size: int
+    linger: float
+    capacity: int
+    dead_letters: object
+    contracts: ContractMode
+    sample_rate: float
+    grace_period: float
+    handle_signals: bool
+    max_dead_letters: int | str | DeadLetterBudget
+    stage_options: Mapping[str, StageOptions]

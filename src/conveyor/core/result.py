@@ -9,7 +9,7 @@ from typing import Any, Generic, TypeVar
 
 from conveyor.core.context import PipelineContext
 
-__all__ = ["PipelineResult", "PipelineStatus", "RecordFailure", "StageResult"]
+__all__ = ["PipelineResult", "PipelineStatus", "RecordFailure", "RunStatus", "StageResult"]
 
 T_co = TypeVar("T_co", covariant=True)
 U = TypeVar("U")
@@ -121,6 +121,33 @@ class PipelineStatus(StrEnum):
 
     COMPLETED = "completed"
     FAILED = "failed"
+
+
+class RunStatus(StrEnum):
+    """How a streaming run ended.
+
+    ``completed``: every record read left through the sink, a filter or the dead-letter
+    queue, within the dead-letter budget. ``failed``: the same, but with more dead letters
+    than ``max_dead_letters`` allows. ``interrupted``: a signal (or a ``KeyboardInterrupt``
+    in stage code) stopped the intake and what was in flight drained. ``aborted``: stopped
+    at once (a second signal, or an error), with records still in flight.
+    """
+
+    COMPLETED = "completed"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+    ABORTED = "aborted"
+
+    @property
+    def drained(self) -> bool:
+        """Whether every record that entered the run left it (all but ``aborted``)."""
+        return self is not RunStatus.ABORTED
+
+    @property
+    def finished(self) -> bool:
+        """Whether the run read its whole input and every record left it (``completed``
+        or ``failed``): what a sink that buffers commits on."""
+        return self in (RunStatus.COMPLETED, RunStatus.FAILED)
 
 
 @dataclass(frozen=True)  # no slots, as StageResult

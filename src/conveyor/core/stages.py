@@ -69,6 +69,13 @@ class RecordStage(PipelineStage[Iterable[T], list[R]]):
 
     continue_on_error: bool = False
 
+    @property
+    def never_awaits(self) -> bool:
+        """Whether :meth:`process_records` runs to the end without awaiting anything (a
+        sync function called one record at a time): a runner may then run it in the same
+        task as its neighbours, and nothing on the event loop can interrupt it."""
+        return False
+
     @abstractmethod
     async def process_records(
         self, items: Sequence[T], context: PipelineContext, *, stop_on_error: bool = False
@@ -112,6 +119,10 @@ class _CallsFunction(RecordStage[T, R]):
         self.concurrency = concurrency
         self.continue_on_error = continue_on_error
         self.is_async = is_async_callable(fn)
+
+    @property
+    def never_awaits(self) -> bool:
+        return not self.is_async and self.concurrency == 1
 
     @abstractmethod
     def _accept(self, item: T, value: Any, outcome: RecordOutcome[R]) -> BaseException | None:

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from xml.sax.saxutils import escape, quoteattr
 
+from conveyor.core.kinds import StageKind, flatten_stages, stage_kind
 from conveyor.core.options import Executor, StageOptions
-from conveyor.core.pipeline import Pipeline
-from conveyor.core.stage import ChainedStage, PipelineStage
-from conveyor.core.stages import BatchStage, BranchStage, FlattenStage
+from conveyor.core.spec import HasSpec, PipelineSpec, spec_of
+from conveyor.core.stage import PipelineStage
+from conveyor.core.stages import BranchStage
 
 if TYPE_CHECKING:
     from PIL import ImageDraw, ImageFont
@@ -78,24 +79,13 @@ class _Ids:
         return candidate
 
 
-def _leaves(stage: PipelineStage[Any, Any]) -> tuple[PipelineStage[Any, Any], ...]:
-    return stage.stages if isinstance(stage, ChainedStage) else (stage,)
+Drawable = PipelineSpec | HasSpec
+"""What the renderers draw: a :class:`~conveyor.Pipeline` or its spec."""
 
 
-def _kind(stage: PipelineStage[Any, Any]) -> str:
-    """How a streaming runner treats ``stage`` (the values of ``runtime.StageKind``)."""
-    if isinstance(stage, BatchStage):
-        return "batch"
-    if stage.barrier:
-        return "barrier"
-    if isinstance(stage, FlattenStage) or stage.expands:
-        return "expand"
-    return "record"
-
-
-def _detail(kind: str, options: StageOptions | None) -> str:
+def _detail(kind: StageKind, options: StageOptions | None) -> str:
     """What is not default about how a stage runs: kind, executor, concurrency."""
-    parts = [] if kind in ("record", "sink") else [kind]
+    parts: list[str] = [] if kind in (StageKind.RECORD, StageKind.SINK) else [kind.value]
     if options is not None:
         if options.executor is not Executor.INLINE:
             parts.append(options.executor.value)
@@ -109,24 +99,25 @@ def _element(
 ) -> _Element:
     if isinstance(stage, BranchStage):
         lanes = tuple(
-            (key, tuple(_element(leaf, {}, ids) for leaf in _leaves(branch)))
+            (key, tuple(_element(leaf, {}, ids) for leaf in flatten_stages([branch])))
             for key, branch in stage.branches.items()
         )
         return _Branch(ids.new(stage.name), stage.name, lanes)
-    kind = _kind(stage)
-    shape: _Shape = "barrier" if kind == "barrier" else "stage"
+    kind = stage_kind(stage)
+    shape: _Shape = "barrier" if kind is StageKind.BARRIER else "stage"
     return _Node(ids.new(stage.name), stage.name, _detail(kind, options.get(stage.name)), shape)
 
 
 def _model(
-    pipeline: Pipeline[Any, Any], stage_options: Mapping[str, StageOptions] | None
+    pipeline: Drawable, stage_options: Mapping[str, StageOptions] | None
 ) -> tuple[_Element, ...]:
     """source, every leaf stage (branches as groups), sink."""
-    options = {**pipeline.stage_options, **(stage_options or {})}
+    spec = spec_of(pipeline)
+    options = {**spec.stage_options, **(stage_options or {})}
     ids = _Ids({"source", "sink"})
-    stages = [_element(leaf, options, ids) for stage in pipeline.stages for leaf in _leaves(stage)]
+    stages = [_element(leaf, options, ids) for leaf in spec.leaves]
     source = _Node("source", "source", "", "terminal")
-    sink = _Node("sink", "sink", _detail("sink", options.get("sink")), "terminal")
+    sink = _Node("sink", "sink", _detail(StageKind.SINK, options.get("sink")), "terminal")
     return (source, *stages, sink)
 
 
@@ -196,7 +187,7 @@ def _mermaid_edges(elements: Sequence[_Element], indent: str) -> Iterator[str]:
 
 
 def to_mermaid(
-    pipeline: Pipeline[Any, Any], *, stage_options: Mapping[str, StageOptions] | None = None
+    pipeline: Drawable, *, stage_options: Mapping[str, StageOptions] | None = None
 ) -> str:
     """The pipeline as a Mermaid ``flowchart LR`` (no trailing newline).
 
@@ -208,7 +199,7 @@ def to_mermaid(
     sanitized stage names; labels are quoted, with ``"``, ``<``, ``>``, ``&`` and ``#`` as
     Mermaid entity codes.
 
-    >>> from conveyor import AggregateStage, MapStage
+    >>> from conveyor import AggregateStage, MapStage, Pipeline
     >>> p = (
     ...     Pipeline[list[int], int]("p")
     ...     .add_stage(MapStage(abs, name="abs"))
@@ -375,7 +366,7 @@ class _Layout:
 
 
 def _layout(
-    pipeline: Pipeline[Any, Any],
+    pipeline: Drawable,
     stage_options: Mapping[str, StageOptions] | None,
     measure: Measure = _estimate,
 ) -> _Picture:
@@ -474,7 +465,7 @@ def _svg_elements(picture: _Picture) -> Iterator[str]:
 
 
 def render_svg(
-    pipeline: Pipeline[Any, Any],
+    pipeline: Drawable,
     path: StrPath | None = None,
     *,
     stage_options: Mapping[str, StageOptions] | None = None,
@@ -491,7 +482,7 @@ def render_svg(
         [
             f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:g}" height="{height:g}" '
             f'viewBox="0 0 {width:g} {height:g}" font-family="Helvetica, Arial, sans-serif">',
-            f"<title>{escape(pipeline.name)}</title>",
+            f"<title>{escape(spec_of(pipeline).name)}</title>",
             f'<rect width="{width:g}" height="{height:g}" fill="white"/>',
             *_svg_elements(picture),
             "</svg>",
@@ -568,7 +559,7 @@ class _Painter:
 
 
 def render_png(
-    pipeline: Pipeline[Any, Any],
+    pipeline: Drawable,
     path: StrPath,
     *,
     stage_options: Mapping[str, StageOptions] | None = None,
@@ -598,7 +589,7 @@ def render_png(
 
 
 def write_graph(
-    pipeline: Pipeline[Any, Any],
+    pipeline: Drawable,
     path: StrPath,
     *,
     stage_options: Mapping[str, StageOptions] | None = None,

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from conveyor.errors import ConfigError
+from conveyor.core.options import DeadLetterBudget
+from conveyor.errors import ConfigError, PipelineDefinitionError
 
 __all__ = [
     "PersistConfig",
@@ -84,6 +85,18 @@ class PipelineSection(_Strict):
     dead_letters: str = ".conveyor/dead_letters.db"
     state_dir: str = ".conveyor"
     grace_period: float = Field(30.0, ge=0)
+    max_dead_letters: int | str = "10%"
+    hooks: dict[Literal["before_stage", "after_stage", "on_error", "on_complete"], list[str]] = {}
+    events: dict[Literal["item_created", "item_updated", "stage_completed"], list[str]] = {}
+
+    @field_validator("max_dead_letters")
+    @classmethod
+    def _budget(cls, value: int | str) -> int | str:
+        try:
+            DeadLetterBudget.parse(value)
+        except PipelineDefinitionError as exc:
+            raise ValueError(str(exc)) from None
+        return value
 
 
 class ProjectConfig(_Strict):

@@ -181,6 +181,12 @@ class DatasetWriter:
 
     Records are dicts of JSON-able values. Parquet (pyarrow) also takes ``bytes`` and
     infers one column type per field and shard; JSONL takes what :func:`json.dumps` takes.
+
+    With ``append=True`` (a replay of dead letters adding its records to a dataset) the
+    records go into *new* shards: :meth:`commit` moves them next to the existing ones and
+    then replaces the manifest atomically, so readers see either the old dataset or the
+    old one plus every new shard, never a part. Appending to a dataset of another format
+    is refused; appending where there is no dataset yet writes a new one.
     """
 
     def __init__(
@@ -189,6 +195,7 @@ class DatasetWriter:
         format: DatasetFormat,
         *,
         shard_records: int = 100_000,
+        append: bool = False,
     ) -> None:
         self.path = Path(path)
         self.format: DatasetFormat = _check_format(format)
@@ -200,6 +207,16 @@ class DatasetWriter:
         if self.format == "parquet":
             _pyarrow()  # fail at construction, not after the first shard of a long run
         self.tmp_path = self.path.with_name(f"{self.path.name}.tmp-{uuid.uuid4().hex}")
+        self._base: DatasetManifest | None = None
+        if append and (self.path / MANIFEST_NAME).exists():
+            self._base = load_manifest(self.path)
+            if self._base.format != self.format:
+                raise DatasetError(
+                    self.path,
+                    f"it holds {self._base.format} shards and cannot be appended to as "
+                    f"{self.format}",
+                )
+        self._first_shard = _next_shard_number(self._base)
         self._shards: list[ShardInfo] = []
         self._buffer: list[dict[str, Any]] = []  # Parquet: the current shard's records
         self._file: IO[str] | None = None  # JSONL: the current shard's open file
@@ -245,18 +262,17 @@ class DatasetWriter:
         try:
             self._close_shard()
             self._ensure_tmp()
+            shards = (*(self._base.shards if self._base else ()), *self._shards)
             manifest = DatasetManifest(
                 format=self.format,
-                shards=tuple(self._shards),
-                total_records=sum(shard.records for shard in self._shards),
+                shards=shards,
+                total_records=sum(shard.records for shard in shards),
             )
-            manifest_path = self.tmp_path / MANIFEST_NAME
-            with manifest_path.open("w", encoding="utf-8") as file:
-                json.dump(manifest.to_json(), file, indent=2)
-                file.write("\n")
-                file.flush()
-                os.fsync(file.fileno())
-            self._replace()
+            if self._base is not None:
+                self._append_into_place(manifest)
+            else:
+                _write_manifest(self.tmp_path / MANIFEST_NAME, manifest)
+                self._replace()
         except BaseException:
             self.abort()
             raise
@@ -305,7 +321,23 @@ class DatasetWriter:
         self.tmp_path.mkdir(parents=True, exist_ok=True)
 
     def _shard_path(self) -> Path:
-        return self.tmp_path / f"part-{len(self._shards):05d}{_SUFFIX[self.format]}"
+        number = self._first_shard + len(self._shards)
+        return self.tmp_path / f"part-{number:05d}{_SUFFIX[self.format]}"
+
+    def _append_into_place(self, manifest: DatasetManifest) -> None:
+        """Move the new shards into the dataset, then switch the manifest atomically."""
+        listed = {shard.name for shard in manifest.shards}
+        for stray in self.path.glob("part-*"):  # left by an append that never committed
+            if stray.name not in listed:
+                stray.unlink()
+        for shard in self._shards:
+            (self.tmp_path / shard.name).rename(self.path / shard.name)
+        _fsync_dir(self.path)
+        staged = self.path / f".{MANIFEST_NAME}.{uuid.uuid4().hex}.tmp"
+        _write_manifest(staged, manifest)
+        os.replace(staged, self.path / MANIFEST_NAME)
+        _fsync_dir(self.path)
+        shutil.rmtree(self.tmp_path, ignore_errors=True)
 
     def _write_jsonl(self, record: Mapping[str, Any]) -> None:
         try:
@@ -395,6 +427,22 @@ class DatasetWriter:
         _fsync_dir(parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_manifest(path: Path, manifest: DatasetManifest) -> None:
+    with path.open("w", encoding="utf-8") as file:
+        json.dump(manifest.to_json(), file, indent=2)
+        file.write("\n")
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def _next_shard_number(manifest: DatasetManifest | None) -> int:
+    """The number of the first new shard appended after ``manifest``'s shards."""
+    if manifest is None:
+        return 0
+    numbers = [int(s.name[5:10]) for s in manifest.shards if s.name[5:10].isdigit()]
+    return max(numbers, default=-1) + 1
 
 
 # --------------------------------------------------------------------------- reading

@@ -8,6 +8,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from conveyor.core.sink import Sink as RunSink
+
 __all__ = ["Sink", "Source", "StageConfig", "TaskStage"]
 
 
@@ -34,24 +36,22 @@ class Source(ABC):
         """The records, in order."""
 
 
-class Sink(ABC):
-    """The last stage of a project: ``write(records)`` receives micro-batches."""
+class Sink(RunSink):
+    """The last stage of a project: a :class:`conveyor.Sink` (``open(run)``,
+    ``write(records)`` for each micro-batch, ``close(status)`` exactly once) that may
+    declare a ``Config`` model and the files it writes.
 
-    name: str
+    ``open`` is told whether the run is a replay of dead letters (``run.replay``): a sink
+    that starts a fresh file per run should append to it then. ``close`` is told how the
+    run ended: commit what was buffered when ``status.drained``, discard it otherwise.
+    """
+
     Config: ClassVar[type[BaseModel] | None] = None
-
-    @abstractmethod
-    def write(self, records: list[Any]) -> Any:
-        """Store one micro-batch (may be ``async``)."""
 
     def outputs(self) -> list[str]:
         """Files or folders (relative to the project) that :meth:`write` produces; a Sink
         that names them becomes the last stage of ``conveyor dvc``'s ``dvc.yaml``."""
         return []
-
-    def close(self) -> None:  # noqa: B027 - an optional hook, not abstract
-        """Called once after a successful run that wrote through this sink (not after a
-        failed or interrupted one): commit what the micro-batches buffered."""
 
 
 class TaskStage(ABC):

@@ -13,12 +13,15 @@ from typing import Any
 
 from pydantic import ConfigDict
 
-from conveyor.core.options import RetryPolicy, StageOptions
-from conveyor.core.pipeline import Pipeline
-from conveyor.core.result import StageResult
+from conveyor.core.events import EventBus, EventType
+from conveyor.core.hooks import Hook, HookName
+from conveyor.core.options import RetryPolicy, RunOptions, StageOptions
+from conveyor.core.result import RunStatus, StageResult
+from conveyor.core.sink import Sink as RunSink
 from conveyor.core.stage import PipelineStage
 from conveyor.core.stages import BranchStage
 from conveyor.errors import ConfigError, ProjectError
+from conveyor.pipeline import Pipeline
 from conveyor.project.config import LoadedConfig, StageSection, load_config, validate_model
 from conveyor.project.discovery import (
     StageFile,
@@ -106,16 +109,57 @@ class Project:
             rate_limit=section.rate_limit,
         )
 
+    def run_options(self, *, handle_signals: bool = False, sink: bool = False) -> RunOptions:
+        """The run options of config.yaml's ``pipeline:`` section (stage options come with
+        :meth:`pipeline`); with ``sink``, those of the project's Sink under its name."""
+        settings = self.config.config.pipeline
+        project_sink = self.sink
+        stage_options = (
+            {project_sink.name: self.stage_options(self.stages[-1])}
+            if sink and project_sink is not None
+            else {}
+        )
+        return RunOptions(
+            batch_size=settings.batch_size,
+            linger=settings.linger,
+            capacity=settings.capacity,
+            dead_letters=self.path(settings.dead_letters),
+            contracts=settings.contracts,
+            sample_rate=settings.sample_rate,
+            grace_period=settings.grace_period,
+            handle_signals=handle_signals,
+            max_dead_letters=settings.max_dead_letters,
+            stage_options=stage_options,
+        )
+
+    def index(self, name: str) -> int:
+        """Position among :attr:`middle` of the stage, or of the first member of the branch,
+        called ``name``."""
+        branches = self.config.config.branches
+        members = [m for arms in branches.get(name, {}).values() for m in arms]
+        for index, loaded in enumerate(self.middle):
+            if loaded.name == name or loaded.name in members:
+                return index
+        raise _unknown_stage(name, [s.name for s in self.middle])
+
     def pipeline(
         self,
         stages: Sequence[LoadedStage] | None = None,
         *,
         persist: Mapping[str, Callable[[list[Any]], Any]] | None = None,
+        hooks: Mapping[HookName, Sequence[Hook]] | None = None,
+        event_bus: EventBus | None = None,
     ) -> Pipeline[Any, Any]:
-        """A :class:`Pipeline` of the record stages (branches of config.yaml applied);
-        ``persist`` maps a stage name to a writer that receives its output micro-batches."""
+        """A :class:`Pipeline` of the record stages (branches of config.yaml applied), with
+        the hooks and event subscribers of ``pipeline.hooks`` / ``pipeline.events`` (and
+        ``hooks`` / ``event_bus`` given here); ``persist`` maps a stage name to a writer
+        that receives its output micro-batches."""
         chosen = list(self.middle if stages is None else stages)
-        pipeline: Pipeline[Any, Any] = Pipeline(self.name)
+        pipeline: Pipeline[Any, Any] = Pipeline(self.name, event_bus=self._event_bus(event_bus))
+        for registered in (self._hooks(), hooks or {}):
+            for hook, fns in registered.items():
+                for fn in fns:
+                    pipeline.add_hook(hook, fn)
         grouped = self._branches(chosen)
         for item in grouped:
             if isinstance(item, LoadedStage):
@@ -126,6 +170,50 @@ class Project:
             else:
                 pipeline.add_stage(item)
         return pipeline
+
+    def _hooks(self) -> dict[HookName, list[Hook]]:
+        """The functions ``pipeline.hooks`` of config.yaml names, imported."""
+        return {
+            hook: [
+                self._callable(("pipeline", "hooks", hook, str(i)), ref)
+                for i, ref in enumerate(refs)
+            ]
+            for hook, refs in self.config.config.pipeline.hooks.items()
+        }
+
+    def _event_bus(self, given: EventBus | None) -> EventBus | None:
+        """``given`` (or a new bus) with the subscribers of ``pipeline.events``."""
+        events = self.config.config.pipeline.events
+        if not events:
+            return given
+        bus = given if given is not None else EventBus()
+        for name, refs in events.items():
+            for i, ref in enumerate(refs):
+                bus.subscribe(
+                    EventType(name), self._callable(("pipeline", "events", name, str(i)), ref)
+                )
+        return bus
+
+    def _callable(self, where: tuple[str, ...], ref: str) -> Any:
+        """The function ``module:name`` (or ``module.name``) of the project, imported."""
+        module_name, sep, attr = ref.partition(":")
+        if not sep:
+            module_name, _, attr = ref.rpartition(".")
+        try:
+            value = getattr(importlib.import_module(module_name), attr) if module_name else None
+        except ImportError as exc:
+            raise self.config.error(
+                where, f"{ref!r} cannot be imported: {type(exc).__name__}: {exc}"
+            ) from exc
+        except AttributeError:
+            value = None
+        if not callable(value):
+            raise self.config.error(
+                where,
+                f"{ref!r} is not a function; name one as module:function, e.g. "
+                "pipeline.shared.hooks:log_batch",
+            )
+        return value
 
     def _branches(self, stages: list[LoadedStage]) -> list[LoadedStage | BranchStage[Any]]:
         """Replace the members of each configured branch by one BranchStage."""
@@ -292,20 +380,27 @@ def source_records(source: Source) -> Iterable[Any] | AsyncIterable[Any]:
     return records
 
 
-class DiscardSink:
-    """The sink of a project without a Sink stage: counts and drops."""
+class DiscardSink(RunSink):
+    """The sink of a project without a Sink stage, and of runs that stop before the Sink:
+    counts and drops (the records left through the persisted dataset before it)."""
+
+    idempotent = True
 
     def __init__(self) -> None:
         self.count = 0
+        self.status: RunStatus | None = None
 
-    def __call__(self, records: list[Any]) -> None:
+    def write(self, records: list[Any]) -> None:
         self.count += len(records)
 
+    def close(self, status: RunStatus) -> None:
+        self.status = status
 
-def sink_function(project: Project) -> Callable[[list[Any]], Any]:
-    """The project's Sink.write, or a counting sink."""
+
+def project_sink(project: Project) -> RunSink:
+    """The project's Sink, or a counting sink."""
     sink = project.sink
-    return sink.write if sink is not None else DiscardSink()
+    return sink if sink is not None else DiscardSink()
 
 
 class PersistStage(PipelineStage[list[Any], list[Any]]):

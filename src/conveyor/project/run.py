@@ -1,4 +1,11 @@
-"""Running a project: the whole pipeline, or one stage (``stage=NAME``)."""
+"""Running a project: the whole pipeline, or one stage (``stage=NAME``).
+
+Both are one streaming run (:func:`conveyor.runtime.run_stream`) with the project's
+:class:`~conveyor.RunOptions`, hooks and events; they differ only in their plan: which
+stages run, on what input, into which sink. A whole run skips the persisted stages at its
+start whose code, config and input are unchanged (``force`` runs them anyway) and reads
+the last one's dataset instead; every persisted stage that ran records its fingerprint.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +13,15 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
-from collections.abc import AsyncIterable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from conveyor.core.events import EventBus
+from conveyor.core.hooks import Hook, HookName
+from conveyor.core.sink import RunMode
+from conveyor.core.sink import Sink as RunSink
 from conveyor.errors import ProjectError
 from conveyor.project.discovery import project_root
 from conveyor.project.kinds import TaskStage
@@ -19,15 +30,18 @@ from conveyor.project.project import (
     LoadedStage,
     Project,
     load_project,
-    sink_function,
+    project_sink,
     source_records,
 )
-from conveyor.runtime import RunReport, StreamRunner
+from conveyor.runtime import RunReport
+from conveyor.runtime.runner import StreamRunner
 
-__all__ = ["ProjectRun", "run_project"]
+__all__ = ["ProjectRun", "RunPlan", "run_project"]
 
 Progress = Callable[[StreamRunner], Any]
 """Called with the live runner about every ``progress_interval`` seconds."""
+
+Records = Iterable[Any] | AsyncIterable[Any]
 
 
 @dataclass
@@ -41,6 +55,34 @@ class ProjectRun:
     skipped: list[str] = field(default_factory=list)
 
 
+@dataclass
+class RunPlan:
+    """What one run of a project does: ``stages`` (a slice of the project's record stages)
+    on ``records`` (read from the Source, or from the dataset at ``input_path``) into
+    ``sink``; ``skipped`` lists the fresh stages it does not run."""
+
+    stages: list[LoadedStage]
+    records: Records
+    input_path: Path | None
+    sink: RunSink
+    mode: RunMode = "run"
+    skipped: list[str] = field(default_factory=list)
+    append: bool = False
+    """Persisted datasets gain the run's records in new shards (a replay) instead of being
+    replaced."""
+
+
+@dataclass(frozen=True)
+class RunHooks:
+    """What a caller adds to a project's own hooks and events."""
+
+    hooks: Mapping[HookName, Sequence[Hook]] = field(default_factory=dict)
+    event_bus: EventBus | None = None
+    progress: Progress | None = None
+    progress_interval: float = 0.25
+    handle_signals: bool = True
+
+
 def run_project(
     path: Path,
     overrides: Sequence[str] = (),
@@ -48,18 +90,28 @@ def run_project(
     progress: Progress | None = None,
     progress_interval: float = 0.25,
     handle_signals: bool = True,
+    force: bool = False,
+    hooks: Mapping[HookName, Sequence[Hook]] | None = None,
+    event_bus: EventBus | None = None,
 ) -> ProjectRun:
     """Load the project at ``path`` and run it; ``stage=NAME`` among ``overrides`` runs one
-    stage only."""
+    stage only. Unchanged persisted stages are skipped unless ``force``. ``hooks`` and
+    ``event_bus`` are added to those of config.yaml."""
     stage_name, rest = _split_stage(overrides)
+    extra = RunHooks(hooks or {}, event_bus, progress, progress_interval, handle_signals)
     # Stages see paths relative to the project folder, as `dvc repro` runs them.
     with contextlib.chdir(project_root(path)):
         project = load_project(Path.cwd(), rest)
         if all(isinstance(s.stage, TaskStage) for s in project.stages):
             return _run_tasks(project, stage_name)
-        return asyncio.run(
-            _stream(project, stage_name, progress, progress_interval, handle_signals)
-        )
+        if stage_name is None:
+            plan = whole_run_plan(project, force=force)
+        else:
+            plan = stage_run_plan(project, project.stage(stage_name), force=force)
+        run = ProjectRun(project, stage=stage_name, skipped=list(plan.skipped))
+        if plan.stages or plan.sink is project.sink:
+            run.report = asyncio.run(execute_plan(project, plan, extra))
+        return run
 
 
 def _split_stage(overrides: Sequence[str]) -> tuple[str | None, list[str]]:
@@ -89,17 +141,32 @@ def _run_tasks(project: Project, only: str | None) -> ProjectRun:
     return run
 
 
-def _persist_path(project: Project, loaded: LoadedStage) -> Path | None:
+# -- plans -----------------------------------------------------------------------------------
+
+
+def persist_path(project: Project, loaded: LoadedStage) -> Path | None:
+    """Where ``loaded`` persists its output, or ``None``."""
     persist = loaded.section.persist
     return None if persist is None else project.path(persist.path)
 
 
-def _fingerprint(project: Project, loaded: LoadedStage, input_path: Path | None) -> Any:
+def input_of(project: Project, loaded: LoadedStage) -> tuple[bool, Path | None]:
+    """Whether the input of ``loaded`` is known (the Source, or a persisted dataset), and
+    the dataset it is (``None`` for the Source)."""
+    index = project.middle.index(loaded)
+    if index == 0:
+        return project.source is not None, None
+    path = persist_path(project, project.middle[index - 1])
+    return path is not None, path
+
+
+def fingerprint(project: Project, loaded: LoadedStage, input_path: Path | None) -> Any:
+    """What the output of ``loaded`` depends on: its code, config and input."""
     from conveyor.project.cache import StageFingerprint
 
     # What changes the output: parameters and persistence, not runner options.
     section = {"params": loaded.section.params, "persist": loaded.section.persist}
-    fingerprint = StageFingerprint.compute(
+    found = StageFingerprint.compute(
         loaded.file.path, section, input_path, pipeline_dir=project.pipeline_dir
     )
     if input_path is None and project.source is not None:
@@ -112,26 +179,39 @@ def _fingerprint(project: Project, loaded: LoadedStage, input_path: Path | None)
             pipeline_dir=project.pipeline_dir,
         )
         digest = hashlib.sha256(f"{made_by.code_hash}:{made_by.config_hash}".encode())
-        fingerprint = dataclasses.replace(fingerprint, input_hash=f"source:{digest.hexdigest()}")
-    return fingerprint
+        found = dataclasses.replace(found, input_hash=f"source:{digest.hexdigest()}")
+    return found
 
 
-def _single_stage_input(
-    project: Project, loaded: LoadedStage
-) -> tuple[Iterable[Any] | AsyncIterable[Any], Path | None]:
-    """The records a single-stage run reads: the previous stage's persisted output."""
+def is_fresh(project: Project, loaded: LoadedStage) -> bool:
+    """Whether ``loaded`` is persisted and unchanged since it last ran (code, config and
+    input the same, its output still there as it left it)."""
+    from conveyor.project.cache import RunCache
+
+    output = persist_path(project, loaded)
+    known, input_path = input_of(project, loaded)
+    if output is None or not known:
+        return False
+    if input_path is not None and not (input_path / "_manifest.json").is_file():
+        return False
+    cache = RunCache(project.path(project.config.config.pipeline.state_dir))
+    return cache.is_fresh(loaded.name, fingerprint(project, loaded, input_path), output)
+
+
+def read_input(project: Project, loaded: LoadedStage) -> tuple[Records, Path | None]:
+    """The records ``loaded`` reads: the Source's, or the previous stage's dataset."""
     from conveyor.project.datasets import read_dataset
 
-    index = project.stages.index(loaded)
+    index = project.middle.index(loaded)
     if index == 0:
-        raise ProjectError(
-            f"stage {loaded.name!r} is the first stage; run the whole pipeline instead",
-            file=loaded.file.path,
-        )
-    previous = project.stages[index - 1]
-    if index == 1 and project.source is not None and previous.section.persist is None:
+        if project.source is None:
+            raise ProjectError(
+                "the first stage must be a Source (a class with read()) that emits the records",
+                file=project.stages[0].file.path,
+            )
         return source_records(project.source), None
-    path = _persist_path(project, previous)
+    previous = project.middle[index - 1]
+    path = persist_path(project, previous)
     if path is None:
         raise ProjectError(
             f"stage {loaded.name!r} reads the output of {previous.name!r}, which is not "
@@ -148,66 +228,96 @@ def _single_stage_input(
         ) from exc
 
 
-async def _stream(
+def whole_run_plan(project: Project, *, force: bool = False) -> RunPlan:
+    """Every record stage into the Sink, after the fresh persisted stages at the start."""
+    middle = project.middle
+    skipped: list[str] = []
+    start = 0
+    while not force and start < len(middle) and is_fresh(project, middle[start]):
+        skipped.append(middle[start].name)
+        start += 1
+    if not middle:
+        records, input_path = _source(project)
+    elif start == len(middle):  # every record stage is fresh: the Sink gets the last dataset
+        records, input_path = _dataset(project, middle[-1])
+    else:
+        records, input_path = read_input(project, middle[start])
+    return RunPlan(middle[start:], records, input_path, project_sink(project), skipped=skipped)
+
+
+def _source(project: Project) -> tuple[Records, Path | None]:
+    if project.source is None:
+        raise ProjectError(
+            "the first stage must be a Source (a class with read()) that emits the records",
+            file=project.stages[0].file.path,
+        )
+    return source_records(project.source), None
+
+
+def _dataset(project: Project, loaded: LoadedStage) -> tuple[Records, Path | None]:
+    from conveyor.project.datasets import read_dataset
+
+    path = persist_path(project, loaded)
+    assert path is not None
+    return read_dataset(path), path
+
+
+def stage_run_plan(project: Project, loaded: LoadedStage, *, force: bool = False) -> RunPlan:
+    """One stage on the previous stage's persisted output (the Sink: into itself)."""
+    if loaded is project.stages[0]:
+        raise ProjectError(
+            f"stage {loaded.name!r} is the first stage; run the whole pipeline instead",
+            file=loaded.file.path,
+        )
+    if project.sink is not None and loaded is project.stages[-1]:
+        previous = project.middle[-1] if project.middle else None
+        if previous is None:
+            records, input_path = _source(project)
+        elif persist_path(project, previous) is None:
+            raise ProjectError(
+                f"stage {loaded.name!r} reads the output of {previous.name!r}, which is not "
+                f"persisted; add `persist: {{path: data/{previous.name}}}` to "
+                f"stages.{previous.name} in config.yaml",
+                file=project.config.file,
+            )
+        else:
+            records, input_path = _dataset(project, previous)
+        return RunPlan([], records, input_path, project.sink, mode="stage")
+    if not force and is_fresh(project, loaded):
+        return RunPlan([], [], None, DiscardSink(), mode="stage", skipped=[loaded.name])
+    records, input_path = read_input(project, loaded)
+    return RunPlan([loaded], records, input_path, DiscardSink(), mode="stage")
+
+
+# -- running a plan --------------------------------------------------------------------------
+
+
+async def execute_plan(
     project: Project,
-    only: str | None,
-    progress: Progress | None,
-    interval: float,
-    handle_signals: bool,
-) -> ProjectRun:
-    from conveyor.project.cache import RunCache
+    plan: RunPlan,
+    extra: RunHooks,
+    *,
+    on_done: Callable[[Any, Any], None] | None = None,
+) -> RunReport:
+    """Run ``plan``: persisted datasets are committed when the flow drained without a
+    signal, and the fingerprints of the persisted stages that ran are recorded."""
     from conveyor.project.datasets import DatasetWriter
 
-    settings = project.config.config.pipeline
-    run = ProjectRun(project, stage=only)
-    records: Iterable[Any] | AsyncIterable[Any]
-    input_path: Path | None = None
-    if only is None:
-        source = project.source
-        if source is None:
-            raise ProjectError(
-                "the first stage must be a Source (a class with read()) that emits the records",
-                file=project.stages[0].file.path,
-            )
-        records = source_records(source)
-        stages = project.middle
-        sink = sink_function(project)
-    else:
-        loaded = project.stage(only)
-        records, input_path = _single_stage_input(project, loaded)
-        output = _persist_path(project, loaded)
-        cache = RunCache(project.path(settings.state_dir))
-        fingerprint = _fingerprint(project, loaded, input_path)
-        if output is not None and cache.is_fresh(loaded.name, fingerprint, output):
-            run.skipped.append(loaded.name)
-            return run
-        if loaded is project.stages[-1] and project.sink is not None:
-            stages, sink = [], sink_function(project)
-        else:
-            stages, sink = [loaded], DiscardSink()
     writers = {
-        s.name: DatasetWriter(path, s.section.persist.format)  # type: ignore[union-attr]
-        for s in stages
-        if (path := _persist_path(project, s)) is not None
+        s.name: DatasetWriter(path, s.section.persist.format, append=plan.append)  # type: ignore[union-attr]
+        for s in plan.stages
+        if (path := persist_path(project, s)) is not None
     }
-    pipeline = project.pipeline(stages, persist=writers)
-    runner = StreamRunner(
-        project.name,
-        pipeline.stages,
-        sink,
-        batch_size=settings.batch_size,
-        linger=settings.linger,
-        capacity=settings.capacity,
-        stage_options=pipeline.stage_options,
-        dead_letters=project.path(settings.dead_letters),
-        contracts=settings.contracts,
-        sample_rate=settings.sample_rate,
-        grace_period=settings.grace_period,
-        handle_signals=handle_signals,
+    pipeline = project.pipeline(
+        plan.stages, persist=writers, hooks=extra.hooks, event_bus=extra.event_bus
     )
-    ticker = asyncio.create_task(_tick(runner, progress, interval)) if progress else None
+    options = project.run_options(
+        handle_signals=extra.handle_signals, sink=plan.sink is project.sink
+    )
+    runner = StreamRunner(pipeline.spec(), plan.sink, options, mode=plan.mode, on_done=on_done)
+    ticker = asyncio.create_task(_tick(runner, extra)) if extra.progress else None
     try:
-        report = await runner.run(records)
+        report = await runner.run(plan.records)
     except BaseException:
         for writer in writers.values():
             writer.abort()
@@ -217,28 +327,32 @@ async def _stream(
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
-    if report.interrupted:
-        for writer in writers.values():
-            writer.abort()  # a partial dataset must not look complete
-    else:
+    if report.status.finished:
         for writer in writers.values():
             writer.commit()
-        if project.sink is not None and (only is None or only == project.stages[-1].name):
-            project.sink.close()  # the Sink's end-of-run hook
-        if only is not None:
-            loaded = project.stage(only)
-            output = _persist_path(project, loaded)
-            if output is not None:
-                RunCache(project.path(settings.state_dir)).record(
-                    loaded.name, _fingerprint(project, loaded, input_path), output
-                )
-    if progress is not None:
-        progress(runner)
-    run.report = report
-    return run
+        record_fingerprints(project, [s for s in plan.stages if s.name in writers])
+    else:
+        for writer in writers.values():
+            writer.abort()  # a partial dataset must not look complete
+    if extra.progress is not None:
+        extra.progress(runner)
+    return report
 
 
-async def _tick(runner: StreamRunner, progress: Progress, interval: float) -> None:
+def record_fingerprints(project: Project, stages: Sequence[LoadedStage]) -> None:
+    """Record, in order, the fingerprint of each persisted stage whose input is known."""
+    from conveyor.project.cache import RunCache
+
+    cache = RunCache(project.path(project.config.config.pipeline.state_dir))
+    for loaded in stages:
+        output = persist_path(project, loaded)
+        known, input_path = input_of(project, loaded)
+        if output is not None and known:
+            cache.record(loaded.name, fingerprint(project, loaded, input_path), output)
+
+
+async def _tick(runner: StreamRunner, extra: RunHooks) -> None:
+    assert extra.progress is not None
     while True:
-        await asyncio.sleep(interval)
-        progress(runner)
+        await asyncio.sleep(extra.progress_interval)
+        extra.progress(runner)

@@ -100,25 +100,27 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from conveyor import RunInfo
 from conveyor.project import Sink
 from pipeline.contracts.models import EnrichedReading
 
 
 class JsonLines(Sink):
-    """Appends every micro-batch to ``path`` (a fresh file per run)."""
+    """Writes every micro-batch to ``path``: a fresh file per run, which a replay of dead
+    letters (``conveyor dlq replay``) extends."""
 
     class Config(BaseModel):
         path: str = "data/readings.jsonl"
 
     def __init__(self, config: Config) -> None:
         self.path = Path(config.path)
-        self.started = False
+
+    def open(self, run: RunInfo) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not run.replay:
+            self.path.write_text("")
 
     def write(self, records: list[EnrichedReading]) -> None:
-        if not self.started:  # a fresh file per run, made when the run writes
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text("")
-            self.started = True
         with self.path.open("a") as out:
             out.writelines(json.dumps(record) + "\\n" for record in records)
 ''',

@@ -1,11 +1,13 @@
-"""The streaming runner: concurrent stages over bounded channels (see ADR 0002)."""
+"""The streaming runner: concurrent stages over bounded channels (see ADR 0002, 0004)."""
 
+from conveyor.core.kinds import StageKind, flatten_stages
+from conveyor.core.result import RunStatus
 from conveyor.runtime.channel import Channel, ChannelClosed, ChannelStats, EndOfStream
 from conveyor.runtime.executors import ChunkOutcome, FailedRecord, RemoteError
 from conveyor.runtime.lineage import OffsetTracker
-from conveyor.runtime.replay import replay_dead_letters
-from conveyor.runtime.report import RunReport, RunStatus, StageKind, StageStats
-from conveyor.runtime.runner import DEFAULT_DEAD_LETTERS, Sink, StreamRunner, flatten_stages
+from conveyor.runtime.replay import ReplayRefused, plan_replay, replay_dead_letters
+from conveyor.runtime.report import RunReport, StageStats
+from conveyor.runtime.runner import DEFAULT_DEAD_LETTERS, StreamRunner, run_stream
 from conveyor.runtime.stream import StreamRun
 
 __all__ = [
@@ -18,13 +20,15 @@ __all__ = [
     "FailedRecord",
     "OffsetTracker",
     "RemoteError",
+    "ReplayRefused",
     "RunReport",
     "RunStatus",
-    "Sink",
     "StageKind",
     "StageStats",
     "StreamRun",
     "StreamRunner",
     "flatten_stages",
+    "plan_replay",
     "replay_dead_letters",
+    "run_stream",
 ]

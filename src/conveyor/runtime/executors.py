@@ -17,18 +17,27 @@ import pickle
 import signal
 import sys
 import threading
-import traceback
+from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
+from conveyor.core._callables import call_maybe_async
+from conveyor.core._render import error_message, format_traceback
 from conveyor.core.context import PipelineContext
 from conveyor.core.options import Executor, StageOptions
 from conveyor.core.stage import PipelineStage, run_stage
 from conveyor.core.stages import RecordStage
 from conveyor.errors import PipelineDefinitionError
 
-__all__ = ["ChunkOutcome", "FailedRecord", "StageExecutor", "apply_stage", "make_executor"]
+__all__ = [
+    "ChunkOutcome",
+    "FailedRecord",
+    "StageExecutor",
+    "apply_stage",
+    "format_traceback",
+    "make_executor",
+]
 
 
 @dataclass(slots=True)
@@ -54,11 +63,6 @@ class ChunkOutcome:
     error: BaseException | None = None
     error_traceback: str = ""
     raw: Any = None
-
-
-def format_traceback(error: BaseException) -> str:
-    """The exception formatted with its frames and chained causes."""
-    return "".join(traceback.format_exception(error))
 
 
 def as_records(data: Any) -> list[Any]:
@@ -113,6 +117,13 @@ class StageExecutor:
         """Process one micro-batch."""
         return await apply_stage(stage, records, context)
 
+    async def call(self, fn: Callable[[list[Any]], Any], records: list[Any]) -> Any:
+        """Call ``fn(records)`` here (a sink's write), awaiting it when it is async."""
+        return await call_maybe_async(fn, records)
+
+    async def ready(self) -> None:
+        """Wait until workers can take a call at once (a timeout starts after this)."""
+
     def check(self, stage: PipelineStage[Any, Any]) -> None:
         """Raise :class:`PipelineDefinitionError` if ``stage`` cannot run here."""
 
@@ -139,6 +150,11 @@ def _apply_blocking(
 ) -> ChunkOutcome:
     """Run :func:`apply_stage` to completion on this worker's own event loop."""
     return _thread_loop().run_until_complete(apply_stage(stage, records, context))
+
+
+def _call_blocking(fn: Callable[[list[Any]], Any], records: list[Any]) -> Any:
+    """Call ``fn(records)`` in a worker thread, running it on the thread's loop if async."""
+    return _thread_loop().run_until_complete(call_maybe_async(fn, records))
 
 
 class ThreadExecutor(StageExecutor):
@@ -172,6 +188,12 @@ class ThreadExecutor(StageExecutor):
         with self._lock:
             pool, generation = self._pool, self._generation
         return await loop.run_in_executor(pool, self._apply, generation, stage, records, context)
+
+    async def call(self, fn: Callable[[list[Any]], Any], records: list[Any]) -> Any:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            pool = self._pool
+        return await loop.run_in_executor(pool, _call_blocking, fn, records)
 
     def _apply(
         self,
@@ -253,7 +275,7 @@ def _picklable(error: BaseException) -> BaseException:
         pickle.loads(pickle.dumps(error))
     except Exception:
         kind = type(error)
-        return RemoteError(f"{kind.__module__}.{kind.__qualname__}", str(error))
+        return RemoteError(f"{kind.__module__}.{kind.__qualname__}", error_message(error))
     return error
 
 
@@ -325,9 +347,12 @@ class ProcessExecutor(StageExecutor):
             initializer=_init_worker,
             initargs=(list(sys.path), dict(_FILE_MODULES)),
         )
-        if method == "fork":
-            pool.submit(_noop)  # forks every worker now, while this is the only thread
+        # Starts every worker now (forked while this is the only thread); ready() waits for it.
+        self._warm = pool.submit(_noop)
         return pool
+
+    async def ready(self) -> None:
+        await asyncio.wrap_future(self._warm)
 
     def check(self, stage: PipelineStage[Any, Any]) -> None:
         try:
@@ -357,6 +382,12 @@ class ProcessExecutor(StageExecutor):
                 if pool is self._pool:  # broken by something else than abandon(): raise
                     raise
                 # The pool was replaced after another batch's timeout: run again there.
+
+    async def call(self, fn: Callable[[list[Any]], Any], records: list[Any]) -> Any:
+        raise PipelineDefinitionError(
+            "a sink cannot run on the process executor (it holds connections and files of "
+            "this process); use executor='thread' for a sink that blocks"
+        )
 
     def abandon(self) -> None:
         # A worker stuck past its timeout is killed; batches running beside it are re-run

@@ -10,7 +10,7 @@ of the oldest source batch still referenced: everything before it is done.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +26,8 @@ class _SourceBatch:
 
 
 class OffsetTracker:
-    """Reference counts of source batches in flight.
+    """Reference counts of source batches in flight; ``on_done(first, last)`` is called
+    when a source batch has fully left the pipeline.
 
     >>> t = OffsetTracker()
     >>> a = t.open(0, 9, 10); b = t.open(10, 19, 10)
@@ -38,7 +39,8 @@ class OffsetTracker:
     (True, 20)
     """
 
-    def __init__(self) -> None:
+    def __init__(self, on_done: Callable[[Any, Any], None] | None = None) -> None:
+        self._on_done = on_done
         self._pending: dict[int, _SourceBatch] = {}
         self._next_id = 0
         self.completed_records = 0
@@ -70,6 +72,8 @@ class OffsetTracker:
                 del self._pending[batch_id]
                 self.completed_records += batch.records
                 self.last_completed_offset = batch.last
+                if self._on_done is not None:
+                    self._on_done(batch.first, batch.last)
 
     @property
     def in_flight_batches(self) -> int:

@@ -1,66 +1,226 @@
-"""Replaying dead letters into the stage where they failed."""
+"""Replaying dead letters: back into the stage where each failed, on through every stage
+after it, into the real sink.
+
+A replay is an ordinary streaming run (:func:`~conveyor.runtime.run_stream`) of the
+pipeline's tail, with the pipeline's own options, hooks and events, whose source is the
+letters' records and whose sink is opened in ``replay`` mode. A letter is marked replayed
+only once its record has left that run through the sink, a filter or the dead-letter queue
+(a record that fails again becomes a new letter of the replay's run), so a second replay
+delivers nothing twice. A barrier (or branch) after the failing stage would compute its
+result a second time from the replayed records alone: a replay that reaches one is refused
+before anything is touched, naming it (a project recomputes it from its persisted input
+instead, see :mod:`conveyor.project.replay`).
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Unpack
 
-from conveyor.dlq import DeadLetterStore
+from conveyor.core.kinds import StageKind, group_depth, stage_kind
+from conveyor.core.options import RunChanges, RunOptions
+from conveyor.core.sink import as_sink
+from conveyor.core.spec import HasSpec, PipelineSpec, spec_of
+from conveyor.dlq import DeadLetter, DeadLetterStore
+from conveyor.dlq._codec import json_text
 from conveyor.errors import PipelineDefinitionError
 from conveyor.runtime.report import RunReport
-from conveyor.runtime.runner import Sink, StreamRunner, flatten_stages
+from conveyor.runtime.runner import run_stream
 
-if TYPE_CHECKING:
-    from conveyor.core.pipeline import Pipeline
+__all__ = ["ReplayGroup", "ReplayRefused", "plan_replay", "replay_dead_letters"]
 
-__all__ = ["replay_dead_letters"]
+
+class ReplayRefused(PipelineDefinitionError):
+    """Dead letters cannot be replayed into this pipeline as it is; nothing was touched.
+
+    Attributes:
+        stage: the stage whose letters were to be replayed.
+        blocker: the stage that stands in the way (a barrier, or the unknown stage itself).
+    """
+
+    def __init__(self, stage: str, blocker: str, message: str) -> None:
+        self.stage = stage
+        self.blocker = blocker
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class ReplayGroup:
+    """The letters of one stage, and where in the pipeline they go back in."""
+
+    stage: str
+    letters: tuple[DeadLetter, ...]
+    start: int
+    """Index of the stage among the pipeline's leaf stages (``len(leaves)``: the sink)."""
+    depth: int
+    """How deep the records entering that stage are nested in groups."""
+    barrier: str | None
+    """The first barrier or branch after the stage, if any."""
+
+
+def plan_replay(
+    spec: PipelineSpec, letters: Sequence[DeadLetter], sink_name: str = "sink"
+) -> list[ReplayGroup]:
+    """Group ``letters`` by the stage they failed in, in pipeline order.
+
+    Letters of the same record that failed in the same stage in *different* runs (each run
+    read the same source again) are replayed once. Raises :class:`ReplayRefused` for a
+    letter of a stage the pipeline does not have.
+    """
+    leaves = spec.leaves
+    names = [s.name for s in leaves]
+    depths, kinds, depth = [], [], 0
+    for stage in leaves:
+        kind = stage_kind(stage)
+        depths.append(depth)
+        kinds.append(kind)
+        depth = group_depth(kind, depth, stage)
+    by_stage: dict[str, list[DeadLetter]] = {}
+    for letter in _once_per_source_record(letters):
+        by_stage.setdefault(letter.stage, []).append(letter)
+    groups = []
+    for name, group in by_stage.items():
+        if name in (sink_name, "sink") and name not in names:
+            start, entry_depth = len(leaves), depth
+        elif name in names:
+            start = names.index(name)
+            entry_depth = depths[start]
+        else:
+            raise ReplayRefused(
+                name,
+                name,
+                f"dead letters of stage {name!r} cannot be replayed into pipeline "
+                f"{spec.name!r}: it has no such stage (stages: {', '.join(names)}); letters "
+                "of a stage inside a branch cannot be replayed yet",
+            )
+        barrier = next(
+            (
+                names[i]
+                for i in range(start + 1, len(leaves))
+                if kinds[i] in (StageKind.BARRIER, StageKind.BRANCH)
+            ),
+            None,
+        )
+        groups.append(ReplayGroup(name, tuple(group), start, entry_depth, barrier))
+    groups.sort(key=lambda g: g.start)
+    return groups
+
+
+def _once_per_source_record(letters: Sequence[DeadLetter]) -> list[DeadLetter]:
+    """Drop letters of a record that failed in the same stage in an earlier run too (keep
+    the latest run's); within one run every letter counts."""
+    ended: dict[str, datetime] = {}
+    for letter in letters:
+        if letter.run_id not in ended or letter.created_at > ended[letter.run_id]:
+            ended[letter.run_id] = letter.created_at
+    keys = [(letter.stage, json_text(letter.record)) for letter in letters]
+    latest: dict[tuple[str, str], str] = {}
+    for key, letter in zip(keys, letters, strict=True):
+        chosen = latest.get(key)
+        if chosen is None or ended[letter.run_id] > ended[chosen]:
+            latest[key] = letter.run_id
+    return [
+        letter for key, letter in zip(keys, letters, strict=True) if latest[key] == letter.run_id
+    ]
+
+
+class Marker:
+    """Marks letters replayed as their records leave the replay run (``on_done``), or all
+    at once later (``defer``: when the run's outputs are committed only at its end)."""
+
+    def __init__(self, store: DeadLetterStore, letters: Sequence[DeadLetter], *, defer: bool):
+        self.store = store
+        self.letters = letters
+        self.defer = defer
+        self.settled: list[str] = []
+
+    def on_done(self, first: int, last: int) -> None:
+        """Source records ``first..last`` (positions in :attr:`letters`) have left the run."""
+        ids = [letter.id for letter in self.letters[first : last + 1]]
+        if self.defer:
+            self.settled.extend(ids)
+        else:
+            self.store.mark_replayed(ids)
+
+    def commit(self) -> int:
+        """Mark what was deferred; returns how many letters were marked."""
+        marked = self.store.mark_replayed(self.settled) if self.settled else 0
+        self.settled = []
+        return marked
+
+
+async def replay_group(
+    spec: PipelineSpec,
+    group: ReplayGroup,
+    store: DeadLetterStore,
+    sink: object,
+    options: RunOptions,
+    *,
+    defer: bool = False,
+) -> tuple[RunReport, Marker]:
+    """Replay one group's letters through ``spec``'s stages from the group's stage on."""
+    tail = spec.with_stages(spec.leaves[group.start :])
+    marker = Marker(store, group.letters, defer=defer)
+    report = await run_stream(
+        tail,
+        [letter.record for letter in group.letters],
+        sink,
+        options.merged(dead_letters=store),
+        mode="replay",
+        on_done=marker.on_done,
+        depth=group.depth,
+    )
+    return report, marker
 
 
 async def replay_dead_letters(
-    pipeline: Pipeline[Any, Any],
+    pipeline: PipelineSpec | HasSpec,
     store: DeadLetterStore,
-    sink: Sink,
+    sink: object,
+    options: RunOptions | None = None,
     *,
     stage: str | None = None,
     run_id: str | None = None,
-    **options: Any,
+    **changes: Unpack[RunChanges],
 ) -> list[RunReport]:
-    """Feed not-yet-replayed dead letters back into the stage where each failed.
+    """Feed not-yet-replayed dead letters back into the stage where each failed, and on
+    through every later stage into ``sink``; one run per stage, in pipeline order.
 
-    Letters are grouped by stage; each group runs through that stage and every stage after
-    it into ``sink``, in one streaming run per stage (``options`` as for
-    :meth:`Pipeline.arun`, dead letters of the replay going to ``store`` as well). The
-    replayed letters are then marked replayed; a record that fails again becomes a new dead
-    letter of the replay's run. Returns the reports, one per replayed stage.
+    ``options`` and keyword arguments are those of :meth:`Pipeline.arun` (dead letters of
+    the replay go to ``store`` as well). Raises :class:`ReplayRefused` before anything runs
+    when a letter's stage is unknown or a barrier follows it. Returns the reports.
     """
-    stages = flatten_stages(pipeline.stages)
-    names = [s.name for s in stages]
-    letters = store.list(stage=stage, run_id=run_id)
-    by_stage: dict[str, list[Any]] = {}
-    for letter in letters:
-        by_stage.setdefault(letter.stage, []).append(letter)
+    spec = spec_of(pipeline)
+    letters = await asyncio.to_thread(store.list, stage=stage, run_id=run_id)
+    plan = plan_replay(spec, letters, as_sink(sink).name)
+    refuse_barriers(spec, plan)
+    run_options = (options or RunOptions()).merged(**changes)
     reports = []
-    for name, group in by_stage.items():
-        if name == "sink":
-            start = len(stages)
-        elif name in names:
-            start = names.index(name)
-        else:
-            raise PipelineDefinitionError(
-                f"dead letters of stage {name!r} cannot be replayed into pipeline "
-                f"{pipeline.name!r}: it has no such stage (stages: {', '.join(names)})"
-            )
-        runner = StreamRunner(
-            f"{pipeline.name}/replay:{name}",
-            stages[start:] or [],
-            sink,
-            dead_letters=store,
-            stage_options={
-                k: v for k, v in pipeline.stage_options.items() if k in names[start:] or k == "sink"
-            },
-            event_bus=pipeline.event_bus,
-            **options,
-        )
-        report = await runner.run([letter.record for letter in group])
-        store.mark_replayed(letter.id for letter in group)
+    for group in plan:
+        report, _ = await replay_group(spec, group, store, sink, run_options)
         reports.append(report)
     return reports
+
+
+def refuse_barriers(
+    spec: PipelineSpec,
+    plan: Sequence[ReplayGroup],
+    recomputable: Callable[[str], bool] = lambda _: False,
+) -> None:
+    """Raise :class:`ReplayRefused` for a group whose records would reach a barrier that
+    cannot be recomputed from its persisted input (``recomputable(name)``)."""
+    for group in plan:
+        if group.barrier is not None and not recomputable(group.barrier):
+            raise ReplayRefused(
+                group.stage,
+                group.barrier,
+                f"dead letters of stage {group.stage!r} cannot be replayed: stage "
+                f"{group.barrier!r} after it is a barrier (it needs the whole stream) and "
+                "would compute its result again from the replayed records alone. Persist "
+                f"the output of the stage before {group.barrier!r} (in a project: "
+                f"persist: in config.yaml, then run the pipeline again), so that the replay "
+                f"can recompute {group.barrier!r} from its whole input; nothing was replayed",
+            )

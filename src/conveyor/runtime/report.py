@@ -1,41 +1,39 @@
-"""The report of a streaming run: counts per stage, channels, and the conservation law."""
+"""The report of a streaming run: counts per stage, channels, and the conservation law.
+
+Stages count *elements* (what passes through their channels: records, or groups of
+records after a ``BatchStage``) and *records* (the records those elements hold). The run's
+totals are in records, so a dead-lettered group of three counts three.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import StrEnum
 from typing import Any
 
+from conveyor.core.kinds import StageKind
+from conveyor.core.result import RunStatus
 from conveyor.errors import ConservationError
 from conveyor.runtime.channel import ChannelStats
 
 __all__ = ["RunReport", "RunStatus", "StageKind", "StageStats"]
 
-
-class RunStatus(StrEnum):
-    """How a streaming run ended."""
-
-    COMPLETED = "completed"
-    INTERRUPTED = "interrupted"
-    ABORTED = "aborted"
-
-
-class StageKind(StrEnum):
-    """How the runner treats a stage: ``record`` (any slice; in = out + filtered + dead),
-    ``expand`` (one record may become several), ``batch`` (re-cuts into groups),
-    ``barrier`` (consumes the whole stream, then emits), ``sink``."""
-
-    RECORD = "record"
-    EXPAND = "expand"
-    BATCH = "batch"
-    BARRIER = "barrier"
-    SINK = "sink"
+_ELEMENT_CHECKED = (StageKind.RECORD, StageKind.SINK)
+_RESHAPING = (StageKind.EXPAND, StageKind.BARRIER, StageKind.BRANCH)
 
 
 @dataclass(slots=True)
 class StageStats:
-    """Counters of one stage in a streaming run (records are stream elements)."""
+    """Counters of one stage in a streaming run.
+
+    Element counters: ``received``, ``emitted``, ``filtered``, ``dead_lettered`` (letters
+    written), ``unfinished`` (left unprocessed when the run was stopped), ``batches``.
+    Record counters (the records those elements hold): ``records_in``, ``records_out``,
+    ``records_filtered``, ``records_dead``, ``records_unfinished``, and for stages that may
+    change the number of records (expand, barrier, branch, or a stage working on groups)
+    ``absorbed`` (records that went into the stage's outputs without being one of them,
+    e.g. aggregated) and ``born`` (records its outputs hold that it did not receive).
+    """
 
     name: str
     kind: StageKind
@@ -48,26 +46,66 @@ class StageStats:
     batches: int = 0
     busy_seconds: float = 0.0
     grouped: int = 0
+    unfinished: int = 0
+    records_in: int = 0
+    records_out: int = 0
+    records_filtered: int = 0
+    records_dead: int = 0
+    records_unfinished: int = 0
+    absorbed: int = 0
+    born: int = 0
+    fused: bool = False
 
     def check(self) -> None:
         """Raise :class:`ConservationError` if this stage's own counts do not add up."""
-        if self.kind in (StageKind.RECORD, StageKind.SINK):
-            out = self.emitted + self.filtered + self.dead_lettered
+        if self.kind in _ELEMENT_CHECKED:
+            out = self.emitted + self.filtered + self.dead_lettered + self.unfinished
             if out != self.received:
                 raise ConservationError(
                     self.name,
                     f"received {self.received} but emitted {self.emitted} + filtered "
-                    f"{self.filtered} + dead-lettered {self.dead_lettered} = {out}",
+                    f"{self.filtered} + dead-lettered {self.dead_lettered} + unfinished "
+                    f"{self.unfinished} = {out}",
                 )
-        elif self.kind is StageKind.BATCH and self.grouped + self.dead_lettered != self.received:
+        elif self.kind is StageKind.BATCH and (
+            self.grouped + self.dead_lettered + self.unfinished != self.received
+        ):
             raise ConservationError(
                 self.name,
                 f"received {self.received} records but grouped {self.grouped} "
                 f"and dead-lettered {self.dead_lettered}",
             )
+        left = (
+            self.records_out
+            + self.records_filtered
+            + self.records_dead
+            + self.records_unfinished
+            + self.absorbed
+            - self.born
+        )
+        if left != self.records_in:
+            raise ConservationError(
+                self.name,
+                f"took {self.records_in} records but gave {self.records_out} out + "
+                f"{self.records_filtered} filtered + {self.records_dead} dead-lettered + "
+                f"{self.records_unfinished} unfinished + {self.absorbed} absorbed - "
+                f"{self.born} born = {left}",
+            )
+
+    def settle_reshaping(self) -> None:
+        """For a stage that may change the number of records, book the difference between
+        what it took and what it gave as ``absorbed`` or ``born``."""
+        gone = (
+            self.records_in
+            - self.records_out
+            - self.records_filtered
+            - self.records_dead
+            - self.records_unfinished
+        )
+        self.absorbed, self.born = max(gone, 0), max(-gone, 0)
 
     def as_dict(self) -> dict[str, Any]:
-        """The counters as a plain dict (for events and JSON)."""
+        """The counters as a plain dict (for JSON and progress views)."""
         return {
             "stage": self.name,
             "kind": self.kind.value,
@@ -76,9 +114,16 @@ class StageStats:
             "emitted": self.emitted,
             "filtered": self.filtered,
             "dead_lettered": self.dead_lettered,
+            "unfinished": self.unfinished,
             "retried": self.retried,
             "batches": self.batches,
             "busy_seconds": round(self.busy_seconds, 6),
+            "records_in": self.records_in,
+            "records_out": self.records_out,
+            "records_filtered": self.records_filtered,
+            "records_dead": self.records_dead,
+            "absorbed": self.absorbed,
+            "born": self.born,
         }
 
 
@@ -87,10 +132,14 @@ class RunReport:
     """What a streaming run did.
 
     ``records_in`` came from the source; every one of them left through the sink
-    (``records_out`` counts what the sink received), a filter (``filtered``) or the
-    dead-letter queue (``dead_lettered``); :meth:`check_conservation` proves it per stage and
-    per edge. An interrupted run drained what it had read; an aborted one did not, and
-    ``low_watermark`` says from which source offset to read again.
+    (``records_out`` counts the records the sink took), a filter (``filtered``) or the
+    dead-letter queue (``dead_lettered``), or went into a barrier's or branch's output
+    (``absorbed``; ``born`` counts records such stages and expanding stages made).
+    :meth:`check_conservation` proves it per stage, per edge and on these totals. An
+    ``interrupted`` run drained what it had read; an ``aborted`` one did not, and
+    ``low_watermark`` says from which source offset to read again. A ``failed`` run
+    drained but made more dead letters than ``max_dead_letters`` allows (``failure`` says
+    how many, and where).
     """
 
     run_id: str
@@ -104,6 +153,9 @@ class RunReport:
     low_watermark: Any = None
     in_flight_records: int = 0
     dead_letter_store: str = ""
+    branches: dict[str, dict[str, list[StageStats]]] = field(default_factory=dict)
+    failure: str = ""
+    max_dead_letters: str = ""
 
     @property
     def sink(self) -> StageStats:
@@ -113,55 +165,130 @@ class RunReport:
     @property
     def records_out(self) -> int:
         """Records the sink took (written successfully)."""
-        return self.sink.emitted
+        return self.sink.records_out
 
     @property
     def filtered(self) -> int:
-        """Records dropped on purpose by filters, over all stages."""
-        return sum(s.filtered for s in self.stages)
+        """Records dropped on purpose by filters, over all stages (branch arms included)."""
+        return sum(s.records_filtered for s in self._all_stages())
 
     @property
     def dead_lettered(self) -> int:
-        """Records sent to the dead-letter queue, over all stages."""
-        return sum(s.dead_lettered for s in self.stages)
+        """Records sent to the dead-letter queue, over all stages (branch arms included)."""
+        return sum(s.records_dead for s in self._all_stages())
+
+    @property
+    def letters(self) -> int:
+        """Dead letters written (a letter may hold a group of several records)."""
+        return sum(s.dead_lettered for s in self._all_stages())
 
     @property
     def retried(self) -> int:
         """Record retries, over all stages."""
-        return sum(s.retried for s in self.stages)
+        return sum(s.retried for s in self._all_stages())
+
+    @property
+    def absorbed(self) -> int:
+        """Records that went into the outputs of barriers, branches and reshaping stages."""
+        return sum(s.absorbed for s in self.stages)
+
+    @property
+    def born(self) -> int:
+        """Records made by barriers, branches and expanding stages."""
+        return sum(s.born for s in self.stages)
+
+    @property
+    def unfinished(self) -> int:
+        """Records left unprocessed because the run was stopped mid-way."""
+        return sum(s.records_unfinished for s in self.stages)
 
     @property
     def interrupted(self) -> bool:
         """Whether a signal (or an abort) ended the run early."""
-        return self.status is not RunStatus.COMPLETED
+        return self.status in (RunStatus.INTERRUPTED, RunStatus.ABORTED)
+
+    @property
+    def failed(self) -> bool:
+        """Whether the run ended over its dead-letter budget."""
+        return self.status is RunStatus.FAILED
+
+    def dead_letters_by_stage(self) -> dict[str, int]:
+        """Dead-lettered records per stage, for stages that have any."""
+        return {s.name: s.records_dead for s in self._all_stages() if s.records_dead}
 
     def stage(self, name: str) -> StageStats:
-        """The counters of the stage called ``name``."""
-        for stats in self.stages:
+        """The counters of the stage called ``name`` (``branch/arm/stage`` inside a branch)."""
+        for stats in self._all_stages():
             if stats.name == name:
                 return stats
-        raise KeyError(f"no stage {name!r}; stages: {', '.join(s.name for s in self.stages)}")
+        names = ", ".join(s.name for s in self._all_stages())
+        raise KeyError(f"no stage {name!r}; stages: {names}")
+
+    def _all_stages(self) -> list[StageStats]:
+        out = list(self.stages)
+        for arms in self.branches.values():
+            for chain in arms.values():
+                out.extend(chain)
+        return out
 
     def check_conservation(self) -> None:
         """Raise :class:`ConservationError` unless every record is accounted for."""
         if self.status is RunStatus.ABORTED:
             return
-        previous, upstream = self.records_in, "source"
-        for stats in self.stages:
-            if stats.received != previous:
-                raise ConservationError(
-                    stats.name,
-                    f"{upstream} emitted {previous} but {stats.name} received {stats.received}",
-                )
-            stats.check()
-            previous, upstream = stats.emitted, stats.name
-        if self.in_flight_records:
+        _check_chain(self.stages, self.records_in, "source")
+        for branch, arms in self.branches.items():
+            entered = self.stage(branch).received
+            for arm, chain in arms.items():
+                _check_chain(chain, entered, f"{branch}/{arm} (broadcast)")
+        total = self.records_out + self.filtered_top + self.dead_top + self.absorbed - self.born
+        total += self.unfinished
+        if total != self.records_in:
+            raise ConservationError(
+                "",
+                f"{self.records_in} records read but {self.records_out} out + "
+                f"{self.filtered_top} filtered + {self.dead_top} dead-lettered + "
+                f"{self.absorbed} absorbed - {self.born} born + {self.unfinished} unfinished "
+                f"= {total}",
+            )
+        if self.in_flight_records and not self.unfinished:
             raise ConservationError("", f"{self.in_flight_records} records still in flight")
 
+    @property
+    def filtered_top(self) -> int:
+        """Filtered records of the main line (branch arms are inside ``absorbed``)."""
+        return sum(s.records_filtered for s in self.stages)
+
+    @property
+    def dead_top(self) -> int:
+        """Dead-lettered records of the main line (branch arms are inside ``absorbed``)."""
+        return sum(s.records_dead for s in self.stages)
+
     def summary(self) -> str:
-        """One line: status, counts and time."""
-        return (
+        """Status, counts and time; for a failed, interrupted or aborted run also why and
+        where to restart."""
+        line = (
             f"{self.pipeline_name} {self.status.value}: {self.records_in} in, "
             f"{self.records_out} out, {self.filtered} filtered, {self.dead_lettered} "
             f"dead-lettered, {self.retried} retried in {self.duration_seconds:.2f}s"
         )
+        if self.failure:
+            line += f"\n{self.failure}"
+        if self.status is RunStatus.ABORTED or self.unfinished:
+            line += (
+                f"\n{self.in_flight_records} records were still in flight and did not finish; "
+                f"read the source again from offset {self.low_watermark!r} (the low "
+                "watermark: every record before it has left the pipeline)"
+            )
+        return line
+
+
+def _check_chain(stages: list[StageStats], entered: int, upstream: str) -> None:
+    previous = entered
+    for stats in stages:
+        if stats.received != previous:
+            raise ConservationError(
+                stats.name,
+                f"{upstream} emitted {previous} but {stats.name} received {stats.received}",
+            )
+        stats.check()
+        previous, upstream = stats.emitted, stats.name

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from conveyor.core.context import PipelineContext
+from conveyor.core.options import RunOptions
+from conveyor.core.spec import PipelineSpec
 from conveyor.runtime.channel import Channel, EndOfStream
 from conveyor.runtime.report import RunReport
-
-if TYPE_CHECKING:
-    from conveyor.core.pipeline import Pipeline
+from conveyor.runtime.runner import run_stream
 
 __all__ = ["StreamRun"]
 
@@ -24,27 +25,32 @@ class StreamRun:
 
     def __init__(
         self,
-        pipeline: Pipeline[Any, Any],
+        spec: PipelineSpec,
         source: Iterable[Any] | AsyncIterable[Any],
-        options: dict[str, Any],
+        options: RunOptions,
+        *,
+        context: PipelineContext | None = None,
     ) -> None:
-        self._pipeline = pipeline
+        self._spec = spec
         self._source = source
         self._options = options
+        self._context = context
         self.report: RunReport | None = None
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[Any]:
-        outputs: Channel[list[Any]] = Channel(self._options.get("capacity", 2), name="stream")
+        outputs: Channel[list[Any]] = Channel(self._options.capacity, name="stream")
 
         async def sink(records: list[Any]) -> None:
             await outputs.send(records)
 
         async def drive() -> RunReport:
             try:
-                return await self._pipeline.arun(self._source, sink, **self._options)
+                return await run_stream(
+                    self._spec, self._source, sink, self._options, context=self._context
+                )
             finally:
                 outputs.close()
 

@@ -1,8 +1,9 @@
 """Export: Parquet shards per split, a manifest with counts and checksums, a contact sheet.
 
 Micro-batches are streamed into one dataset writer per split; everything is committed in
-``close()``, which Conveyor calls once the run has succeeded, so a failed run leaves the
-previous export untouched.
+``close(status)``, which Conveyor calls once at the end of every run: only a run that read
+its whole input commits, so a failed or interrupted run leaves the previous export
+untouched.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from conveyor import RunStatus
 from conveyor.project import Sink
 from conveyor.project.datasets import DatasetWriter
 from pipeline.contracts.models import CONTRACT_VERSION, LABELS, SplitDigit
@@ -68,7 +70,11 @@ class Export(Sink):
         """What this sink writes, for ``conveyor dvc``."""
         return [self.out_dir.as_posix()]
 
-    def close(self) -> None:
+    def close(self, status: RunStatus) -> None:
+        if not status.finished:
+            for writer in self.writers.values():
+                writer.abort()
+            return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         splits: dict[str, Any] = {}
         for split in SPLITS:

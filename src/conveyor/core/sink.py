@@ -1,0 +1,138 @@
+"""Sinks: where a run's records leave. An object with a lifecycle, not a stage in disguise.
+
+A run calls :meth:`Sink.open` once before the first write, :meth:`Sink.write` with each
+micro-batch (in order, one call at a time) and :meth:`Sink.close` exactly once at the end,
+on every path: success, a failed run, an interruption or an error. ``close`` is told how
+the run ended, so a sink that buffers can commit what it was given when the flow drained
+and throw it away when it did not.
+
+A failed ``write`` is retried with back-off as a whole micro-batch (the sink's
+``RetryPolicy``, ``stage_options["sink"]``); once retries are spent its records go to the
+dead-letter queue. A sink that sets ``idempotent = True`` (writing a record twice does no
+harm, e.g. an upsert by key) is instead split in halves to isolate the records that fail;
+any other sink never sees a record twice. Plain callables and stages are accepted as sinks
+too (:func:`as_sink`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+from conveyor.core._callables import call_maybe_async
+from conveyor.core.context import PipelineContext
+from conveyor.core.result import RunStatus
+from conveyor.core.stage import PipelineStage, run_stage
+from conveyor.errors import PipelineDefinitionError
+
+__all__ = ["FunctionSink", "RunInfo", "RunMode", "Sink", "StageSink", "as_sink"]
+
+RunMode = Literal["run", "stage", "replay"]
+"""Why a run writes: a whole run, a single-stage run (``stage=NAME``), a replay of dead
+letters (a sink that makes a fresh file per run should append instead)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    """What a sink is told when it is opened."""
+
+    run_id: str
+    pipeline_name: str
+    mode: RunMode = "run"
+
+    @property
+    def replay(self) -> bool:
+        """Whether this run replays dead letters (the sink already holds earlier output)."""
+        return self.mode == "replay"
+
+
+class Sink(ABC):
+    """Base class of sinks; subclass it and implement :meth:`write`.
+
+    >>> class Printer(Sink):
+    ...     def write(self, records):
+    ...         print(records)
+    >>> Printer().name, Printer.idempotent
+    ('sink', False)
+    """
+
+    name: str = "sink"
+    idempotent: ClassVar[bool] = False
+    """Writing the same record twice does no harm (an upsert by key): then a failing
+    micro-batch is split to isolate the bad records instead of dead-lettering it whole."""
+
+    def open(self, run: RunInfo) -> Any:  # noqa: B027 - an optional hook, not abstract
+        """Called once before the first write (may be ``async``)."""
+
+    @abstractmethod
+    def write(self, records: list[Any]) -> Any:
+        """Store one micro-batch, all or nothing if you can (may be ``async``)."""
+
+    def close(self, status: RunStatus) -> Any:  # noqa: B027 - an optional hook
+        """Called exactly once at the end of the run, however it ended (may be ``async``).
+
+        ``status.drained`` is true when every record the run read has left it (completed,
+        failed over the dead-letter budget, or interrupted after draining): commit what
+        :meth:`write` buffered. ``aborted`` means records were still in flight.
+        """
+
+
+class FunctionSink(Sink):
+    """A sink from a sync or async callable receiving micro-batches (lists)."""
+
+    def __init__(self, fn: Callable[[list[Any]], Any], *, name: str = "sink") -> None:
+        if not callable(fn):
+            raise PipelineDefinitionError(f"sink must be callable, got {type(fn).__name__}")
+        self.fn = fn
+        self.name = name
+
+    def write(self, records: list[Any]) -> Any:
+        return self.fn(records)
+
+    def __repr__(self) -> str:
+        return f"<FunctionSink {self.fn!r}>"
+
+
+class StageSink(Sink):
+    """A sink from a stage: each micro-batch is processed by it and its output dropped;
+    a failed result fails the write. Stages are idempotent (seed 000), so a failing
+    micro-batch is split to isolate the records the stage refuses."""
+
+    idempotent = True
+
+    def __init__(self, stage: PipelineStage[list[Any], Any]) -> None:
+        self.stage = stage
+        self.name = "sink"
+
+    async def write(self, records: list[Any]) -> None:
+        result = await run_stage(self.stage, records, PipelineContext(pipeline_name="sink"))
+        if not result.success:
+            assert result.error is not None
+            raise result.error
+
+
+def as_sink(sink: object) -> Sink:
+    """``sink`` as a :class:`Sink`: a Sink as it is, a stage in a :class:`StageSink`, a
+    callable in a :class:`FunctionSink`; anything else is a definition error."""
+    if isinstance(sink, Sink):
+        return sink
+    if isinstance(sink, PipelineStage):
+        return StageSink(sink)
+    if callable(sink):
+        return FunctionSink(sink)
+    raise PipelineDefinitionError(
+        "sink must be a conveyor.Sink, a callable taking a list of records, or a "
+        f"PipelineStage; got {type(sink).__name__}"
+    )
+
+
+async def open_sink(sink: Sink, run: RunInfo) -> None:
+    """Call ``sink.open(run)``, awaiting it when it is async."""
+    await call_maybe_async(sink.open, run)
+
+
+async def close_sink(sink: Sink, status: RunStatus) -> None:
+    """Call ``sink.close(status)``, awaiting it when it is async."""
+    await call_maybe_async(sink.close, status)

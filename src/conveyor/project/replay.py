@@ -1,0 +1,133 @@
+"""``conveyor dlq replay``: a project's dead letters back through the stage where each
+failed and every stage after it, into the project's Sink (ADR 0005).
+
+Each stage's letters are one streaming run of the project's tail with its own options,
+hooks and events; the Sink is opened in replay mode (it appends), and every persisted
+dataset on the way gains the replayed records in new shards with an updated manifest, so
+``stage=NAME`` runs and DVC see them. A barrier (or branch) after the failing stage is
+recomputed from its persisted input — the dataset of the stage before it, which the replay
+has just extended — and everything from it on runs again into the Sink as a whole run; if
+that input is not persisted the replay is refused before anything is touched, naming the
+barrier. Letters are marked replayed once every dataset of the replay is committed; the
+fingerprints of the persisted stages it touched are recorded, so the next run skips them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from conveyor.core.events import EventBus
+from conveyor.core.hooks import Hook, HookName
+from conveyor.dlq import DeadLetterStore, open_dead_letter_store
+from conveyor.project.discovery import project_root
+from conveyor.project.project import DiscardSink, Project, load_project, project_sink
+from conveyor.project.run import (
+    RunHooks,
+    RunPlan,
+    execute_plan,
+    persist_path,
+    read_input,
+)
+from conveyor.runtime import RunReport
+from conveyor.runtime.replay import Marker, ReplayGroup, plan_replay, refuse_barriers
+
+__all__ = ["ProjectReplay", "replay_project"]
+
+
+@dataclass
+class ProjectReplay:
+    """Outcome of :func:`replay_project`: one report per run, the letters marked replayed."""
+
+    project: Project
+    reports: list[RunReport] = field(default_factory=list)
+    replayed: int = 0
+    recomputed: list[str] = field(default_factory=list)
+
+
+def replay_project(
+    path: Path,
+    *,
+    stage: str | None = None,
+    run_id: str | None = None,
+    hooks: Mapping[HookName, Sequence[Hook]] | None = None,
+    event_bus: EventBus | None = None,
+    handle_signals: bool = True,
+) -> ProjectReplay:
+    """Replay the not-yet-replayed dead letters of the project at ``path`` (only those of
+    ``stage`` / ``run_id`` when given)."""
+    extra = RunHooks(hooks or {}, event_bus, handle_signals=handle_signals)
+    with contextlib.chdir(project_root(path)):
+        project = load_project(Path.cwd())
+        settings = project.config.config.pipeline
+        with open_dead_letter_store(project.path(settings.dead_letters)) as store:
+            return asyncio.run(_replay(project, store, stage, run_id, extra))
+
+
+async def _replay(
+    project: Project,
+    store: DeadLetterStore,
+    stage: str | None,
+    run_id: str | None,
+    extra: RunHooks,
+) -> ProjectReplay:
+    letters = await asyncio.to_thread(store.list, stage=stage, run_id=run_id)
+    spec = project.pipeline().spec()
+    sink_name = project.sink.name if project.sink is not None else "sink"
+    plan = plan_replay(spec, letters, sink_name)
+    refuse_barriers(spec, plan, lambda barrier: _barrier_input(project, barrier) is not None)
+    outcome = ProjectReplay(project)
+    for group in plan:
+        await _replay_group(project, spec.leaf_names, store, group, extra, outcome)
+    return outcome
+
+
+def _barrier_input(project: Project, barrier: str) -> Path | None:
+    """The persisted dataset a barrier reads, if the stage before it persists one."""
+    index = project.index(barrier)
+    return None if index == 0 else persist_path(project, project.middle[index - 1])
+
+
+async def _replay_group(
+    project: Project,
+    leaf_names: list[str],
+    store: DeadLetterStore,
+    group: ReplayGroup,
+    extra: RunHooks,
+    outcome: ProjectReplay,
+) -> None:
+    middle = project.middle
+    start = project.index(group.stage) if group.stage in leaf_names else len(middle)
+    end = len(middle) if group.barrier is None else project.index(group.barrier)
+    records = [letter.record for letter in group.letters]
+    marker = Marker(store, group.letters, defer=True)
+    into_sink = group.barrier is None
+    plan = RunPlan(
+        middle[start:end],
+        records,
+        None,
+        project_sink(project) if into_sink else DiscardSink(),
+        mode="replay",
+        append=True,
+    )
+    report = await execute_plan(project, plan, extra, on_done=marker.on_done)
+    outcome.reports.append(report)
+    if not _committed(report):
+        return  # datasets were not committed: the letters stay to be replayed again
+    if group.barrier is not None:
+        barrier = middle[end]
+        again, input_path = read_input(project, barrier)
+        rerun = RunPlan(middle[end:], again, input_path, project_sink(project))
+        report = await execute_plan(project, rerun, extra)
+        outcome.reports.append(report)
+        outcome.recomputed.append(group.barrier)
+        if not _committed(report):
+            return
+    outcome.replayed += marker.commit()
+
+
+def _committed(report: RunReport) -> bool:
+    return report.status.finished

@@ -1,0 +1,89 @@
+"""Making dead letters and writing them: durably, before their records count as gone."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from conveyor.core._render import error_message, format_traceback
+from conveyor.core.context import PipelineContext
+from conveyor.core.hooks import RunEvents
+from conveyor.dlq import DeadLetter, DeadLetterStore
+from conveyor.dlq._letter import qualified_name
+from conveyor.runtime.executors import RemoteError
+from conveyor.runtime.parts import Part
+
+__all__ = ["LetterBox", "LetterError"]
+
+
+class LetterError(Exception):
+    """The error handed to ``on_error`` hooks in streaming mode (the dead letter's error)."""
+
+    def __init__(self, letter: DeadLetter) -> None:
+        self.dead_letter = letter
+        super().__init__(f"{letter.error_type}: {letter.message}")
+
+
+class LetterBox:
+    """Turns failures into dead letters and writes them to the run's store.
+
+    Rendering an exception or a record never raises here (hostile ``__str__`` and
+    ``__repr__`` fall back to placeholders), so one record cannot take the run down.
+    """
+
+    def __init__(
+        self,
+        store: DeadLetterStore,
+        run_id: str,
+        events: RunEvents,
+        context: PipelineContext,
+    ) -> None:
+        self.store = store
+        self.run_id = run_id
+        self.events = events
+        self.context = context
+
+    def letter(
+        self,
+        part: Part,
+        record: Any,
+        error: BaseException,
+        tb: str,
+        attempts: int,
+        *,
+        output: Any = None,
+    ) -> DeadLetter:
+        """A letter for ``record`` (as it entered ``part``), which failed with ``error``."""
+        type_name = (
+            error.type_name if isinstance(error, RemoteError) else qualified_name(type(error))
+        )
+        return DeadLetter(
+            record=record,
+            stage=part.name,
+            attempts=attempts,
+            error_type=type_name,
+            message=error_message(error),
+            traceback=tb or format_traceback(error),
+            run_id=self.run_id,
+            records=max(part.weigh_in([record]), 1),
+            output=output,
+        )
+
+    async def send(self, part: Part, letters: list[DeadLetter]) -> None:
+        """Write ``letters`` durably; a store that cannot be written stops the run."""
+        await asyncio.to_thread(self.store.write, letters)
+        stats = part.stats
+        stats.dead_lettered += len(letters)
+        stats.records_dead += sum(letter.records for letter in letters)
+        if not self.events.has("on_error"):
+            return
+        for letter in letters:
+            await self.events.hook(
+                "on_error",
+                part.name,
+                stage_name=part.name,
+                error=LetterError(letter),
+                context=self.context,
+                result=None,
+                dead_letter=letter,
+            )

@@ -1,0 +1,145 @@
+"""The parts of a run: one :class:`StageRuntime` per stage (options, executor, counters,
+contracts, group depth) and the :class:`SinkRuntime` of its sink."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from conveyor.contracts import Contract, ContractCheck, contract_for
+from conveyor.core.kinds import StageKind, group_depth, stage_kind
+from conveyor.core.options import Executor, StageOptions
+from conveyor.core.sink import Sink
+from conveyor.core.stage import PipelineStage
+from conveyor.core.stages import MapStage, RecordStage
+from conveyor.errors import PipelineDefinitionError
+from conveyor.runtime.executors import StageExecutor, make_executor
+from conveyor.runtime.limiter import RateLimiter
+from conveyor.runtime.report import StageStats
+
+__all__ = ["Part", "SinkRuntime", "StageRuntime", "weigher"]
+
+Weigh = Callable[[Sequence[Any]], int]
+
+
+def weigher(depth: int) -> Weigh:
+    """How many records a list of elements nested ``depth`` levels deep in groups holds
+    (``len`` for plain records)."""
+    if depth == 0:
+        return len
+
+    def weigh(elements: Sequence[Any]) -> int:
+        return sum(_leaves(element, depth) for element in elements)
+
+    return weigh
+
+
+def _leaves(element: Any, depth: int) -> int:
+    if depth == 0 or not isinstance(element, list | tuple):
+        return 1
+    return sum(_leaves(item, depth - 1) for item in element)
+
+
+class Part:
+    """What every part of a run has: a name, a kind, options and counters."""
+
+    def __init__(self, name: str, kind: StageKind, options: StageOptions, depth: int) -> None:
+        self.name = name
+        self.kind = kind
+        self.options = options
+        self.retry = options.retry
+        self.depth_in = depth
+        self.weigh_in = weigher(depth)
+        self.stats = StageStats(name, kind, options.executor.value)
+        self.executor: StageExecutor = make_executor(options, name)
+        self.limiter = RateLimiter(options.rate_limit) if options.rate_limit else None
+
+    @property
+    def timeout(self) -> float | None:
+        """Seconds allowed per call, or ``None``."""
+        return self.options.timeout
+
+
+class StageRuntime(Part):
+    """One stage during a run."""
+
+    def __init__(
+        self,
+        stage: PipelineStage[Any, Any],
+        name: str,
+        options: StageOptions,
+        check: ContractCheck,
+        depth: int,
+    ) -> None:
+        kind = stage_kind(stage)
+        super().__init__(name, kind, options, depth)
+        self.stage = stage
+        self.executor.check(stage)
+        self.check = check
+        self.input_contract = _contract(options.input_contract, stage, "input_contract")
+        self.output_contract = _contract(options.output_contract, stage, "output_contract")
+        self.depth_out = group_depth(kind, depth, stage)
+        self.weigh_out = weigher(self.depth_out)
+        self.barrier_output: Any = None
+        self.arms: dict[str, list[StageRuntime]] = {}
+        # A per-record stage with a timeout is called record by record, each call timed.
+        self.per_record = isinstance(stage, RecordStage) and options.timeout is not None
+        self.reshapes = kind in (StageKind.EXPAND, StageKind.BARRIER, StageKind.BRANCH) or (
+            depth > 0 and kind is StageKind.RECORD
+        )
+        self.fusable = _fusable(stage, kind, options)
+        if options.timeout is not None and options.executor is Executor.INLINE:
+            _check_inline_timeout(stage, name)
+
+
+class SinkRuntime(Part):
+    """The sink during a run."""
+
+    def __init__(self, sink: Sink, options: StageOptions, depth: int) -> None:
+        if options.executor is Executor.PROCESS:
+            raise PipelineDefinitionError(
+                f"sink {sink.name!r} cannot run on the process executor (it holds the "
+                "connections and files of this process); use executor='thread' for a sink "
+                "that blocks"
+            )
+        super().__init__(sink.name, StageKind.SINK, options, depth)
+        self.sink = sink
+
+
+def _fusable(stage: PipelineStage[Any, Any], kind: StageKind, options: StageOptions) -> bool:
+    """Whether the stage may share a task with its neighbours: a built-in per-record stage
+    calling a sync function, one call at a time, on the event loop (it never awaits, so
+    running it in its own task buys no overlap)."""
+    return (
+        kind is StageKind.RECORD
+        and isinstance(stage, RecordStage)
+        and stage.never_awaits
+        and options.executor is Executor.INLINE
+        and options.concurrency == 1
+        and options.timeout is None
+        and options.rate_limit is None
+        and options.retry.attempts == 1
+    )
+
+
+def _check_inline_timeout(stage: PipelineStage[Any, Any], name: str) -> None:
+    if isinstance(stage, RecordStage) and stage.never_awaits:
+        kind = "map" if isinstance(stage, MapStage) else "per-record"
+        raise PipelineDefinitionError(
+            f"stage {name!r} has a timeout but calls a sync {kind} function on the event loop "
+            "(executor 'inline'), where nothing can interrupt it; run it with "
+            "executor='thread' (blocking I/O) or executor='process' (CPU work), or make the "
+            "function async"
+        )
+
+
+def _contract(spec: Any, stage: PipelineStage[Any, Any], attr: str) -> Contract | None:
+    spec = spec if spec is not None else getattr(stage, attr, None)
+    if spec is None:
+        return None
+    try:
+        return contract_for(spec)
+    except (TypeError, ValueError, OSError) as exc:
+        raise PipelineDefinitionError(
+            f"stage {stage.name!r}: its {attr} {spec!r} is not usable: {exc}"
+        ) from exc
