@@ -13,15 +13,9 @@ The public API lives here; everything in submodules not re-exported here is inte
 [3, 4]
 """
 
+from typing import TYPE_CHECKING, Any
+
 from conveyor._version import __version__
-from conveyor.contracts import (
-    AvroContract,
-    Contract,
-    ContractCheck,
-    JsonSchemaContract,
-    TypeContract,
-    contract_for,
-)
 from conveyor.core import (
     NO_ITEM,
     AggregateStage,
@@ -88,6 +82,33 @@ from conveyor.runtime import (
     StreamRun,
     replay_dead_letters,
 )
+
+if TYPE_CHECKING:
+    from conveyor.contracts import (
+        AvroContract,
+        Contract,
+        ContractCheck,
+        JsonSchemaContract,
+        TypeContract,
+        contract_for,
+    )
+
+_CONTRACTS = frozenset(
+    {"AvroContract", "Contract", "ContractCheck", "JsonSchemaContract", "TypeContract"}
+    | {"contract_for"}
+)
+
+
+def __getattr__(name: str) -> Any:
+    # Contracts load pydantic, fastjsonschema and fastavro: only when one is asked for.
+    if name in _CONTRACTS:
+        from conveyor import contracts
+
+        value = getattr(contracts, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'conveyor' has no attribute {name!r}")
+
 
 __all__ = [
     "NO_ITEM",

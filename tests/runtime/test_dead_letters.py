@@ -205,3 +205,137 @@ async def test_replay_into_a_pipeline_without_that_stage_is_refused() -> None:
     await domain_pipeline().arun(USERS, MemorySink(), dead_letters=store)
     with pytest.raises(PipelineDefinitionError, match="no such stage"):
         await replay_dead_letters(fragile_pipeline(), store, MemorySink())
+
+
+# --- replay: the whole tail, contracts, barriers, groups -----------------------------------
+
+
+class Gate:
+    """A map function that refuses ids in ``bad`` until opened (a stage that gets fixed)."""
+
+    def __init__(self, bad: set[int]) -> None:
+        self.bad = bad
+        self.open = False
+
+    def __call__(self, x: int) -> int:
+        if x in self.bad and not self.open:
+            raise ValueError(f"{x} is refused")
+        return x
+
+
+async def test_replay_runs_the_letters_through_every_later_stage_into_the_real_sink() -> None:
+    gate = Gate({2, 5})
+    seen_after: list[str] = []
+    pipeline = (
+        Pipeline[Any, Any]("tail")
+        .add_stage(MapStage(gate, name="gate"))
+        .add_stage(MapStage(_fns.inc, name="inc"))
+        .add_hook("after_stage", lambda *, stage_name, **_: seen_after.append(stage_name))
+    )
+    store, sink = MemoryDeadLetterStore(), MemorySink()
+    await pipeline.arun(range(8), sink, dead_letters=store, max_dead_letters="50%")
+    assert sorted(sink.records) == [1, 2, 4, 5, 7, 8]
+    gate.open = True
+    seen_after.clear()
+    [report] = await replay_dead_letters(pipeline, store, sink)
+    assert sorted(sink.records) == list(range(1, 9))  # each record exactly once
+    assert report.status.value == "completed"
+    assert set(seen_after) == {"gate", "inc"}  # the pipeline's own hooks ran
+    assert store.count() == 0
+    assert await replay_dead_letters(pipeline, store, sink) == []  # nothing twice
+    assert sorted(sink.records) == list(range(1, 9))
+
+
+def halve_even(x: int) -> int:
+    return x // 2 if x % 2 == 0 else -x
+
+
+async def test_output_contract_letters_hold_the_input_and_can_be_replayed() -> None:
+    import pydantic
+
+    from conveyor import StageOptions
+
+    store, sink = MemoryDeadLetterStore(), MemorySink()
+    pipeline = Pipeline[Any, Any]("out").add_stage(
+        MapStage(halve_even, name="halve"),
+        options=StageOptions(output_contract=pydantic.NonNegativeInt),
+    )
+    await pipeline.arun(range(6), sink, dead_letters=store, max_dead_letters="100%")
+    letters = store.list()
+    assert [(d.record, d.output) for d in letters] == [(1, -1), (3, -3), (5, -5)]
+    fixed = Pipeline[Any, Any]("out").add_stage(
+        MapStage(abs, name="halve"),
+        options=StageOptions(output_contract=pydantic.NonNegativeInt),
+    )
+    [report] = await replay_dead_letters(fixed, store, sink)
+    assert (report.records_out, report.dead_lettered) == (3, 0)
+    assert sorted(sink.records) == [0, 1, 1, 2, 3, 5]
+
+
+async def test_replay_refuses_before_a_barrier_and_touches_nothing() -> None:
+    from conveyor import AggregateStage, ReplayRefused
+
+    gate = Gate({3})
+    pipeline = (
+        Pipeline[Any, Any]("agg")
+        .add_stage(MapStage(gate, name="gate"))
+        .add_stage(AggregateStage(sum, name="total"))
+    )
+    store, sink = MemoryDeadLetterStore(), MemorySink()
+    await pipeline.arun(range(10), sink, dead_letters=store, max_dead_letters="50%")
+    assert sink.records == [42]
+    gate.open = True
+    with pytest.raises(ReplayRefused, match="stage 'total' after it is a barrier"):
+        await replay_dead_letters(pipeline, store, sink)
+    assert sink.records == [42]
+    assert store.count() == 1
+
+
+def fail_groups_with_4(group: list[int]) -> list[int]:
+    if 4 in group:
+        raise ValueError(f"group {group} holds 4")
+    return group
+
+
+def test_a_dead_lettered_group_counts_its_records() -> None:
+    from conveyor import BatchStage, FlattenStage
+
+    pipeline = (
+        Pipeline[Any, Any]("groups")
+        .add_stage(BatchStage(3, name="batch"))
+        .add_stage(MapStage(fail_groups_with_4, name="fail"))
+        .add_stage(FlattenStage(name="flat"))
+    )
+    store, sink = MemoryDeadLetterStore(), MemorySink()
+    report = pipeline.run(range(10), sink, dead_letters=store, max_dead_letters="50%")
+    assert report.summary().startswith(
+        "groups completed: 10 in, 7 out, 0 filtered, 3 dead-lettered"
+    )
+    [letter] = store.list()
+    assert (letter.record, letter.records) == ([3, 4, 5], 3)
+    assert (report.letters, report.stage("fail").dead_lettered) == (1, 1)
+    report.check_conservation()
+
+
+async def test_a_group_letter_replays_into_its_stage_as_a_group() -> None:
+    from conveyor import BatchStage, FlattenStage
+
+    gate = {"open": False}
+
+    def fragile_group(group: list[int]) -> list[int]:
+        if 4 in group and not gate["open"]:
+            raise ValueError("not yet")
+        return group
+
+    pipeline = (
+        Pipeline[Any, Any]("groups")
+        .add_stage(BatchStage(3, name="batch"))
+        .add_stage(MapStage(fragile_group, name="fail"))
+        .add_stage(FlattenStage(name="flat"))
+    )
+    store, sink = MemoryDeadLetterStore(), MemorySink()
+    await pipeline.arun(range(10), sink, dead_letters=store, max_dead_letters="50%")
+    gate["open"] = True
+    [report] = await replay_dead_letters(pipeline, store, sink)
+    assert (report.records_in, report.records_out) == (3, 3)
+    assert sorted(sink.records) == list(range(10))

@@ -245,3 +245,65 @@ async def test_a_failing_sync_source_fails_the_run() -> None:
     pipeline = Pipeline[Any, Any]("broken").add_stage(MapStage(_fns.ident, name="ident"))
     with pytest.raises(OSError, match="file truncated"):
         await pipeline.arun(broken(), MemorySink(), dead_letters="memory")
+
+
+async def test_batch_barrier_and_branch_stages_get_their_hooks_when_streaming() -> None:
+    from conveyor import AggregateStage, BatchStage, BranchStage, FlattenStage
+
+    calls: list[tuple[str, str, Any]] = []
+
+    def before(*, stage_name: str, data: Any, **_: Any) -> None:
+        calls.append(("before", stage_name, data))
+
+    def after(*, stage_name: str, data: Any, result: StageResult[Any], **_: Any) -> None:
+        calls.append(("after", stage_name, data))
+
+    pipeline = (
+        Pipeline[Any, Any]("kinds")
+        .add_stage(BatchStage(2, name="pairs"))
+        .add_stage(FlattenStage(name="flat"))
+        .add_stage(AggregateStage(sum, name="total"))
+        .add_hook("before_stage", before)
+        .add_hook("after_stage", after)
+    )
+    sink = MemorySink()
+    await pipeline.arun(range(5), sink, batch_size=5, dead_letters="memory")
+    assert sink.records == [10]
+    assert ("before", "pairs", [0, 1, 2, 3, 4]) in calls
+    assert ("after", "pairs", [[0, 1], [2, 3]]) in calls
+    assert ("after", "pairs", [[4]]) in calls
+    assert ("before", "total", [0, 1, 2, 3, 4]) in calls
+    assert ("after", "total", [10]) in calls
+
+    branches = Pipeline[Any, Any]("arms").add_stage(
+        BranchStage({"n": AggregateStage(len, name="n"), "s": AggregateStage(sum, name="s")}),
+    )
+    calls.clear()
+    branches.add_hook("after_stage", after)
+    sink = MemorySink()
+    report = await branches.arun(range(4), sink, dead_letters="memory")
+    assert sink.records == [{"n": 4, "s": 6}]
+    assert ("after", "branch(n, s)/n/n", [4]) in calls
+    assert ("after", "branch(n, s)", [{"n": 4, "s": 6}]) in calls
+    assert report.stage("branch(n, s)/s/s").records_in == 4
+    report.check_conservation()
+
+
+async def test_the_same_hooks_see_the_same_arguments_in_both_modes() -> None:
+    keys: dict[str, set[tuple[str, ...]]] = {"collection": set(), "streaming": set()}
+
+    def record(mode: str) -> Any:
+        def hook(**kwargs: Any) -> None:
+            keys[mode].add(tuple(sorted(k for k in kwargs if k not in ("report", "dead_letter"))))
+
+        return hook
+
+    for mode in keys:
+        pipeline = Pipeline[Any, Any]("same").add_stage(MapStage(_fns.inc, name="inc"))
+        for hook in ("before_stage", "after_stage", "on_complete"):
+            pipeline.add_hook(hook, record(mode))  # type: ignore[arg-type]
+        if mode == "collection":
+            await pipeline.execute([1, 2])
+        else:
+            await pipeline.arun([1, 2], MemorySink(), dead_letters="memory")
+    assert keys["collection"] == keys["streaming"]

@@ -44,19 +44,49 @@ True
 field 'y' violates contract Point: Input should be a valid integer
 """
 
-from conveyor.contracts._avro import AvroContract
-from conveyor.contracts._base import Contract
-from conveyor.contracts._check import CheckMode, ContractCheck, ContractCheckStatistics, Edge
-from conveyor.contracts._compat import (
-    BreakingChange,
-    ContractFile,
-    check_compatibility,
-    check_directory,
-    find_contract_versions,
-)
-from conveyor.contracts._jsonschema import JsonSchemaContract
-from conveyor.contracts._spec import contract_for
-from conveyor.contracts._typed import TypeContract
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from conveyor.contracts._avro import AvroContract
+    from conveyor.contracts._base import Contract
+    from conveyor.contracts._check import (
+        CheckMode,
+        ContractCheck,
+        ContractCheckStatistics,
+        Edge,
+    )
+    from conveyor.contracts._compat import (
+        BreakingChange,
+        ContractFile,
+        check_compatibility,
+        check_directory,
+        find_contract_versions,
+    )
+    from conveyor.contracts._jsonschema import JsonSchemaContract
+    from conveyor.contracts._spec import contract_for
+    from conveyor.contracts._typed import TypeContract
+
+# Each name is imported from its module when first used: checking contracts needs pydantic,
+# fastjsonschema or fastavro, and a run without contracts should not pay for importing them.
+_MODULES = {
+    "AvroContract": "_avro",
+    "BreakingChange": "_compat",
+    "CheckMode": "_check",
+    "Contract": "_base",
+    "ContractCheck": "_check",
+    "ContractCheckStatistics": "_check",
+    "ContractFile": "_compat",
+    "Edge": "_check",
+    "JsonSchemaContract": "_jsonschema",
+    "TypeContract": "_typed",
+    "check_compatibility": "_compat",
+    "check_directory": "_compat",
+    "contract_for": "_spec",
+    "find_contract_versions": "_compat",
+}
 
 __all__ = [
     "AvroContract",
@@ -74,3 +104,16 @@ __all__ = [
     "contract_for",
     "find_contract_versions",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULES.get(name)
+    if module is None:
+        raise AttributeError(f"module 'conveyor.contracts' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"conveyor.contracts.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -103,7 +103,7 @@ async def _replay_group(
     start = project.index(group.stage) if group.stage in leaf_names else len(middle)
     end = len(middle) if group.barrier is None else project.index(group.barrier)
     records = [letter.record for letter in group.letters]
-    marker = Marker(store, group.letters, defer=True)
+    marker = Marker(store, group.letters, defer=True, twins=group.twins)
     into_sink = group.barrier is None
     plan = RunPlan(
         middle[start:end],

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from conveyor.contracts import Contract
+from conveyor.contracts._base import Contract
 from conveyor.core._render import format_traceback
 from conveyor.core.context import PipelineContext
 from conveyor.core.kinds import StageKind

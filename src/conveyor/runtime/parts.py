@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from conveyor.contracts import Contract, ContractCheck, contract_for
+from conveyor.contracts._base import Contract
+from conveyor.contracts._check import ContractCheck
 from conveyor.core.kinds import StageKind, group_depth, stage_kind
 from conveyor.core.options import Executor, StageOptions
 from conveyor.core.sink import Sink
@@ -137,6 +138,8 @@ def _contract(spec: Any, stage: PipelineStage[Any, Any], attr: str) -> Contract 
     spec = spec if spec is not None else getattr(stage, attr, None)
     if spec is None:
         return None
+    from conveyor.contracts._spec import contract_for  # pydantic and friends, when needed
+
     try:
         return contract_for(spec)
     except (TypeError, ValueError, OSError) as exc:

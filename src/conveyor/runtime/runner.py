@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from conveyor.contracts import ContractCheck
+from conveyor.contracts._check import ContractCheck
 from conveyor.core.context import PipelineContext
 from conveyor.core.hooks import RunEvents, StageEvent
 from conveyor.core.kinds import flatten_stages
@@ -313,6 +313,7 @@ class StreamRunner:
                 if rt.arms
             },
             max_dead_letters=str(self.options.budget),
+            source_elements=None if self._read_count == self._records_in else self._read_count,
         )
         if self._stop.error is not None and report.status is RunStatus.COMPLETED:
             report.status = RunStatus.INTERRUPTED

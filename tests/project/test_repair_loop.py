@@ -1,0 +1,348 @@
+"""The repair loop of a project, as a user meets it: a run with bad records, the exit code,
+a fix, ``conveyor dlq replay`` into the real sink and the persisted datasets, the second run
+that skips what is unchanged, signals, and the project's own hooks and events."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conveyor import EventBus, EventType
+from conveyor.dlq import open_dead_letter_store
+from conveyor.project.datasets import load_manifest, read_dataset
+from conveyor.project.replay import replay_project
+from conveyor.project.run import run_project
+from conveyor.project.scaffold import new_project
+from conveyor.runtime import ReplayRefused
+
+STRICT, LENIENT = "<= 25.0", "<= 60.0"  # 10_validate's bound: celsius runs -10 .. 39
+
+
+def bad(count: int) -> int:
+    """How many of the scaffold's ``count`` readings the STRICT bound rejects."""
+    return sum(1 for i in range(count) if (i % 50) - 10.0 > 25.0)
+
+
+def make(tmp_path: Path, *, count: int = 100, persist: bool = True, extra: str = "") -> Path:
+    root = (tmp_path / "demo").resolve()
+    new_project(root)
+    config = root / "src" / "pipeline" / "config.yaml"
+    text = config.read_text().replace("count: 1000", f"count: {count}")
+    text = text.replace("batch_size: 500", "batch_size: 7\n  max_dead_letters: 50%")
+    if persist:
+        text += (
+            "  validate:\n    persist: {path: data/validated}\n"
+            "  enrich:\n    persist: {path: data/enriched, format: jsonl}\n"
+        )
+    config.write_text(text + extra)
+    return root
+
+
+def set_bound(project: Path, bound: str) -> None:
+    validate = project / "src" / "pipeline" / "stages" / "10_validate.py"
+    text = validate.read_text()
+    validate.write_text(text.replace(STRICT, bound).replace(LENIENT, bound))
+
+
+def sink_rows(project: Path) -> list[dict[str, Any]]:
+    lines = (project / "data" / "readings.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def key(row: dict[str, Any]) -> tuple[str, float]:
+    return row["sensor"], row["celsius"]
+
+
+def conveyor(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "300", "NO_COLOR": "1", "TERM": "dumb"}
+    return subprocess.run(
+        [sys.executable, "-m", "conveyor", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+# --- replay completes the pipeline ---------------------------------------------------------
+
+
+def test_replay_of_a_fixed_stage_reaches_the_sink_and_the_datasets_exactly_once(
+    tmp_path: Path,
+) -> None:
+    project = make(tmp_path)
+    set_bound(project, STRICT)
+    first = run_project(project, handle_signals=False)
+    assert first.report is not None
+    assert first.report.dead_lettered == bad(100) == 28
+    assert len(sink_rows(project)) == 72
+    assert load_manifest(project / "data" / "enriched").total_records == 72
+
+    set_bound(project, LENIENT)  # the fix
+    replay = replay_project(project, handle_signals=False)
+    assert [r.status.value for r in replay.reports] == ["completed"]
+    assert replay.replayed == 28
+    rows = sink_rows(project)
+    # Every reading exactly once in the sink: the replay appended, it did not truncate.
+    expected = sorted((f"s{i % 3}", (i % 50) - 10.0) for i in range(100))
+    assert len(set(expected)) == 100
+    assert sorted(map(key, rows)) == expected
+    for dataset in ("validated", "enriched"):
+        records = list(read_dataset(project / "data" / dataset))
+        assert sorted(map(key, records)) == expected
+        assert load_manifest(project / "data" / dataset).total_records == 100
+
+    # A second replay delivers nothing twice.
+    again = replay_project(project, handle_signals=False)
+    assert again.reports == []
+    assert again.replayed == 0
+    assert len(sink_rows(project)) == 100
+    # The replay recorded the datasets it extended: enrich is unchanged now and is skipped.
+    skipped = run_project(project, ["stage=enrich"], handle_signals=False)
+    assert skipped.skipped == ["enrich"]
+
+
+def test_the_cli_replay_says_what_it_did(tmp_path: Path) -> None:
+    project = make(tmp_path, count=60)
+    set_bound(project, STRICT)
+    run = conveyor("run", str(project), "pipeline.max_dead_letters=0", cwd=tmp_path)
+    assert run.returncode == 3, run.stdout + run.stderr  # any dead letter is over budget 0
+    out = flat(run.stdout)
+    assert bad(60) == 14
+    assert "demo failed: 60 in, 46 out, 0 filtered, 14 dead-lettered" in out
+    assert "14 dead letters (23.3% of 60 records read) exceed max_dead_letters=0" in out
+    assert "validate 14" in out
+    within = conveyor("run", str(project), "pipeline.max_dead_letters=25%", "--force", cwd=tmp_path)
+    assert within.returncode == 0, within.stdout
+    set_bound(project, LENIENT)
+    replayed = conveyor("dlq", "replay", str(project), cwd=tmp_path)
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    out = flat(replayed.stdout)
+    # Both runs' letters of the same readings replay once: 14 records, not 28.
+    assert "demo completed: 14 in, 14 out" in out
+    assert "28 dead letter(s) marked replayed" in out  # the earlier run's twins too
+    assert len(sink_rows(project)) == 60
+    again = conveyor("dlq", "replay", str(project), cwd=tmp_path)
+    assert "no dead letters to replay" in again.stdout
+
+
+BARRIER = '''"""Counts the readings (a barrier)."""
+
+from conveyor import AggregateStage
+
+
+def count(readings: list) -> list:
+    return [{"readings": len(readings)}]
+
+
+stage = AggregateStage(count)
+'''
+
+
+def with_barrier(tmp_path: Path, *, persist: bool) -> Path:
+    project = make(tmp_path, count=60, persist=persist)
+    (project / "src" / "pipeline" / "stages" / "30_count.py").write_text(BARRIER)
+    set_bound(project, STRICT)
+    run_project(project, handle_signals=False)
+    set_bound(project, LENIENT)
+    return project
+
+
+def test_replay_refuses_before_a_barrier_whose_input_is_not_persisted(tmp_path: Path) -> None:
+    project = with_barrier(tmp_path, persist=False)
+    before = sink_rows(project)
+    with pytest.raises(ReplayRefused, match="stage 'count' after it is a barrier") as caught:
+        replay_project(project, handle_signals=False)
+    assert caught.value.blocker == "count"
+    assert sink_rows(project) == before  # nothing was touched
+    with open_dead_letter_store(project / ".conveyor" / "dead_letters.db") as store:
+        assert store.count() == 14  # still waiting to be replayed
+    cli = conveyor("dlq", "replay", str(project), cwd=tmp_path)
+    assert cli.returncode == 1
+    assert "persist the output of the stage before 'count'" in flat(cli.stderr).lower() or (
+        "Persist the output of the stage before 'count'" in flat(cli.stderr)
+    )
+
+
+def test_replay_recomputes_a_barrier_from_its_persisted_input(tmp_path: Path) -> None:
+    project = with_barrier(tmp_path, persist=True)
+    assert sink_rows(project) == [{"readings": 46}]
+    replay = replay_project(project, handle_signals=False)
+    assert replay.recomputed == ["count"]
+    assert replay.replayed == 14
+    assert sink_rows(project) == [{"readings": 60}]  # recomputed, not a second aggregate
+    assert load_manifest(project / "data" / "enriched").total_records == 60
+
+
+# --- whole runs record and skip --------------------------------------------------------------
+
+
+def test_a_second_whole_run_skips_unchanged_stages_and_force_runs_them(tmp_path: Path) -> None:
+    project = make(tmp_path, count=20)
+    first = conveyor("run", str(project), cwd=tmp_path)
+    assert first.returncode == 0, first.stdout
+    second = conveyor("run", str(project), cwd=tmp_path)
+    assert second.returncode == 0, second.stdout
+    out = flat(second.stdout)
+    assert "stage validate is unchanged (code, config and input): skipped" in out
+    assert "stage enrich is unchanged (code, config and input): skipped" in out
+    assert "demo completed: 20 in, 20 out" in out  # the Sink read enrich's dataset
+    assert len(sink_rows(project)) == 20
+    forced = conveyor("run", str(project), "--force", cwd=tmp_path)
+    assert "skipped" not in flat(forced.stdout)
+    # A changed stage runs again, and so does what reads it.
+    set_bound(project, "<= 61.0")
+    third = run_project(project, handle_signals=False)
+    assert third.skipped == []
+    assert third.report is not None
+    assert third.report.stage("enrich").records_in == 20
+
+
+def test_a_whole_run_records_fingerprints_a_stage_run_then_skips(tmp_path: Path) -> None:
+    project = make(tmp_path, count=20)
+    run_project(project, handle_signals=False)
+    assert run_project(project, ["stage=validate"], handle_signals=False).skipped == ["validate"]
+    assert run_project(project, ["stage=enrich"], handle_signals=False).skipped == ["enrich"]
+
+
+# --- hooks and events of a project -----------------------------------------------------------
+
+HOOKS = '''"""Hooks of the demo pipeline: one line per call into hooks.log."""
+
+from pathlib import Path
+
+
+def log(*, stage_name=None, **kwargs):
+    with Path("hooks.log").open("a") as out:
+        out.write(f"{stage_name}\\n")
+
+
+def on_event(event):
+    with Path("events.log").open("a") as out:
+        out.write(f"{event.type.value} {event.payload['mode']}\\n")
+'''
+
+
+def test_project_runs_stage_runs_and_replays_call_the_projects_hooks(tmp_path: Path) -> None:
+    hooks = (
+        "pipeline:\n  hooks:\n    after_stage: [pipeline.shared.hooks:log]\n"
+        "  events:\n    item_updated: [pipeline.shared.hooks:on_event]\n"
+    )
+    project = make(tmp_path, count=60)
+    config = project / "src" / "pipeline" / "config.yaml"
+    config.write_text(config.read_text().replace("pipeline:\n", hooks, 1))
+    (project / "src" / "pipeline" / "shared" / "hooks.py").write_text(HOOKS)
+    set_bound(project, STRICT)
+    run_project(project, handle_signals=False)
+    logged = (project / "hooks.log").read_text().split()
+    assert {"validate", "enrich"} <= set(logged)
+    (project / "hooks.log").unlink()
+    run_project(project, ["stage=enrich"], handle_signals=False, force=True)
+    assert set((project / "hooks.log").read_text().split()) == {"enrich", "enrich.persist"}
+    (project / "hooks.log").unlink()
+    set_bound(project, LENIENT)
+    replay_project(project, handle_signals=False)
+    assert "validate" in (project / "hooks.log").read_text().split()
+    events = (project / "events.log").read_text().splitlines()
+    assert events == ["item_updated streaming"] * 3
+
+
+def test_run_project_passes_callers_hooks_and_bus(tmp_path: Path) -> None:
+    project = make(tmp_path, count=10, persist=False)
+    seen: list[str] = []
+    bus = EventBus()
+    bus.subscribe(EventType.STAGE_COMPLETED, lambda e: seen.append(e.payload["stage"]))
+    stages: list[str] = []
+    run_project(
+        project,
+        handle_signals=False,
+        hooks={"before_stage": [lambda *, stage_name, **_: stages.append(stage_name)]},
+        event_bus=bus,
+    )
+    assert seen == ["validate", "enrich", "sink"]
+    assert set(stages) == {"validate", "enrich"}
+
+
+# --- signals -----------------------------------------------------------------------------------
+
+SLOW = '''"""A slow enrich stage, so that a run can be interrupted."""
+
+import time
+
+from conveyor import MapStage
+
+
+def enrich(reading):
+    time.sleep(0.004)
+    return {**reading, "fahrenheit": reading["celsius"] * 9 / 5 + 32}
+
+
+stage = MapStage(enrich)
+'''
+
+
+def start_slow_run(tmp_path: Path) -> tuple[Path, subprocess.Popen[str]]:
+    project = make(tmp_path, count=100_000, persist=False)
+    (project / "src" / "pipeline" / "stages" / "20_enrich.py").write_text(SLOW)
+    env = {**os.environ, "COLUMNS": "300", "NO_COLOR": "1", "TERM": "dumb"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "conveyor", "run", str(project), "pipeline.batch_size=100"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while (
+        not (project / "data" / "readings.jsonl").exists()
+        or not (project / "data" / "readings.jsonl").stat().st_size
+    ):
+        assert time.monotonic() < deadline, "the run never started writing"
+        time.sleep(0.05)
+    return project, process
+
+
+@pytest.mark.timeout(90)
+def test_one_signal_drains_and_exits_130(tmp_path: Path) -> None:
+    project, process = start_slow_run(tmp_path)
+    process.send_signal(signal.SIGINT)
+    out, _ = process.communicate(timeout=60)
+    assert process.returncode == 130, out
+    text = flat(out)
+    assert "demo interrupted:" in text
+    assert "still in flight" not in text  # drained: nothing was left half-way
+    read = int(text.split("demo interrupted: ")[1].split(" in,")[0])
+    assert len(sink_rows(project)) == read < 100_000
+
+
+@pytest.mark.timeout(90)
+def test_a_second_signal_aborts_and_says_what_was_in_flight_and_where_to_restart(
+    tmp_path: Path,
+) -> None:
+    project, process = start_slow_run(tmp_path)
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    out, _ = process.communicate(timeout=60)
+    assert process.returncode == 130, out
+    text = flat(out)
+    assert "demo aborted:" in text
+    assert "records were still in flight and did not finish" in text
+    offset = int(text.split("from offset ")[1].split(" ")[0])
+    written = sink_rows(project)
+    assert offset <= len(written) + 1000  # everything before the offset has left
+    assert offset > 0
