@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from _cli import conveyor as _conveyor
+from _cli import flat as _flat
 
 from conveyor.dlq import open_dead_letter_store
 from conveyor.errors import ConfigError, ProjectError
@@ -196,23 +197,6 @@ def test_validate_false_names_the_rerun_command(task_project: Path) -> None:
 
 
 # --- the command line, in a subprocess -------------------------------------------------
-
-
-def _conveyor(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "300", "NO_COLOR": "1", "TERM": "dumb"}
-    return subprocess.run(
-        [sys.executable, "-m", "conveyor", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
-def _flat(text: str) -> str:
-    """Output with rich's line wrapping undone."""
-    return " ".join(text.split())
 
 
 def _pytest(folder: Path, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -5,7 +5,6 @@ that skips what is unchanged, signals, and the project's own hooks and events.""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _cli import ENV, conveyor, flat
 
 from conveyor import EventBus, EventType
 from conveyor.dlq import open_dead_letter_store
@@ -59,22 +59,6 @@ def sink_rows(project: Path) -> list[dict[str, Any]]:
 
 def key(row: dict[str, Any]) -> tuple[str, float]:
     return row["sensor"], row["celsius"]
-
-
-def conveyor(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "300", "NO_COLOR": "1", "TERM": "dumb"}
-    return subprocess.run(
-        [sys.executable, "-m", "conveyor", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
-def flat(text: str) -> str:
-    return " ".join(text.split())
 
 
 # --- replay completes the pipeline ---------------------------------------------------------
@@ -297,11 +281,10 @@ stage = MapStage(enrich)
 def start_slow_run(tmp_path: Path) -> tuple[Path, subprocess.Popen[str]]:
     project = make(tmp_path, count=100_000, persist=False)
     (project / "src" / "pipeline" / "stages" / "20_enrich.py").write_text(SLOW)
-    env = {**os.environ, "COLUMNS": "300", "NO_COLOR": "1", "TERM": "dumb"}
     process = subprocess.Popen(
         [sys.executable, "-m", "conveyor", "run", str(project), "pipeline.batch_size=100"],
         cwd=tmp_path,
-        env=env,
+        env=ENV,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
