@@ -14,7 +14,7 @@ from rich.live import Live
 from rich.table import Table
 
 import conveyor
-from conveyor.errors import ConveyorError
+from conveyor.errors import ConveyorError, UsageError
 
 app = typer.Typer(
     name="conveyor",
@@ -84,7 +84,8 @@ def _stats_table(runner: Any) -> Table:
         table.add_column(column, justify="left" if column == "stage" else "right")
     for s in stats:
         ch = fill.get(s.name)
-        rate = s.records_in / s.busy_seconds if s.busy_seconds else 0.0
+        elapsed = runner.elapsed_seconds
+        rate = s.records_in / elapsed if elapsed else 0.0
         table.add_row(
             s.name,
             f"{s.records_in:,}",
@@ -169,6 +170,8 @@ def run(
             "(conveyor run --force runs it anyway)",
             highlight=False,
         )
+    for note in outcome.notes:
+        console.print(note, highlight=False, markup=False)
     report = outcome.report
     if report is None:
         if outcome.tasks_run:
@@ -179,6 +182,10 @@ def run(
 
 
 def _rerun_hint(path: Path, overrides: Sequence[str], exc: BaseException) -> str:
+    from conveyor.errors import PipelineDefinitionError, ProjectError
+
+    if isinstance(exc, ProjectError | PipelineDefinitionError):
+        return ""  # the project is wrong: re-running the same command cannot help
     stage = next((o for o in overrides if o.startswith("stage=") and len(o) > 6), None)
     failed = getattr(exc, "stage", None)  # HookError, ConservationError … name it
     if stage is None and isinstance(failed, str) and failed and "/" not in failed:
@@ -267,28 +274,46 @@ def dlq_show(
     except ConveyorError as exc:
         _fail(exc)
         return
-    if len(matches) != 1:
-        _fail(KeyError(f"{len(matches)} dead letters match {letter_id!r}; give more of the id"))
+    if not matches:
+        _fail(
+            UsageError(
+                f"no dead letter's id starts with {letter_id!r}; the ids are in "
+                f"'conveyor dlq list {path} --all' (usage: conveyor dlq show ID [PATH])"
+            )
+        )
+        return
+    if len(matches) > 1:
+        _fail(UsageError(f"{len(matches)} dead letters match {letter_id!r}; give more of the id"))
         return
     letter = matches[0]
-    for key in ("id", "stage", "attempts", "error_type", "message", "run_id", "created_at"):
+    for key in ("id", "stage", "attempts", "records", "error_type", "message", "run_id"):
         console.print(f"{key}: {getattr(letter, key)}", highlight=False, markup=False)
+    console.print(f"created_at: {letter.created_at}", highlight=False, markup=False)
     console.print(f"record: {letter.record!r}", highlight=False, markup=False)
+    if letter.output is not None:
+        console.print(f"output: {letter.output!r}", highlight=False, markup=False)
     console.print(letter.traceback, highlight=False, markup=False)
 
 
-@dlq_app.command("replay")
+@dlq_app.command(
+    "replay", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
+)
 def dlq_replay(
-    path: Path = typer.Argument(Path("."), help="The project."),
+    args: list[str] = typer.Argument(
+        None, help="[PATH] [key=value ...]: config overrides, e.g. pipeline.max_dead_letters=0"
+    ),
     stage: str | None = typer.Option(None, help="Only this stage's letters."),
     run_id: str | None = typer.Option(None, "--run", help="Only the letters of this run."),
 ) -> None:
     """Feed not-yet-replayed dead letters back into the stage where they failed, on
-    through every later stage into the Sink (persisted datasets gain the records)."""
+    through every later stage into the Sink (persisted datasets gain the records).
+
+    Exit codes as for run: 3 when the records that fail again are over the budget."""
     from conveyor.project.replay import replay_project
 
+    path, overrides = _split_path(list(args or []))
     try:
-        outcome = replay_project(path, stage=stage, run_id=run_id)
+        outcome = replay_project(path, overrides, stage=stage, run_id=run_id)
     except ConveyorError as exc:
         _fail(exc)
         return

@@ -309,7 +309,7 @@ def test_cli_dead_letters_list_show_replay(cli_project: Path, tmp_path: Path) ->
 
     missing = _conveyor("dlq", "show", "zzzz", str(cli_project), cwd=tmp_path)
     assert missing.returncode == 1
-    assert "0 dead letters match 'zzzz'" in _flat(missing.stderr)
+    assert "no dead letter's id starts with 'zzzz'" in _flat(missing.stderr)
 
     # Replayed unfixed, the record fails again: a new letter, and exit 3 (all failed).
     replayed = _conveyor("dlq", "replay", str(cli_project), cwd=tmp_path)

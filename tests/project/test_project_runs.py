@@ -94,7 +94,8 @@ def test_a_stage_after_an_unpersisted_stage_cannot_run_alone(tmp_path: Path) -> 
         run_project(project, ["stage=enrich"], handle_signals=False)
     code, out = invoke("run", str(project), "stage=enrich")
     assert code == 1
-    assert f"re-run with: conveyor run {project} stage=enrich" in out
+    assert "add `persist: {path: data/validate}`" in out
+    assert "re-run with" not in out  # the project must change first: re-running cannot help
 
 
 def test_a_missing_persisted_input_names_the_stage_to_run_first(tmp_path: Path) -> None:

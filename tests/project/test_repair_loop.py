@@ -115,9 +115,9 @@ def test_the_cli_replay_says_what_it_did(tmp_path: Path) -> None:
     replayed = conveyor("dlq", "replay", str(project), cwd=tmp_path)
     assert replayed.returncode == 0, replayed.stdout + replayed.stderr
     out = flat(replayed.stdout)
-    # Both runs' letters of the same readings replay once: 14 records, not 28.
+    # The second run retired the first run's letters of the same records: 14, not 28.
     assert "demo completed: 14 in, 14 out" in out
-    assert "28 dead letter(s) marked replayed" in out  # the earlier run's twins too
+    assert "14 dead letter(s) marked replayed" in out
     assert len(sink_rows(project)) == 60
     again = conveyor("dlq", "replay", str(project), cwd=tmp_path)
     assert "no dead letters to replay" in again.stdout
@@ -329,3 +329,77 @@ def test_a_second_signal_aborts_and_says_what_was_in_flight_and_where_to_restart
     written = sink_rows(project)
     assert offset <= len(written) + 1000  # everything before the offset has left
     assert offset > 0
+
+
+def test_a_run_after_the_fix_retires_the_old_letters_so_replay_adds_nothing_twice(
+    tmp_path: Path,
+) -> None:
+    project = make(tmp_path, count=60)
+    set_bound(project, STRICT)
+    run_project(project, handle_signals=False)
+    set_bound(project, LENIENT)
+    again = run_project(project, handle_signals=False)  # fix, then run (not replay)
+    assert again.report is not None
+    assert again.report.records_out == 60
+    replay = replay_project(project, handle_signals=False)
+    assert replay.reports == []  # the run delivered them already: nothing to replay
+    assert sorted(map(key, sink_rows(project))) == sorted(
+        (f"s{i % 3}", (i % 50) - 10.0) for i in range(60)
+    )
+
+
+def test_a_replay_after_a_code_change_does_not_let_the_old_dataset_pass_as_fresh(
+    tmp_path: Path,
+) -> None:
+    project = make(tmp_path, count=60)
+    set_bound(project, STRICT)
+    run_project(project, handle_signals=False)
+    set_bound(project, LENIENT)  # validate's code changed: its dataset came from the old code
+    replay_project(project, handle_signals=False)
+    rerun = run_project(project, handle_signals=False)
+    assert "validate" not in rerun.skipped  # made again with the current code
+    assert rerun.report is not None
+    assert rerun.report.stage("validate").records_in == 60
+
+
+READS_A_FILE = '''"""Readings from a CSV file the Source declares as its input."""
+
+import csv
+from pathlib import Path
+
+from conveyor.project import Source
+
+
+class Readings(Source):
+    def inputs(self) -> list[str]:
+        return ["input/readings.csv"]
+
+    def read(self):
+        with Path("input/readings.csv").open() as f:
+            for row in csv.DictReader(f):
+                yield {"sensor": row["sensor"], "celsius": float(row["celsius"])}
+'''
+
+
+def test_a_source_that_reads_a_file_is_read_again_when_the_file_changes(tmp_path: Path) -> None:
+    project = make(tmp_path)
+    config = project / "src" / "pipeline" / "config.yaml"
+    config.write_text(config.read_text().replace("  source:\n    params:\n      count: 100\n", ""))
+    (project / "src" / "pipeline" / "stages" / "00_source.py").write_text(READS_A_FILE)
+    data = project / "input" / "readings.csv"
+    data.parent.mkdir()
+    data.write_text("sensor,celsius\na,1\nb,2\n")
+    run_project(project, handle_signals=False)
+    assert run_project(project, handle_signals=False).skipped == ["validate", "enrich"]
+    data.write_text("sensor,celsius\na,1\nb,2\nc,3\n")
+    changed = run_project(project, handle_signals=False)
+    assert changed.skipped == []
+    assert len(sink_rows(project)) == 3
+
+
+def test_a_source_that_declares_nothing_is_always_read_again(tmp_path: Path) -> None:
+    project = make(tmp_path)
+    source = project / "src" / "pipeline" / "stages" / "00_source.py"
+    source.write_text(source.read_text().replace("    deterministic = True\n", ""))
+    run_project(project, handle_signals=False)
+    assert run_project(project, handle_signals=False).skipped == []

@@ -212,6 +212,28 @@ class DeadLetterStore(abc.ABC):
             lambda: self._mark_replayed(wanted),
         )
 
+    def supersede(self, stages: Iterable[str], *, run_id: str) -> int:
+        """Mark replayed the not-yet-replayed letters of ``stages`` made by runs other than
+        ``run_id``: that run processed the same records through those stages again, so its
+        own letters replace theirs. Returns how many were marked.
+
+        >>> store = MemoryDeadLetterStore()
+        >>> old = DeadLetter.from_exception(1, ValueError("x"), stage="s", attempts=1, run_id="r1")
+        >>> new = DeadLetter.from_exception(1, ValueError("x"), stage="s", attempts=1, run_id="r2")
+        >>> store.write([old, new]); store.supersede(["s"], run_id="r2")
+        1
+        >>> [letter.run_id for letter in store.list()]
+        ['r2']
+        """
+        names = set(stages)
+
+        def older() -> builtins.list[str]:
+            rows = self._select(LetterQuery())
+            return [r.id for r in rows if r.stage in names and r.run_id != run_id]
+
+        ids = self._call("cannot list dead letters", older)
+        return self.mark_replayed(ids) if ids else 0
+
     def close(self) -> None:
         """Release the store's resources; closing twice is harmless. Later calls raise."""
         with self._lock:

@@ -142,6 +142,11 @@ class LoadedConfig:
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
+def _scalar(node: yaml.Node) -> Any:
+    """The value of a scalar node (an empty value is ``None``, as YAML means it)."""
+    return yaml.constructor.SafeConstructor().construct_object(node, deep=True)
+
+
 def _compose(text: str, file: Path) -> tuple[Any, dict[tuple[str, ...], Position]]:
     """Parse YAML keeping the position of every key."""
     try:
@@ -160,7 +165,7 @@ def _compose(text: str, file: Path) -> tuple[Any, dict[tuple[str, ...], Position
         if isinstance(n, yaml.MappingNode):
             out: dict[str, Any] = {}
             for key_node, value_node in n.value:
-                key = str(yaml.safe_load(yaml.serialize(key_node)))
+                key = str(_scalar(key_node))
                 child = (*path, key)
                 positions[child] = (
                     file,
@@ -176,7 +181,7 @@ def _compose(text: str, file: Path) -> tuple[Any, dict[tuple[str, ...], Position
                 positions[child] = (file, item.start_mark.line + 1, item.start_mark.column + 1)
                 items.append(build(item, child))
             return items
-        return yaml.safe_load(yaml.serialize(n))
+        return _scalar(n)
 
     return build(node, ()), positions
 
@@ -308,7 +313,14 @@ def _explain(
         if error["type"] == "extra_forbidden":
             valid = _fields_at(model, loc[:-1])
             close = difflib.get_close_matches(loc[-1], valid, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            elsewhere = _elsewhere(loc[-1], path[:-1])
+            hint = (
+                f"; did you mean {close[0]!r}?"
+                if close
+                else f"; it belongs in {elsewhere} (e.g. {elsewhere}.{loc[-1]})"
+                if elsewhere
+                else ""
+            )
             parent = ".".join(path[:-1]) or "the top level"
             text = f"unknown key {loc[-1]!r} in {parent}{hint} (valid keys: {', '.join(valid)})"
         else:
@@ -323,6 +335,15 @@ def _explain(
     if len(messages) > 1:
         first.args = ("\n".join(messages),)
     return first
+
+
+def _elsewhere(key: str, parent: tuple[str, ...]) -> str:
+    """The section where ``key`` is valid, when it is not the one it was written in."""
+    if key in PipelineSection.model_fields and parent != ("pipeline",):
+        return "pipeline"
+    if key in StageSection.model_fields and parent[:1] != ("stages",):
+        return "stages.NAME"
+    return ""
 
 
 def _is_secret(path: tuple[str, ...], loaded: LoadedConfig) -> bool:

@@ -211,6 +211,8 @@ def dvc_stages(project: Project) -> dict[str, dict[str, Any]]:
         keys: list[str] = []
         if previous is source:
             deps.append(_relative(project, source.file.path))
+            if project.source is not None:
+                deps += [Path(name).as_posix() for name in project.source.inputs()]
             keys += _params(written, source.name, ("params",))
         else:
             deps.append(_persist_out(project, previous))

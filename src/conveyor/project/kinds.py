@@ -26,14 +26,28 @@ class StageConfig(BaseModel):
 
 
 class Source(ABC):
-    """The first stage of a project: ``read()`` yields the records (sync or async)."""
+    """The first stage of a project: ``read()`` yields the records (sync or async).
+
+    A run may skip the persisted stage right after the Source when nothing it reads has
+    changed, so a Source says what its records depend on: :meth:`inputs` (files or folders
+    it reads, relative to the project; their content is hashed), or ``deterministic = True``
+    when its records follow from its code and params alone (a generator, a download pinned
+    by a checksum). A Source that declares neither is read again by every run.
+    """
 
     name: str
     Config: ClassVar[type[BaseModel] | None] = None
+    deterministic: ClassVar[bool] = False
 
     @abstractmethod
     def read(self) -> Iterable[Any] | AsyncIterable[Any]:
         """The records, in order."""
+
+    def inputs(self) -> list[str]:
+        """Files or folders (relative to the project) that :meth:`read` reads; they become
+        part of the fingerprint of the stage after the Source, and dependencies in
+        ``conveyor dvc``'s ``dvc.yaml``."""
+        return []
 
 
 class Sink(RunSink):

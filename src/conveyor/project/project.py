@@ -385,6 +385,7 @@ class DiscardSink(RunSink):
     counts and drops (the records left through the persisted dataset before it)."""
 
     idempotent = True
+    name = "discarded"
 
     def __init__(self) -> None:
         self.count = 0

@@ -50,6 +50,7 @@ class ProjectReplay:
 
 def replay_project(
     path: Path,
+    overrides: Sequence[str] = (),
     *,
     stage: str | None = None,
     run_id: str | None = None,
@@ -58,10 +59,12 @@ def replay_project(
     handle_signals: bool = True,
 ) -> ProjectReplay:
     """Replay the not-yet-replayed dead letters of the project at ``path`` (only those of
-    ``stage`` / ``run_id`` when given)."""
+    ``stage`` / ``run_id`` when given; ``overrides`` are ``key=value`` config changes)."""
     extra = RunHooks(hooks or {}, event_bus, handle_signals=handle_signals)
     with contextlib.chdir(project_root(path)):
-        project = load_project(Path.cwd())
+        project = load_project(Path.cwd(), overrides)
+        if stage is not None:
+            _check_stage(project, stage)
         settings = project.config.config.pipeline
         with open_dead_letter_store(project.path(settings.dead_letters)) as store:
             return asyncio.run(_replay(project, store, stage, run_id, extra))
@@ -83,6 +86,13 @@ async def _replay(
     for group in plan:
         await _replay_group(project, spec.leaf_names, store, group, extra, outcome)
     return outcome
+
+
+def _check_stage(project: Project, stage: str) -> None:
+    """An unknown ``--stage`` is an error naming the stages, not "nothing to replay"."""
+    names = [s.name for s in project.stages]
+    if stage not in names and "/" not in stage:
+        project.stage(stage)  # raises, with "did you mean"
 
 
 def _barrier_input(project: Project, barrier: str) -> Path | None:

@@ -53,6 +53,7 @@ class ProjectRun:
     stage: str | None = None
     tasks_run: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -70,6 +71,8 @@ class RunPlan:
     append: bool = False
     """Persisted datasets gain the run's records in new shards (a replay) instead of being
     replaced."""
+    notes: list[str] = field(default_factory=list)
+    """What the user should know about this plan (printed by ``conveyor run``)."""
 
 
 @dataclass(frozen=True)
@@ -108,7 +111,9 @@ def run_project(
             plan = whole_run_plan(project, force=force)
         else:
             plan = stage_run_plan(project, project.stage(stage_name), force=force)
-        run = ProjectRun(project, stage=stage_name, skipped=list(plan.skipped))
+        run = ProjectRun(
+            project, stage=stage_name, skipped=list(plan.skipped), notes=list(plan.notes)
+        )
         if plan.stages or plan.sink is project.sink:
             run.report = asyncio.run(execute_plan(project, plan, extra))
         return run
@@ -151,11 +156,13 @@ def persist_path(project: Project, loaded: LoadedStage) -> Path | None:
 
 
 def input_of(project: Project, loaded: LoadedStage) -> tuple[bool, Path | None]:
-    """Whether the input of ``loaded`` is known (the Source, or a persisted dataset), and
-    the dataset it is (``None`` for the Source)."""
+    """Whether the input of ``loaded`` is known — a persisted dataset, or a Source that
+    declares what its records depend on (``inputs()`` or ``deterministic``) — and the
+    dataset it is (``None`` for the Source)."""
     index = project.middle.index(loaded)
     if index == 0:
-        return project.source is not None, None
+        source = project.source
+        return source is not None and (source.deterministic or bool(source.inputs())), None
     path = persist_path(project, project.middle[index - 1])
     return path is not None, path
 
@@ -179,8 +186,28 @@ def fingerprint(project: Project, loaded: LoadedStage, input_path: Path | None) 
             pipeline_dir=project.pipeline_dir,
         )
         digest = hashlib.sha256(f"{made_by.code_hash}:{made_by.config_hash}".encode())
+        for name in sorted(project.source.inputs()):  # what it reads, by content
+            digest.update(f"\n{name}:{_content_hash(project.path(name))}".encode())
         found = dataclasses.replace(found, input_hash=f"source:{digest.hexdigest()}")
     return found
+
+
+def _content_hash(path: Path) -> str:
+    """sha256 of a file, or of every file below a folder (by relative path and bytes);
+    ``"missing"`` when it is not there."""
+    if path.is_file():
+        files = [(path.name, path)]
+    elif path.is_dir():
+        files = sorted((f.relative_to(path).as_posix(), f) for f in path.rglob("*") if f.is_file())
+    else:
+        return "missing"
+    digest = hashlib.sha256()
+    for name, file in files:
+        digest.update(f"{len(name)}:{name}".encode())
+        with file.open("rb") as data:
+            while chunk := data.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 def is_fresh(project: Project, loaded: LoadedStage) -> bool:
@@ -286,7 +313,14 @@ def stage_run_plan(project: Project, loaded: LoadedStage, *, force: bool = False
     if not force and is_fresh(project, loaded):
         return RunPlan([], [], None, DiscardSink(), mode="stage", skipped=[loaded.name])
     records, input_path = read_input(project, loaded)
-    return RunPlan([loaded], records, input_path, DiscardSink(), mode="stage")
+    notes = []
+    if persist_path(project, loaded) is None:
+        notes.append(
+            f"stage {loaded.name} is not persisted, so this run kept nothing of its output "
+            f"(its dead letters only); add `persist: {{path: data/{loaded.name}}}` to "
+            f"stages.{loaded.name} in config.yaml to keep it"
+        )
+    return RunPlan([loaded], records, input_path, DiscardSink(), mode="stage", notes=notes)
 
 
 # -- running a plan --------------------------------------------------------------------------
@@ -330,7 +364,10 @@ async def execute_plan(
     if report.status.finished:
         for writer in writers.values():
             writer.commit()
-        record_fingerprints(project, [s for s in plan.stages if s.name in writers])
+        persisted = [s for s in plan.stages if s.name in writers]
+        record_fingerprints(project, persisted, extended=plan.append)
+        if plan.mode != "replay":
+            _retire_earlier_letters(project, report)
     else:
         for writer in writers.values():
             writer.abort()  # a partial dataset must not look complete
@@ -339,16 +376,45 @@ async def execute_plan(
     return report
 
 
-def record_fingerprints(project: Project, stages: Sequence[LoadedStage]) -> None:
-    """Record, in order, the fingerprint of each persisted stage whose input is known."""
+def _retire_earlier_letters(project: Project, report: RunReport) -> None:
+    """The run processed every record of its stages again: the letters earlier runs made at
+    those stages are replaced by this run's own (marked replayed), so a later replay does
+    not deliver records this run already delivered."""
+    from conveyor.dlq import open_dead_letter_store
+
+    settings = project.config.config.pipeline
+    with open_dead_letter_store(project.path(settings.dead_letters)) as store:
+        store.supersede(report.stage_names(), run_id=report.run_id)
+
+
+def record_fingerprints(
+    project: Project, stages: Sequence[LoadedStage], *, extended: bool = False
+) -> None:
+    """Record, in order, the fingerprint of each persisted stage whose input is known.
+
+    ``extended``: the run added records to datasets made by earlier runs (a replay). Such a
+    dataset matches the stage's current code and config only if they did not change since
+    the dataset was recorded: then the new input and output are recorded; otherwise the
+    record is dropped, so that the next run makes the dataset again with the current code.
+    """
     from conveyor.project.cache import RunCache
 
     cache = RunCache(project.path(project.config.config.pipeline.state_dir))
     for loaded in stages:
         output = persist_path(project, loaded)
         known, input_path = input_of(project, loaded)
-        if output is not None and known:
-            cache.record(loaded.name, fingerprint(project, loaded, input_path), output)
+        if output is None or not known:
+            continue
+        current = fingerprint(project, loaded, input_path)
+        if extended:
+            before = cache.get(loaded.name)
+            if before is None or (before.code_hash, before.config_hash) != (
+                current.code_hash,
+                current.config_hash,
+            ):
+                cache.forget(loaded.name)
+                continue
+        cache.record(loaded.name, current, output)
 
 
 async def _tick(runner: StreamRunner, extra: RunHooks) -> None:

@@ -52,7 +52,11 @@ from pipeline.contracts.models import Reading
 
 
 class Readings(Source):
-    """``count`` readings from three sensors."""
+    """``count`` readings from three sensors: made from the params alone (deterministic),
+    so an unchanged pipeline does not read them twice. A Source that reads files lists
+    them in ``inputs()`` instead."""
+
+    deterministic = True
 
     class Config(BaseModel):
         count: int = 1000

@@ -227,6 +227,10 @@ class RunReport:
         names = ", ".join(s.name for s in self._all_stages())
         raise KeyError(f"no stage {name!r}; stages: {names}")
 
+    def stage_names(self) -> list[str]:
+        """Every stage of the run (branch arms as ``branch/arm/stage``) and the sink."""
+        return [s.name for s in self._all_stages()]
+
     def _all_stages(self) -> list[StageStats]:
         out = list(self.stages)
         for arms in self.branches.values():

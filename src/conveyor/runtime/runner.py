@@ -132,6 +132,7 @@ class StreamRunner:
         self._reader: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._signals = 0
+        self._t0 = 0.0
         self._grace_timer: asyncio.TimerHandle | None = None
 
     # -- building --------------------------------------------------------------------------
@@ -188,6 +189,11 @@ class StreamRunner:
         """Where this run's dead letters go."""
         return self._store
 
+    @property
+    def elapsed_seconds(self) -> float:
+        """Seconds since the run started (0 before it does)."""
+        return time.perf_counter() - self._t0 if self._t0 else 0.0
+
     def progress(self) -> tuple[list[StageStats], list[Any]]:
         """Live counters of every stage and the sink, and channel statistics."""
         stats = [rt.stats for rt in self._runtimes] + [self._sink.stats]
@@ -202,7 +208,7 @@ class StreamRunner:
         after a signal and then raises it (the report is its ``report`` attribute).
         """
         started = datetime.now(UTC)
-        t0 = time.perf_counter()
+        t0 = self._t0 = time.perf_counter()
         await self.events.created(stage_count=len(self._runtimes))
         ended = RunStatus.ABORTED
         loop = asyncio.get_running_loop()
@@ -492,7 +498,7 @@ def _over_budget(report: RunReport, allowed: int) -> str:
     where = ", ".join(f"{name} {n}" for name, n in report.dead_letters_by_stage().items())
     share = 100.0 * report.dead_lettered / report.records_in if report.records_in else 0.0
     return (
-        f"{report.dead_lettered} dead letters ({share:.1f}% of {report.records_in} records "
+        f"{report.dead_lettered} dead letters ({share:.3g}% of {report.records_in} records "
         f"read) exceed max_dead_letters={report.max_dead_letters} (at most {allowed} "
         f"allowed): {where}"
     )

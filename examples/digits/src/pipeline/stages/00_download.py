@@ -22,8 +22,11 @@ class Download(Source):
     """Fetches ``url`` to ``dest`` (verified, retried, resumed), then reads its rows.
 
     Rows are emitted as parsed as possible, never dropped: a value that is not an integer
-    stays a string, so the validate stage can send the row to the dead-letter queue.
+    stays a string, so the validate stage can send the row to the dead-letter queue. The
+    file is pinned by its sha256, so the records follow from the params (deterministic).
     """
+
+    deterministic = True
 
     class Config(BaseModel):
         model_config = ConfigDict(extra="forbid")
