@@ -264,13 +264,19 @@ def dlq_list(
 
 @dlq_app.command("show")
 def dlq_show(
-    letter_id: str = typer.Argument(..., help="The letter's id (or a unique prefix)."),
+    letter_id: str = typer.Argument(
+        ..., help="The letter's id, or its end as `dlq list` shows it (12 characters)."
+    ),
     path: Path = typer.Argument(Path("."), help="The project."),
 ) -> None:
     """Show one dead letter with its record and traceback."""
     try:
         with _project_store(path) as store:
-            matches = [d for d in store.list(include_replayed=True) if d.id.startswith(letter_id)]
+            matches = [
+                d
+                for d in store.list(include_replayed=True)
+                if d.id.endswith(letter_id) or d.id.startswith(letter_id)
+            ]
     except ConveyorError as exc:
         _fail(exc)
         return

@@ -113,7 +113,7 @@ class TestFromException:
         with pytest.raises(TypeError, match="re-raise it"):
             DeadLetter.from_exception({}, signal, stage="s", attempts=1, run_id="r")
 
-    def test_ids_are_distinct_uuid4_hex(self) -> None:
+    def test_ids_are_distinct_time_ordered_uuid7_hex(self) -> None:
         ids = {
             DeadLetter.from_exception({}, ValueError(), stage="s", attempts=1, run_id="r").id
             for _ in range(50)
@@ -121,8 +121,13 @@ class TestFromException:
         assert len(ids) == 50
         for value in ids:
             assert len(value) == 32
-            assert uuid.UUID(hex=value).version == 4
+            assert uuid.UUID(hex=value).version == 7
             assert uuid.UUID(hex=value).variant == uuid.RFC_4122
+        ordered = [
+            DeadLetter.from_exception({}, ValueError(), stage="s", attempts=1, run_id="r").id
+            for _ in range(3)
+        ]
+        assert [i[:12] for i in ordered] == sorted(i[:12] for i in ordered)  # by time
 
     def test_created_at_is_utc_now(self) -> None:
         before = datetime.now(UTC)
@@ -166,7 +171,7 @@ class TestInvariants:
 class TestSummary:
     def test_one_line_with_the_essentials(self) -> None:
         assert letter().summary() == (
-            "0123456789ab 2024-05-01 12:30:15Z enrich attempts=3 KeyError: 'email' record={'id': 7}"
+            "456789abcdef 2024-05-01 12:30:15Z enrich attempts=3 KeyError: 'email' record={'id': 7}"
         )
 
     def test_keeps_non_builtin_qualified_names(self) -> None:
@@ -243,7 +248,7 @@ class TestRecordsAndOutput:
     def test_summary_shows_them_when_not_default(self) -> None:
         summary = letter(records=4, output={"id": 7, "email": None}).summary()
         assert summary == (
-            "0123456789ab 2024-05-01 12:30:15Z enrich attempts=3 records=4 KeyError: 'email' "
+            "456789abcdef 2024-05-01 12:30:15Z enrich attempts=3 records=4 KeyError: 'email' "
             "record={'id': 7} output={'email': None, 'id': 7}"
         )
 

@@ -174,7 +174,7 @@ def test_dlq_commands(tmp_path: Path) -> None:
     code, out = invoke("dlq", "list", str(project))
     assert code == 0
     assert f"{len(letters)} dead letter(s)" in out
-    code, out = invoke("dlq", "show", letters[0].id[:12], str(project))
+    code, out = invoke("dlq", "show", letters[0].id[-12:], str(project))  # as dlq list shows it
     assert code == 0
     assert "implausible temperature" in out
     code, out = invoke("dlq", "show", "zzzz", str(project))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 import reprlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -17,15 +18,21 @@ _SUMMARY_RECORD_CHARS = 60
 
 
 def new_id() -> str:
-    """A random (version 4) UUID in hex, like ``uuid.uuid4().hex`` at a quarter of the cost.
+    """A time-ordered (version 7, RFC 9562) UUID in hex: 48 bits of Unix milliseconds, then
+    74 random bits. Letters written later sort later, so a store's index of ids grows at its
+    end instead of at random places (a SQLite index of random ids slows every write down as
+    it grows). The random part is the end: :meth:`DeadLetter.summary` shows its last 12
+    characters.
 
     >>> import uuid
     >>> uuid.UUID(hex=new_id()).version
-    4
+    7
+    >>> a = new_id(); b = new_id(); a[:12] <= b[:12]
+    True
     """
-    raw = bytearray(os.urandom(16))
-    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
-    raw[8] = (raw[8] & 0x3F) | 0x80  # the RFC 4122 variant
+    raw = bytearray((time.time_ns() // 1_000_000).to_bytes(6, "big") + os.urandom(10))
+    raw[6] = (raw[6] & 0x0F) | 0x70  # version 7
+    raw[8] = (raw[8] & 0x3F) | 0x80  # the RFC 9562 variant
     return raw.hex()
 
 
@@ -52,7 +59,7 @@ class DeadLetter:
     True
 
     Fields:
-        id: unique id, a uuid4 in hex (32 characters).
+        id: unique id, a time-ordered UUID (version 7) in hex (32 characters).
         record: the original record object, exactly as it entered the failing stage (for a
             stage that takes records in groups, such as a ``BatchStage``, the whole group).
         stage: name of the stage that failed.
@@ -180,7 +187,7 @@ class DeadLetter:
         ...     created_at=datetime(2024, 5, 1, 12, 30, tzinfo=UTC),
         ... )
         >>> letter.summary()
-        "0123456789ab 2024-05-01 12:30:00Z enrich attempts=3 KeyError: 'email' record={'id': 7}"
+        "456789abcdef 2024-05-01 12:30:00Z enrich attempts=3 KeyError: 'email' record={'id': 7}"
         >>> import dataclasses
         >>> dataclasses.replace(letter, records=2, output=[{"id": 7}]).summary()[34:]
         "enrich attempts=3 records=2 KeyError: 'email' record={'id': 7} output=[{'id': 7}]"
@@ -193,7 +200,7 @@ class DeadLetter:
         output = f" output={_preview(self.output)}" if self.output is not None else ""
         flag = " [replayed]" if self.replayed else ""
         return (
-            f"{self.id[:12]} {when} {self.stage} attempts={self.attempts}{count} "
+            f"{self.id[-12:]} {when} {self.stage} attempts={self.attempts}{count} "
             f"{error}: {message} record={record}{output}{flag}"
         )
 
