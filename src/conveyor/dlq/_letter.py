@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-import time
 import reprlib
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Self
