@@ -49,9 +49,11 @@ pytest: $(STAMP)
 
 test: format lint typecheck imports pytest
 
+# Results go to bench/results/ (untracked); the tracked BENCHMARKS.md is rewritten only with
+# `make bench BENCH_ARGS=--update-benchmarks-md`.
 bench:
 	bash bench/setup.sh
-	bench/.venv/bin/python bench/run.py --workload all --runs 5
+	bench/.venv/bin/python bench/run.py --workload all --runs 5 $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

@@ -2,7 +2,16 @@
 
 Usage (after ``bash bench/setup.sh``)::
 
-    bench/.venv/bin/python bench/run.py [--workload W1|W2|W3|W4|all] [--runs N] [--quick]
+    bench/.venv/bin/python bench/run.py [--workload W1|...|W6|IMPORT|all] [--runs N] [--quick]
+                                        [--output FILE] [--update-benchmarks-md] [--no-write]
+
+Workloads: W1 per-record overhead, W2 async I/O, W3 CPU in 2 processes, W4 memory under a
+slow sink (Conveyor against a hand-written baseline, pypeln and Bytewax); W5 the cost of a
+pydantic input contract checked on every record (``contracts="all"`` against ``"off"``);
+W6 the extra cost per dead letter (every record fails into a SQLite store, against the same
+run succeeding); IMPORT the time of ``import conveyor`` in a fresh interpreter (median of
+10, ``python -c "import conveyor"`` minus ``python -c pass``) and the top 10 modules of
+``python -X importtime``.
 
 Method. Every measurement runs in a fresh interpreter (``run.py --child ...``), so no
 contender inherits another's heap, threads or pools. The contenders of a workload are
@@ -12,15 +21,26 @@ contender's result is verified against a closed-form expectation inside the chil
 result is an error and reports no time. Times are medians over ``--runs`` rounds; what is
 compared is the ratio of throughputs to the workload's baseline measured in the same run.
 
-The results are printed and written into BENCHMARKS.md at the repository root (each
-workload has its own section between markers, so ``--workload W2`` updates W2 only and
-text outside the markers is kept). ``--quick`` uses small sizes and writes
-``bench/results/BENCHMARKS.quick.md`` instead, unless ``--output`` says otherwise.
+Output. The results are printed and written to ``bench/results/BENCHMARKS.md``
+(untracked; ``--quick``, which uses small sizes, writes ``bench/results/BENCHMARKS.quick.md``;
+``--output FILE`` names another file; ``--no-write`` prints only), with the raw samples as
+``bench/results/<workload>-<time>.json``. Each workload has its own section between markers
+(``<!-- bench:W2:start -->`` ... ``<!-- bench:W2:end -->``), so ``--workload W2`` rewrites
+W2's section only and text outside the markers is kept; a workload without a section yet
+gets one next to its neighbours in workload order. Each section names the commit and a
+digest of the contents of src/, and warns if src/ changed while its workload ran.
+
+The tracked ``BENCHMARKS.md`` at the repository root is never written unless asked with
+``--update-benchmarks-md``: then its sections of the workloads run are rewritten between
+their markers as well (not with ``--quick``; ``--output`` cannot point at it instead).
+``make bench BENCH_ARGS=--update-benchmarks-md`` does the same through make.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
 import importlib.util
 import json
 import os
@@ -42,7 +62,8 @@ RESULTS = BENCH / "results"
 sys.path.insert(0, str(BENCH))
 
 RESULT_TAG = "BENCH-RESULT "
-CHILD_TIMEOUT = 1800.0
+CHILD_TIMEOUT = 600.0
+"""Seconds before a measurement is given up (a peer that hangs shows as timed out)."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +89,8 @@ class Workload:
     target: str
     variants: tuple[Variant, ...]
     target_ratio: float | None = None
+    kind: str = "speed"  # "speed", "memory" (W4), "letters" (W6) or "import"
+    target_value: float | None = None  # W6: µs per dead letter; IMPORT: ms
 
 
 CONVEYOR = "Conveyor `Pipeline.run`"
@@ -279,6 +302,7 @@ WORKLOADS: dict[str, Workload] = {
             "Conveyor: peak RSS at the two sizes within 10 MB of each other, and ≤ 50 MB above "
             "the interpreter with conveyor imported"
         ),
+        kind="memory",
         variants=(
             Variant(
                 "generators",
@@ -314,7 +338,135 @@ WORKLOADS: dict[str, Workload] = {
             ),
         ),
     ),
+    "W5": Workload(
+        name="W5",
+        title="W5 — input contracts (pydantic model, every record checked)",
+        description=(
+            "W1's records and stages; the first stage (validate) has "
+            "`StageOptions(input_contract=W5Record)`, a pydantic model "
+            "(`id: int >= 0`, `value: int` in [0, 1000), `name: str`; checked strictly, as "
+            'Conveyor\'s type contracts are), checked on every record with `contracts="all"` '
+            'against the same pipeline with `contracts="off"`. Before its timed run each '
+            "child proves the contract is live (a record with `value = -2`, which W1's own "
+            'type check lets through, is dead-lettered with `"all"` and passes with `"off"`). '
+            "The sink counts and sums `double` (checked against W1's closed form)."
+        ),
+        sizes=(1_000_000,),
+        quick_sizes=(50_000,),
+        target='Conveyor with `contracts="all"` ≥ 0.6x the throughput of `contracts="off"`',
+        target_ratio=0.6,
+        variants=(
+            Variant(
+                "contracts-off",
+                CONVEYOR,
+                'input_contract=W5Record, contracts="off", batch_size=1000 (baseline)',
+                "w5_conveyor",
+                "baseline",
+                {"contracts": "off"},
+            ),
+            Variant(
+                "contracts-all",
+                CONVEYOR,
+                'input_contract=W5Record, contracts="all", batch_size=1000',
+                "w5_conveyor",
+                "conveyor",
+                {"contracts": "all"},
+            ),
+            Variant(
+                "contracts-sample",
+                CONVEYOR,
+                'input_contract=W5Record, contracts="sample" (sample_rate=0.01) (reference)',
+                "w5_conveyor",
+                "reference",
+                {"contracts": "sample"},
+            ),
+            Variant(
+                "generators",
+                "Generator chain",
+                "W1's baseline, no contract (reference)",
+                "w1_generators",
+                "reference",
+            ),
+        ),
+    ),
+    "W6": Workload(
+        name="W6",
+        title="W6 — dead letters (every record fails)",
+        description=(
+            "100,000 of W1's records through one `MapStage` whose function does W1's "
+            "enrichment and then raises `ValueError` for every record, so every record "
+            "becomes a dead letter in a SQLite store (`dead_letters=<fresh temp dir>/"
+            'dead_letters.db`, `max_dead_letters="100%"`), against the same run where the '
+            "function returns (the store is opened, never written). batch_size=1000. "
+            "Verified: the failing run ends `failed` (every record dead-lettered is over any "
+            "budget) after draining, the store holds exactly n letters of `ValueError` whose "
+            "record ids sum to the closed form, and the succeeding run's sink saw every "
+            "record."
+        ),
+        sizes=(100_000,),
+        quick_sizes=(10_000,),
+        target="extra cost per dead letter, (median t_fail - median t_ok) / n, ≤ 30 µs",
+        kind="letters",
+        target_value=30.0,
+        variants=(
+            Variant(
+                "ok",
+                CONVEYOR,
+                "MapStage, function returns, SQLite store (baseline)",
+                "w6_conveyor",
+                "baseline",
+                {"fails": False},
+            ),
+            Variant(
+                "fail-sqlite",
+                CONVEYOR,
+                "MapStage, function raises ValueError for every record → SQLite store",
+                "w6_conveyor",
+                "conveyor",
+                {"fails": True},
+            ),
+            Variant(
+                "fail-memory",
+                CONVEYOR,
+                "the same, → `MemoryDeadLetterStore` (reference: the cost without SQLite)",
+                "w6_conveyor",
+                "reference",
+                {"fails": True, "store": "memory"},
+            ),
+        ),
+    ),
+    "IMPORT": Workload(
+        name="IMPORT",
+        title="IMPORT — `import conveyor` in a fresh interpreter",
+        description=(
+            "Wall-clock time of fresh interpreters of bench/.venv (after one unmeasured "
+            'warm-up each): `python -c "import conveyor"` minus `python -c pass`, '
+            'interleaved with `python -X importtime -c "import conveyor"`, whose '
+            "per-module cumulative times (medians) give the top 10 below. -X importtime "
+            "adds its own overhead, so its total is a little above the wall-clock difference."
+        ),
+        sizes=(0,),
+        quick_sizes=(0,),
+        target="`import conveyor` ≤ 80 ms (median wall-clock difference)",
+        kind="import",
+        target_value=80.0,
+        variants=(
+            Variant("pass", "python -c pass", "bare interpreter (baseline)", "", "baseline"),
+            Variant("import", 'python -c "import conveyor"', "import only", "", "conveyor"),
+            Variant(
+                "importtime",
+                'python -X importtime -c "import conveyor"',
+                "per-module import times",
+                "",
+                "reference",
+            ),
+        ),
+    ),
 }
+
+IMPORT_RUNS = 10
+"""IMPORT: rounds (always this many, whatever ``--runs`` says; 3 with ``--quick``)."""
+IMPORT_TOP = 10
 
 W4_IMPORTS = {
     "generators": "python",
@@ -388,6 +540,10 @@ def child(spec: dict[str, Any]) -> None:
         ms = workloads.w3_serial_ms_per_record()
         print(RESULT_TAG + json.dumps({"seconds": 0.0, "info": {"ms_per_record": ms}}))
         return
+    if func == "w5_pydantic":
+        us = workloads.w5_pydantic_us_per_record()
+        print(RESULT_TAG + json.dumps({"seconds": 0.0, "info": {"us_per_record": us}}))
+        return
     measured = workloads.CONTENDERS[func](spec["n"], **spec["params"])
     workloads.verify(spec["workload"], spec["n"], measured)
     print(RESULT_TAG + json.dumps({"seconds": measured.seconds, "info": measured.info}))
@@ -441,6 +597,8 @@ class Outcome:
 
 
 def run_workload(wl: Workload, runs: int, quick: bool) -> tuple[list[Row], dict[str, Row], dict]:
+    if wl.kind == "import":
+        return run_imports(wl, 3 if quick else IMPORT_RUNS), {}, {}
     sizes = wl.quick_sizes if quick else wl.sizes
     rows = [Row(v, n) for n in sizes for v in wl.variants]
     for row in rows:
@@ -455,6 +613,9 @@ def run_workload(wl: Workload, runs: int, quick: bool) -> tuple[list[Row], dict[
     if wl.name == "W3":
         sample = measure({"func": "w3_serial", "n": 0, "params": {}, "workload": "W3"})
         extra["ms_per_record"] = sample.info.get("ms_per_record")
+    if wl.name == "W5":
+        sample = measure({"func": "w5_pydantic", "n": 0, "params": {}, "workload": "W5"})
+        extra["pydantic_us_per_record"] = sample.info.get("us_per_record")
     jobs = [r for r in rows if not r.missing] + list(imports.values())
     for round_ in range(runs):
         shift = round_ % len(jobs)
@@ -472,6 +633,61 @@ def run_workload(wl: Workload, runs: int, quick: bool) -> tuple[list[Row], dict[
             size = f" n={row.n:,}" if row.n else ""
             log(f"  {wl.name} round {round_ + 1}/{runs} {v.key}{size}: {shown}")
     return rows, imports, extra
+
+
+IMPORT_CODE = {"pass": "pass", "import": "import conveyor", "importtime": "import conveyor"}
+
+
+def import_once(key: str) -> Sample:
+    """One fresh interpreter for the IMPORT workload, timed from outside (wall clock)."""
+    cmd = [sys.executable, *(["-X", "importtime"] if key == "importtime" else [])]
+    cmd += ["-c", IMPORT_CODE[key]]
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, env=child_env(), cwd=RESULTS, check=False
+    )
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        tail = proc.stderr.strip().splitlines()[-3:]
+        return Sample(None, {}, f"exit {proc.returncode}: " + " | ".join(tail))
+    info: dict[str, Any] = {}
+    if key == "importtime":
+        info["modules"] = parse_importtime(proc.stderr)
+        if "conveyor" not in info["modules"]:
+            return Sample(None, {}, "-X importtime printed no line for conveyor")
+    return Sample(seconds, info)
+
+
+def parse_importtime(stderr: str) -> dict[str, list[int]]:
+    """``{module: [self µs, cumulative µs]}`` from ``-X importtime`` output."""
+    modules: dict[str, list[int]] = {}
+    for line in stderr.splitlines():
+        if not line.startswith("import time:") or "self [us]" in line:
+            continue
+        try:
+            self_us, cumulative, name = line[len("import time:") :].split("|", 2)
+            modules[name.strip()] = [int(self_us), int(cumulative)]
+        except ValueError:
+            continue
+    return modules
+
+
+def run_imports(wl: Workload, runs: int) -> list[Row]:
+    """IMPORT: interleaved rounds of a bare interpreter, ``import conveyor`` and the same
+    under ``-X importtime``, each once unmeasured first (bytecode and page cache)."""
+    rows = [Row(v, 0) for v in wl.variants]
+    for row in rows:
+        import_once(row.variant.key)
+    for round_ in range(runs):
+        shift = round_ % len(rows)
+        for row in rows[shift:] + rows[:shift]:
+            sample = import_once(row.variant.key)
+            row.samples.append(sample)
+            shown = (
+                f"{sample.seconds * 1000:.1f} ms" if sample.seconds is not None else sample.error
+            )
+            log(f"  {wl.name} round {round_ + 1}/{runs} {row.variant.key}: {shown}")
+    return rows
 
 
 # -- reporting ---------------------------------------------------------------------------------
@@ -507,7 +723,7 @@ def failed_cell(row: Row) -> str:
 
 
 def speed_section(o: Outcome) -> tuple[list[str], list[str]]:
-    """Table lines and verdict lines of W1-W3."""
+    """Table lines and verdict lines of W1-W3 and W5."""
     wl = o.workload
     baseline = next(r for r in o.rows if r.variant.role == "baseline")
     lines, verdicts = [], []
@@ -631,6 +847,133 @@ def memory_section(o: Outcome) -> tuple[list[str], list[str]]:
     return table(header, lines), verdicts
 
 
+def paired_differences(a: Row, b: Row) -> list[float]:
+    """``b - a`` round by round (the rounds are interleaved, so a pair shares its minute)."""
+    return [
+        sb.seconds - sa.seconds
+        for sa, sb in zip(a.samples, b.samples, strict=False)
+        if sa.seconds is not None and sb.seconds is not None
+    ]
+
+
+def letters_section(o: Outcome) -> tuple[list[str], list[str]]:
+    """Table lines and verdict lines of W6: seconds, and the extra µs per dead letter."""
+    wl = o.workload
+    baseline = next(r for r in o.rows if r.variant.role == "baseline")
+    lines, verdicts = [], []
+    for row in o.rows:
+        v = row.variant
+        if not row.ok:
+            lines.append([v.label, v.setting, failed_cell(row), "", "", "", ""])
+            continue
+        extra = paired = ""
+        if baseline.ok and row is not baseline:
+            extra = f"{(row.median - baseline.median) / row.n * 1e6:.1f}"
+            pairs = paired_differences(baseline, row)
+            if pairs:
+                paired = f"{statistics.median(pairs) / row.n * 1e6:.1f}"
+        lines.append(
+            [
+                v.label,
+                v.setting,
+                f"{row.median:.3f}",
+                f"{min(row.times):.3f}-{max(row.times):.3f}",
+                fmt_rate(row.n, row.median),
+                extra,
+                paired,
+            ]
+        )
+    target = wl.target_value or 0.0
+    for row in o.rows:
+        if row.variant.role != "conveyor":
+            continue
+        if not (row.ok and baseline.ok):
+            broken = baseline if row.ok else row
+            verdicts.append(
+                f"**FAIL**: {broken.variant.key} gave no valid time ({failed_cell(broken)})."
+            )
+            continue
+        per = (row.median - baseline.median) / row.n * 1e6
+        verdicts.append(
+            f"**{'PASS' if per <= target else 'FAIL'}**: each dead letter costs {per:.1f} µs "
+            f"more than a record that succeeds ({row.variant.setting}; target ≤ {target:g} µs)."
+        )
+    header = [
+        "contender",
+        "setting",
+        "median s",
+        "min-max s",
+        "records/s",
+        "extra µs per record (medians)",
+        "extra µs per record (paired by round, median)",
+    ]
+    return table(header, lines), verdicts
+
+
+def import_section(o: Outcome) -> tuple[list[str], list[str]]:
+    """Table lines and verdict lines of IMPORT: wall-clock times, the difference, the top 10
+    modules of -X importtime."""
+    wl = o.workload
+    rows = {r.variant.key: r for r in o.rows}
+    lines, verdicts = [], []
+    for row in o.rows:
+        v = row.variant
+        if not row.ok:
+            lines.append([f"`{v.label}`", v.setting, failed_cell(row), ""])
+            continue
+        ms = [t * 1000 for t in row.times]
+        lines.append(
+            [
+                f"`{v.label}`",
+                v.setting,
+                f"{statistics.median(ms):.1f}",
+                f"{min(ms):.1f}-{max(ms):.1f}",
+            ]
+        )
+    out = table(["command", "what", "median ms (wall clock)", "min-max ms"], lines)
+    bare, imp, itime = rows["pass"], rows["import"], rows["importtime"]
+    target = wl.target_value or 0.0
+    if bare.ok and imp.ok:
+        diff = (imp.median - bare.median) * 1000
+        pairs = [d * 1000 for d in paired_differences(bare, imp)]
+        paired = f"; paired by round: median {statistics.median(pairs):.1f} ms" if pairs else ""
+        verdicts.append(
+            f"**{'PASS' if diff <= target else 'FAIL'}**: `import conveyor` takes {diff:.1f} ms "
+            f"(median with import - median bare interpreter, {len(imp.times)} runs each"
+            f"{paired}; target ≤ {target:g} ms)."
+        )
+    else:
+        verdicts.append("**FAIL**: the interpreter runs gave no valid time.")
+    if itime.ok:
+        runs = [s.info["modules"] for s in itime.samples if s.seconds is not None]
+        names = set().union(*runs)
+        med = {
+            name: (
+                statistics.median(r[name][1] for r in runs if name in r),
+                statistics.median(r[name][0] for r in runs if name in r),
+            )
+            for name in names
+        }
+        total = med["conveyor"][0] / 1000
+        verdicts.append(
+            f"-X importtime: `conveyor` cumulative {total:.1f} ms (median of {len(runs)})."
+        )
+        top = sorted(med.items(), key=lambda kv: kv[1][0], reverse=True)[:IMPORT_TOP]
+        out += [
+            "",
+            f"Top {IMPORT_TOP} modules by cumulative import time (-X importtime, medians):",
+            "",
+        ]
+        out += table(
+            ["#", "module", "cumulative ms", "self ms"],
+            [
+                [str(i), f"`{name}`", f"{cum / 1000:.1f}", f"{own / 1000:.1f}"]
+                for i, (name, (cum, own)) in enumerate(top, 1)
+            ],
+        )
+    return out, verdicts
+
+
 def section(o: Outcome) -> str:
     wl = o.workload
     lines = [f"## {wl.title}", ""]
@@ -645,13 +988,32 @@ def section(o: Outcome) -> str:
         f"Conveyor at {o.machine['commit']}; peers: {o.machine['peers']}"
     )
     lines += ["", wl.description, ""]
+    if o.extra.get("src_changed"):
+        lines += [f"**Warning**: {o.extra['src_changed']}; its numbers mix two versions.", ""]
     if o.extra.get("ms_per_record"):
         lines += [f"Measured CPU cost per record: {o.extra['ms_per_record']:.2f} ms.", ""]
-    body, verdicts = memory_section(o) if wl.name == "W4" else speed_section(o)
+    if o.extra.get("pydantic_us_per_record"):
+        lines += [
+            "Measured cost of pydantic alone here: "
+            f"{o.extra['pydantic_us_per_record']:.2f} µs per record (one strict "
+            "`list[W5Record]` validation per 1,000 records, as the contract check does).",
+            "",
+        ]
+    sections = {"memory": memory_section, "letters": letters_section, "import": import_section}
+    body, verdicts = sections.get(wl.kind, speed_section)(o)
     lines += body
     lines += ["", f"Target: {wl.target}.", ""]
     lines += verdicts
-    if wl.name != "W4":
+    if wl.name == "W5":
+        off = next(r for r in o.rows if r.variant.key == "contracts-off")
+        on = next(r for r in o.rows if r.variant.key == "contracts-all")
+        if off.ok and on.ok:
+            per = (on.median - off.median) / on.n * 1e6
+            lines.append(
+                f'Checking every record costs {per:.2f} µs per record (median `"all"` - '
+                'median `"off"`, over n).'
+            )
+    if wl.kind == "speed":
         lines += [
             "",
             '"vs baseline" is the throughput ratio, baseline median time / contender median '
@@ -670,12 +1032,16 @@ HEADER = """\
 
 Conveyor's streaming mode (`Pipeline.run`) against a hand-written baseline and two peers,
 [pypeln](https://pypi.org/project/pypeln/) and [Bytewax](https://pypi.org/project/bytewax/),
-on four workloads. Produced by `bench/run.py` (see its docstring for the method); rerun with
+on four workloads, plus the cost of contracts (W5), of dead letters (W6) and of
+`import conveyor`. Produced by `bench/run.py` (see its docstring for the method); rerun with
 
 ```sh
 bash bench/setup.sh                       # bench/.venv: conveyor (editable) + pypeln + bytewax
 bench/.venv/bin/python bench/run.py --workload all --runs 5
 ```
+
+This file is bench/run.py's default output (untracked); the tracked BENCHMARKS.md at the
+repository root is rewritten only with `--update-benchmarks-md`.
 
 Every measurement is a fresh interpreter; contenders are interleaved round by round; each
 result is verified (counts and sums against closed forms) before its time counts; times are
@@ -703,6 +1069,21 @@ def write_markdown(path: Path, outcomes: list[Outcome]) -> None:
         pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
         if pattern.search(text):
             text = pattern.sub(lambda _, block=block: block, text)
+            continue
+        # A new section goes after the section of the nearest workload before it (in
+        # WORKLOADS order), else before that of the nearest one after it, else at the end.
+        order = list(WORKLOADS)
+        earlier = order[: order.index(name)] if name in order else order
+        later = order[order.index(name) + 1 :] if name in order else []
+        after = [text.find(f"<!-- bench:{n}:end -->") for n in reversed(earlier)]
+        before = [text.find(f"<!-- bench:{n}:start -->") for n in later]
+        if any(at >= 0 for at in after):
+            at = next(at for at in after if at >= 0)
+            at = text.index("-->", at) + len("-->")
+            text = text[:at] + "\n\n" + block + text[at:]
+        elif any(at >= 0 for at in before):
+            at = next(at for at in before if at >= 0)
+            text = text[:at] + block + "\n\n" + text[at:]
         else:
             text = text.rstrip("\n") + "\n\n" + block + "\n"
     path.write_text(text, encoding="utf-8")
@@ -725,12 +1106,6 @@ def machine_info() -> dict[str, str]:
         text=True,
         check=False,
     ).stdout.strip()
-    dirty = subprocess.run(
-        ["git", "-C", str(ROOT), "status", "--porcelain", "--", "src"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
     peers = []
     from importlib.metadata import PackageNotFoundError, version
 
@@ -746,9 +1121,38 @@ def machine_info() -> dict[str, str]:
         "python": f"{platform.python_version()} ({platform.python_implementation()})",
         "os": platform.platform(terse=True),
         "load": load,
-        "commit": f"`{commit}`" + (" with uncommitted changes in src/" if dirty else ""),
+        "commit": f"`{commit}`" + src_changes(),
         "peers": ", ".join(peers),
     }
+
+
+def src_changes() -> str:
+    """`` (src/ digest <hash>)``, after ``with uncommitted changes in src/`` if so. The digest
+    covers the contents of every file under src/ that git tracks or would track, so two runs
+    (or the start and end of one workload) can tell whether they measured the same code,
+    whatever was committed in between."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=False
+        ).stdout
+
+    dirty = " with uncommitted changes in src/" if git("status", "--porcelain", "--", "src") else ""
+    return f"{dirty} (src/ digest `{src_digest()}`)"
+
+
+def src_digest() -> str:
+    """A hash of the contents of src/ (tracked and untracked, not ignored files)."""
+    listing = ["ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", "src"]
+    names = subprocess.run(
+        ["git", "-C", str(ROOT), *listing], capture_output=True, text=True, check=False
+    ).stdout.split("\0")
+    digest = hashlib.sha1()
+    for name in sorted(n for n in names if n):
+        digest.update(name.encode() + b"\0")
+        with contextlib.suppress(OSError):  # listed but deleted since
+            digest.update((ROOT / name).read_bytes())
+    return digest.hexdigest()[:10]
 
 
 def utc_date() -> str:
@@ -776,11 +1180,23 @@ def check_conveyor() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--workload", default="all", help="W1, W2, W3, W4, a comma-separated list, or all"
+        "--workload",
+        default="all",
+        help="W1, W2, W3, W4, W5, W6, IMPORT, a comma-separated list, or all",
     )
     parser.add_argument("--runs", type=int, default=5, help="rounds per workload (median)")
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
-    parser.add_argument("--output", type=Path, help="markdown file to write/update")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        help="markdown file to write/update (default: bench/results/BENCHMARKS.md, or "
+        "bench/results/BENCHMARKS.quick.md with --quick)",
+    )
+    parser.add_argument(
+        "--update-benchmarks-md",
+        action="store_true",
+        help="also rewrite the run workloads' sections of the tracked BENCHMARKS.md",
+    )
     parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -796,21 +1212,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = [n for n in names if n not in WORKLOADS]
     if unknown or args.runs < 1:
         parser.error(f"--workload must be one of {', '.join(WORKLOADS)} or all; --runs >= 1")
+    tracked = ROOT / "BENCHMARKS.md"
+    output = args.output or RESULTS / ("BENCHMARKS.quick.md" if args.quick else "BENCHMARKS.md")
+    if output.resolve() == tracked.resolve():
+        parser.error("--output is the tracked BENCHMARKS.md: use --update-benchmarks-md")
+    if args.update_benchmarks_md and (args.quick or args.no_write):
+        parser.error("--update-benchmarks-md takes a full run (no --quick, no --no-write)")
+    outputs = [output, *([tracked] if args.update_benchmarks_md else [])]
     RESULTS.mkdir(exist_ok=True)
-    output = args.output or (
-        RESULTS / "BENCHMARKS.quick.md" if args.quick else ROOT / "BENCHMARKS.md"
-    )
     machine, command = machine_info(), command_line()
     log(f"bench: {command}\nbench: {machine}")
     outcomes = []
     for name in names:
         wl = WORKLOADS[name]
         started = utc_date()
-        log(f"bench: {wl.title} ({started})")
+        if outcomes:  # each workload records its own load average and code state
+            machine = machine_info()
+        log(f"bench: {wl.title} ({started}; load {machine['load']}; {machine['commit']})")
         for v in wl.variants:
             if not available(v):
                 log(f"  {v.key}: {v.requires} is not installed (run bash bench/setup.sh)")
+        before = src_digest()
         rows, imports, extra = run_workload(wl, args.runs, args.quick)
+        after = src_digest()
+        extra["src_digest"] = after
+        if after != before:
+            extra["src_changed"] = (
+                f"the contents of src/ changed during this workload ({before} -> {after})"
+            )
+            log(f"bench: warning: {extra['src_changed']}")
         outcome = Outcome(wl, rows, imports, extra, started, machine, command, args.runs)
         outcomes.append(outcome)
         print_section(section(outcome))
@@ -838,8 +1268,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             encoding="utf-8",
         )
         if not args.no_write:
-            write_markdown(output, [outcome])  # after each workload: a crash keeps the rest
-            log(f"bench: wrote {output}")
+            for path in outputs:  # after each workload: a crash keeps the rest
+                write_markdown(path, [outcome])
+                log(f"bench: wrote {path}")
     return 0
 
 

@@ -169,6 +169,17 @@ def verify(workload: str, n: int, measured: Measured) -> None:
         for rid, acc in samples.items():
             if burn_value(rid) != acc:
                 raise VerificationError(f"W3: record {rid} has acc {acc}, not {burn_value(rid)}")
+    elif workload == "W5":
+        want = expected_w1(n)
+        got = (t.count, t.total)
+    elif workload == "W6":
+        if t.extra.get("fails"):
+            want = (0, n, ids_all)  # nothing reached the sink; every record is a letter
+            got = (t.count, t.extra.get("letters"), t.extra.get("letter_ids"))
+        else:
+            count, values = expected_all(n)
+            want = (count, 2 * values, ids_all)
+            got = (t.count, t.total, t.ids)
     else:
         raise ValueError(workload)
     if got != want:
@@ -681,6 +692,172 @@ def w4_bytewax(n: int, batch_size: int = 1000, **_: Any) -> Measured:
     return _w4(go)
 
 
+# -- W5: contracts -------------------------------------------------------------------------
+
+
+def w5_model() -> Any:
+    """W5's input contract: a pydantic model of W1's records (built on first use, so that
+    the other workloads never import pydantic themselves)."""
+    global _W5_MODEL
+    if _W5_MODEL is None:
+        from pydantic import BaseModel, Field
+
+        class W5Record(BaseModel):
+            id: int = Field(ge=0)
+            value: int = Field(ge=0, lt=1000)
+            name: str
+
+        _W5_MODEL = W5Record
+    return _W5_MODEL
+
+
+_W5_MODEL: Any = None
+
+
+def _w5_pipeline(c: Any) -> Any:
+    """W1's stages, the first with ``StageOptions(input_contract=W5Record)``."""
+    return (
+        c.Pipeline("w5")
+        .add_stage(
+            c.ValidateStage(validate, name="validate"),
+            options=c.StageOptions(input_contract=w5_model()),
+        )
+        .add_stage(c.MapStage(enrich, name="enrich"))
+        .add_stage(c.FilterStage(keep, name="filter"))
+    )
+
+
+def _w5_contract_is_live(c: Any, pipeline: Any, contracts: str) -> None:
+    """Outside the timed region: one record that breaks the contract (``value`` out of
+    range, which W1's own type check lets through) must be dead-lettered when contracts are
+    checked, and pass when they are off."""
+    bad = [{"id": 0, "value": 0, "name": "a"}, {"id": 1, "value": -2, "name": "b"}]
+    report = pipeline.run(
+        bad,
+        lambda batch: None,
+        contracts=contracts,
+        dead_letters="memory",
+        max_dead_letters="100%",
+        handle_signals=False,
+    )
+    want = {"all": 1, "sample": None, "off": 0}[contracts]
+    if want is not None and report.dead_lettered != want:
+        raise VerificationError(
+            f"W5 contracts={contracts}: the contract check dead-lettered "
+            f"{report.dead_lettered} of 1 bad record(s), expected {want}"
+        )
+
+
+def w5_conveyor(n: int, contracts: str = "all", batch_size: int = 1000, **_: Any) -> Measured:
+    """W1's pipeline with a pydantic input contract on its first stage, checked on every
+    record (``contracts="all"``), a sample, or not at all (``"off"``)."""
+    c = _conveyor()
+    pipeline = _w5_pipeline(c)
+    _w5_contract_is_live(c, pipeline, contracts)
+
+    def go() -> Tally:
+        tally = Tally()
+        report = pipeline.run(
+            records(n),
+            lambda batch: tally.add(batch, "double"),
+            batch_size=batch_size,
+            contracts=contracts,
+            dead_letters="memory",
+            handle_signals=False,
+        )
+        if report.records_in != n or report.dead_lettered or report.status != "completed":
+            raise VerificationError(
+                f"report: {report.status}, {report.records_in} in, {report.dead_lettered} dead"
+            )
+        return tally
+
+    return _timed(go)
+
+
+def w5_pydantic_us_per_record(batch: int = 1000, batches: int = 200, repeats: int = 5) -> float:
+    """What pydantic alone costs per record here: strict validation of W1's records as one
+    ``list[W5Record]`` per batch of 1,000 (as Conveyor's type contracts do); µs, median."""
+    from pydantic import TypeAdapter
+
+    adapter = TypeAdapter(list[w5_model()])  # type: ignore[misc]
+    chunk = list(records(batch))
+    costs = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(batches):
+            adapter.validate_python(chunk, strict=True)
+        costs.append((time.perf_counter() - t0) / (batch * batches) * 1e6)
+    return sorted(costs)[len(costs) // 2]
+
+
+# -- W6: dead letters ---------------------------------------------------------------------
+
+
+def w6_ok(r: Record) -> Record:
+    """W6's stage function when records succeed: W1's enrichment."""
+    return enrich(r)
+
+
+def w6_fail(r: Record) -> Record:
+    """W6's stage function when every record fails: the same work, then a ValueError."""
+    enrich(r)
+    raise ValueError(f"record {r['id']}: value {r['value']} rejected")
+
+
+def w6_conveyor(n: int, fails: bool = False, store: str = "sqlite", **_: Any) -> Measured:
+    """One MapStage; ``fails``: its function raises ValueError for every record, each one a
+    dead letter in ``store`` (a SQLite file in a fresh temporary directory, or ``memory``);
+    otherwise every record reaches the sink. ``max_dead_letters="100%"`` either way."""
+    import shutil
+    import tempfile
+
+    c = _conveyor()
+    fn = w6_fail if fails else w6_ok
+    pipeline = c.Pipeline("w6").add_stage(c.MapStage(fn, name="map"))
+    tmp = tempfile.mkdtemp(prefix="conveyor-bench-w6-")
+    path = os.path.join(tmp, "dead_letters.db")
+    memory = c.MemoryDeadLetterStore() if store == "memory" else None
+    try:
+
+        def go() -> Tally:
+            tally = Tally()
+            report = pipeline.run(
+                records(n),
+                lambda batch: tally.add(batch, "double"),
+                dead_letters=memory if memory is not None else path,
+                max_dead_letters="100%",
+                handle_signals=False,
+            )
+            # Every record dead-lettered is over any budget: the run drains and says failed.
+            want = ("failed", n) if fails else ("completed", 0)
+            if (report.status, report.dead_lettered) != want or report.records_in != n:
+                raise VerificationError(
+                    f"report: {report.status}, {report.records_in} in, "
+                    f"{report.dead_lettered} dead; expected {want}"
+                )
+            return tally
+
+        measured = _timed(go)
+        tally = measured.tally
+        tally.extra["fails"] = fails
+        if fails:  # read the letters back (outside the timed region)
+            read = memory if memory is not None else c.open_dead_letter_store(path)
+            try:
+                letters = read.list()
+            finally:
+                if memory is None:
+                    read.close()
+            tally.extra["letters"] = len(letters)
+            tally.extra["letter_ids"] = sum(letter.record["id"] for letter in letters)
+            if letters and letters[0].error_type.rpartition(".")[2] != "ValueError":
+                raise VerificationError(f"W6: letters hold {letters[0].error_type}")
+        if memory is None:
+            measured.info["store_bytes"] = os.path.getsize(path) if os.path.exists(path) else 0
+        return measured
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 CONTENDERS: dict[str, Callable[..., Measured]] = {
     "w1_generators": w1_generators,
     "w1_conveyor": w1_conveyor,
@@ -699,6 +876,8 @@ CONTENDERS: dict[str, Callable[..., Measured]] = {
     "w4_conveyor": w4_conveyor,
     "w4_pypeln": w4_pypeln,
     "w4_bytewax": w4_bytewax,
+    "w5_conveyor": w5_conveyor,
+    "w6_conveyor": w6_conveyor,
 }
 
 # Anything a peer might send home stays home (bytewax's dataflow API web server is off
