@@ -28,7 +28,7 @@ Strictness: a contract catches a value of the wrong type instead of converting i
 for an ``int`` is a violation, as it is for JSON Schema (``"type": "integer"``) and Avro
 (``"long"``). Strict pydantic still accepts a ``dict`` record for a model, a TypedDict and
 (by Conveyor's rewrite) a dataclass when its fields are right; the details, and the one
-limit (a stdlib dataclass *inside* a ``BaseModel`` needs an instance), are in
+limit (a stdlib dataclass inside a *nested* ``BaseModel`` needs an instance), are in
 :class:`TypeContract`'s module. Text that needs parsing (dates, enums, UUIDs from JSON)
 must be parsed by a stage before a contract that declares the parsed type.
 

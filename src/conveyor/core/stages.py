@@ -356,24 +356,42 @@ class FilterStage(_CallsFunction[T, T]):
         return None
 
     def _fast_loop(self, iterator: Iterator[T], outcome: RecordOutcome[T], stop: bool) -> None:
-        # Hot path: one try per run of good records; filtered = seen - kept - failed.
+        # Hot path: one try per run of good records. Without stop every record is seen, so
+        # filtered = seen - kept - failed comes from lengths; with stop, count them.
+        if stop:
+            self._counting_loop(iterator, outcome)
+            return
+        items = list(iterator)
         keep, predicate, failures = outcome.outputs.append, self.fn, outcome.failures
         kept_before, failed_before = len(outcome.outputs), len(failures)
-        seen = 0
+        rest = iter(items)
         item: Any = None
         while True:
             try:
-                for item in iterator:
-                    seen += 1
+                for item in rest:
                     if predicate(item):
                         keep(item)
                 break
             except Exception as exc:
                 failures.append(RecordFailure(item, exc))
-                if stop:
-                    break
         kept = len(outcome.outputs) - kept_before
-        outcome.filtered += seen - kept - (len(failures) - failed_before)
+        outcome.filtered += len(items) - kept - (len(failures) - failed_before)
+
+    def _counting_loop(self, iterator: Iterator[T], outcome: RecordOutcome[T]) -> None:
+        keep, predicate, failures = outcome.outputs.append, self.fn, outcome.failures
+        kept_before = len(outcome.outputs)
+        seen = 0
+        item: Any = None
+        try:
+            for item in iterator:
+                seen += 1
+                if predicate(item):
+                    keep(item)
+        except Exception as exc:
+            failures.append(RecordFailure(item, exc))
+            outcome.filtered += seen - 1 - (len(outcome.outputs) - kept_before)
+            return
+        outcome.filtered += seen - (len(outcome.outputs) - kept_before)
 
 
 class ValidateStage(_CallsFunction[T, T]):

@@ -16,11 +16,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from conveyor.core._render import format_traceback
 from conveyor.core.context import PipelineContext
 from conveyor.core.hooks import RunEvents
 from conveyor.core.kinds import StageKind
 from conveyor.core.result import StageResult
-from conveyor.core.stages import BatchStage, BranchStage
+from conveyor.core.stages import BatchStage, BranchStage, RecordStage
 from conveyor.dlq import DeadLetter
 from conveyor.errors import ConservationError
 from conveyor.runtime.attempts import Settled, settle_sink, settle_stage
@@ -226,9 +227,26 @@ class Flow:
         dead: list[DeadLetter] = []
         if rt.input_contract is not None:
             records = self._check_input(rt, records, dead)
-        settled = await settle_stage(rt, records, self.box, self.context)
+        settled = await (
+            self._direct(rt, records)
+            if rt.direct
+            else settle_stage(rt, records, self.box, self.context)
+        )
         settled.dead[:0] = dead
         return settled
+
+    async def _direct(self, rt: StageRuntime, records: list[Any]) -> Settled:
+        """A record-wise stage with nothing to retry, time or check: call it, letter its
+        failures (the retry loop takes over only if the call fails as a whole)."""
+        stage = rt.stage
+        assert isinstance(stage, RecordStage)
+        try:
+            outcome = await stage.process_records(records, self.context, stop_on_error=False)
+        except Exception:  # not a record's failure: retried whole, then split, as always
+            return await settle_stage(rt, records, self.box, self.context)
+        letter = self.box.letter
+        dead = [letter(rt, f.item, f.error, format_traceback(f.error), 1) for f in outcome.failures]
+        return Settled(outcome.outputs, outcome.filtered, dead)
 
     def _check_input(
         self, rt: StageRuntime, records: list[Any], dead: list[DeadLetter]
@@ -237,8 +255,6 @@ class Flow:
         violations = rt.check.violations(rt.input_contract, records, edge="input", stage=rt.name)
         if not violations:
             return records
-        from conveyor.core._render import format_traceback
-
         bad = {index for index, _ in violations}
         for index, violation in violations:
             dead.append(

@@ -89,6 +89,16 @@ class StageRuntime(Part):
             depth > 0 and kind is StageKind.RECORD
         )
         self.fusable = _fusable(stage, kind, options)
+        # Record-wise, on the loop, nothing to retry, time or check on the way out: its
+        # failures are dead letters as they come, so the retry loop has nothing to add.
+        self.direct = (
+            isinstance(stage, RecordStage)
+            and kind is StageKind.RECORD
+            and options.executor is Executor.INLINE
+            and options.timeout is None
+            and options.retry.attempts == 1
+            and (self.output_contract is None or check.mode == "off")
+        )
         if options.timeout is not None and options.executor is Executor.INLINE:
             _check_inline_timeout(stage, name)
 
