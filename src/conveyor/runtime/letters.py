@@ -42,6 +42,7 @@ class LetterBox:
         self.run_id = run_id
         self.events = events
         self.context = context
+        self._type_names: dict[type[BaseException], str] = {}
 
     def letter(
         self,
@@ -54,9 +55,11 @@ class LetterBox:
         output: Any = None,
     ) -> DeadLetter:
         """A letter for ``record`` (as it entered ``part``), which failed with ``error``."""
-        type_name = (
-            error.type_name if isinstance(error, RemoteError) else qualified_name(type(error))
-        )
+        kind = type(error)
+        if kind is RemoteError:
+            type_name = error.type_name  # type: ignore[attr-defined]
+        else:
+            type_name = self._type_names.get(kind) or self._type_name(kind)
         return DeadLetter(
             record=record,
             stage=part.name,
@@ -65,9 +68,13 @@ class LetterBox:
             message=error_message(error),
             traceback=tb or format_traceback(error),
             run_id=self.run_id,
-            records=max(part.weigh_in([record]), 1),
+            records=1 if part.depth_in == 0 else max(part.weigh_in([record]), 1),
             output=output,
         )
+
+    def _type_name(self, kind: type[BaseException]) -> str:
+        name = self._type_names[kind] = qualified_name(kind)
+        return name
 
     async def send(self, part: Part, letters: list[DeadLetter]) -> None:
         """Write ``letters`` durably; a store that cannot be written stops the run."""
