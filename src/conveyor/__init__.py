@@ -53,14 +53,6 @@ from conveyor.core import (
     StageResult,
     ValidateStage,
 )
-from conveyor.dlq import (
-    DeadLetter,
-    DeadLetterStore,
-    JsonlDeadLetterStore,
-    MemoryDeadLetterStore,
-    SqliteDeadLetterStore,
-    open_dead_letter_store,
-)
 from conveyor.errors import (
     BranchError,
     ConservationError,
@@ -74,14 +66,6 @@ from conveyor.errors import (
     UsageError,
 )
 from conveyor.pipeline import Pipeline, create_etl_pipeline
-from conveyor.runtime import (
-    ChannelStats,
-    ReplayRefused,
-    RunReport,
-    StageStats,
-    StreamRun,
-    replay_dead_letters,
-)
 
 if TYPE_CHECKING:
     from conveyor.contracts import (
@@ -92,22 +76,70 @@ if TYPE_CHECKING:
         TypeContract,
         contract_for,
     )
+    from conveyor.dlq import (
+        DeadLetter,
+        DeadLetterStore,
+        JsonlDeadLetterStore,
+        MemoryDeadLetterStore,
+        SqliteDeadLetterStore,
+        open_dead_letter_store,
+    )
+    from conveyor.runtime import (
+        ChannelStats,
+        ReplayRefused,
+        RunReport,
+        StageStats,
+        StreamRun,
+        replay_dead_letters,
+    )
 
-_CONTRACTS = frozenset(
-    {"AvroContract", "Contract", "ContractCheck", "JsonSchemaContract", "TypeContract"}
-    | {"contract_for"}
-)
+# Names of the layers a pipeline needs only when it runs (the streaming runner and its
+# event loop, the dead-letter stores, the contracts with pydantic and friends) are imported
+# when first used, so that `import conveyor` stays quick.
+_LAZY = {
+    **dict.fromkeys(
+        ("AvroContract", "Contract", "ContractCheck", "JsonSchemaContract", "TypeContract"),
+        "conveyor.contracts",
+    ),
+    "contract_for": "conveyor.contracts",
+    **dict.fromkeys(
+        (
+            "DeadLetter",
+            "DeadLetterStore",
+            "JsonlDeadLetterStore",
+            "MemoryDeadLetterStore",
+            "SqliteDeadLetterStore",
+            "open_dead_letter_store",
+        ),
+        "conveyor.dlq",
+    ),
+    **dict.fromkeys(
+        (
+            "ChannelStats",
+            "ReplayRefused",
+            "RunReport",
+            "StageStats",
+            "StreamRun",
+            "replay_dead_letters",
+        ),
+        "conveyor.runtime",
+    ),
+}
 
 
 def __getattr__(name: str) -> Any:
-    # Contracts load pydantic, fastjsonschema and fastavro: only when one is asked for.
-    if name in _CONTRACTS:
-        from conveyor import contracts
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'conveyor' has no attribute {name!r}")
+    import importlib
 
-        value = getattr(contracts, name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'conveyor' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
 
 
 __all__ = [

@@ -10,9 +10,8 @@ sits above both, so neither imports it (ADR 0004).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
-from typing import Any, Generic, Self, TypeVar, Unpack
+from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, Unpack
 
 from conveyor.core import collect
 from conveyor.core._callables import call_maybe_async
@@ -25,7 +24,9 @@ from conveyor.core.spec import PipelineSpec
 from conveyor.core.stage import ChainedStage, PipelineStage
 from conveyor.core.stages import FunctionStage, MapStage
 from conveyor.errors import PipelineDefinitionError, UsageError
-from conveyor.runtime import RunReport, StreamRun, run_stream
+
+if TYPE_CHECKING:
+    from conveyor.runtime import RunReport, StreamRun
 
 __all__ = ["Pipeline", "create_etl_pipeline"]
 
@@ -195,6 +196,8 @@ class Pipeline(Generic[In, Out]):
         >>> out, report.records_in, report.records_out
         ([1, 2, 3], 3, 3)
         """
+        import asyncio  # the runners and the event loop load when a pipeline first runs
+
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -216,6 +219,8 @@ class Pipeline(Generic[In, Out]):
         **changes: Unpack[RunChanges],
     ) -> RunReport:
         """The async form of :meth:`run` (signals are handled only if asked)."""
+        from conveyor.runtime import run_stream
+
         self._check_not_empty()
         return await run_stream(
             self.spec(), source, sink, (options or RunOptions()).merged(**changes), context=context
@@ -239,9 +244,12 @@ class Pipeline(Generic[In, Out]):
         ...     run = Pipeline[list[int], list[int]]("p").add_stage(MapStage(abs)).stream(
         ...         [-1, 2], dead_letters="memory")
         ...     return [x async for x in run], run.report.records_out
+        >>> import asyncio
         >>> asyncio.run(main())
         ([1, 2], 2)
         """
+        from conveyor.runtime import StreamRun
+
         self._check_not_empty()
         return StreamRun(
             self.spec(), source, (options or RunOptions()).merged(**changes), context=context
@@ -260,6 +268,8 @@ class Pipeline(Generic[In, Out]):
     ) -> PipelineResult[Out]:
         """Run :meth:`execute` to completion from synchronous code (scripts, notebooks cells
         without a running loop). Inside ``async`` code, ``await pipeline.execute(...)``."""
+        import asyncio
+
         try:
             asyncio.get_running_loop()
         except RuntimeError:

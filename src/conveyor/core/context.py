@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Any, Final
 
 __all__ = ["NO_ITEM", "ErrorRecord", "PipelineContext"]
+
+
+def _random_id() -> str:
+    """32 random hex digits, shaped like ``uuid.uuid4().hex`` (without importing uuid)."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # the RFC 4122 variant
+    return raw.hex()
 
 
 class _NoItem(Enum):
@@ -62,7 +70,7 @@ class PipelineContext:
     ['parse']
     """
 
-    pipeline_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    pipeline_id: str = field(default_factory=lambda: _random_id())
     pipeline_name: str = ""
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     metadata: dict[str, Any] = field(default_factory=dict)

@@ -24,7 +24,6 @@ Events (:class:`~conveyor.EventType`): ``ITEM_CREATED`` when a run starts,
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal, get_args
@@ -109,9 +108,7 @@ async def call_hooks(hooks: Iterable[Hook], hook: str, stage: str | None, **kwar
     for fn in hooks:
         try:
             await call_maybe_async(fn, **kwargs)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
+        except Exception as exc:  # (cancellation is a BaseException: it passes through)
             raise HookError(hook, stage, callable_name(fn), exc) from exc
 
 
@@ -135,6 +132,7 @@ class StageEvent:
 class RunEvents:
     """Calls a run's hooks and publishes its events, the same way in both modes.
 
+    >>> import asyncio
     >>> bus, seen = EventBus(), []
     >>> bus.subscribe(EventType.ITEM_CREATED, lambda e: seen.append(sorted(e.payload)))
     >>> events = RunEvents("p", "id-1", "collection", {}, bus)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import time
 from abc import ABC, abstractmethod
@@ -114,9 +113,7 @@ async def run_stage(
     t0 = time.perf_counter()
     try:
         result = await stage.process(data, context)
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:
+    except Exception as exc:  # (cancellation is a BaseException: it passes through)
         return StageResult.fail(exc, duration_ms=(time.perf_counter() - t0) * 1000.0)
     if not isinstance(result, StageResult):
         error = TypeError(

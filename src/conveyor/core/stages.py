@@ -8,7 +8,6 @@ record with its live exception instead of failing the whole call.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import time
 from abc import abstractmethod
@@ -196,6 +195,8 @@ class _CallsFunction(RecordStage[T, R]):
     async def _concurrent(self, items: Sequence[T], stop: bool) -> RecordOutcome[R]:
         # A pool of `concurrency` workers taking the next index: one task per worker, not
         # per record, and no semaphore.
+        import asyncio  # here: importing conveyor does not need the event loop machinery
+
         fn, is_async = self.fn, self.is_async
         results: list[tuple[bool, Any]] = [(False, None)] * len(items)
         indices = iter(range(len(items)))
@@ -562,6 +563,8 @@ class BranchStage(PipelineStage[In, dict[str, Any]]):
         self.name = name or "branch(" + ", ".join(self.branches) + ")"
 
     async def process(self, data: In, context: PipelineContext) -> StageResult[dict[str, Any]]:
+        import asyncio
+
         names = list(self.branches)
         results = await asyncio.gather(
             *(run_stage(self.branches[key], data, context) for key in names)
