@@ -148,23 +148,25 @@ def _rebuild_violation(
 
 
 class StageTimeoutError(ConveyorError, TimeoutError):
-    """A stage took longer than its per-record timeout.
+    """A stage took longer than its timeout (per record, or per call of a whole micro-batch).
 
     Attributes:
         stage: the stage.
         timeout: the limit in seconds.
+        per: ``"record"`` or ``"call"``.
     """
 
-    def __init__(self, stage: str, timeout: float) -> None:
+    def __init__(self, stage: str, timeout: float, per: str = "record") -> None:
         self.stage = stage
         self.timeout = timeout
+        self.per = per
         super().__init__(
-            f"stage {stage!r} exceeded its timeout of {timeout:g}s per record; "
+            f"stage {stage!r} exceeded its timeout of {timeout:g}s per {per}; "
             "raise the stage's timeout option if this record is legitimately slow"
         )
 
-    def __reduce__(self) -> tuple[type[StageTimeoutError], tuple[str, float]]:
-        return (type(self), (self.stage, self.timeout))
+    def __reduce__(self) -> tuple[type[StageTimeoutError], tuple[str, float, str]]:
+        return (type(self), (self.stage, self.timeout, self.per))
 
 
 class DeadLetterStoreError(ConveyorError, OSError):

@@ -228,5 +228,6 @@ async def _timed(part: Part, call: Awaitable[ChunkOutcome]) -> ChunkOutcome:
             return await call
     except TimeoutError:
         part.executor.abandon()  # a worker may still be stuck on it: do not queue behind it
-        error = StageTimeoutError(part.name, timeout)
+        per = "record" if isinstance(part, StageRuntime) and part.per_record else "call"
+        error = StageTimeoutError(part.name, timeout, per)
         return ChunkOutcome(error=error, error_traceback=format_traceback(error))

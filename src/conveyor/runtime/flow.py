@@ -176,10 +176,7 @@ class Flow:
         stats.records_in += weight
         t0 = time.perf_counter()
         try:
-            if self.events.has("before_stage"):
-                await self.events.hook(
-                    "before_stage", rt.name, stage_name=rt.name, data=records, context=self.context
-                )
+            await self._before(rt, records)
             if rt.limiter is not None:
                 await rt.limiter.acquire(n)
             settled = await self._settle(rt, records)
@@ -207,16 +204,12 @@ class Flow:
         if rt.reshapes:
             stats.settle_reshaping()
         if self.events.has("after_stage"):
-            result = StageResult.ok(
-                outputs, records_in=n, records_filtered=filtered, records_failed=len(dead)
-            )
-            await self.events.hook(
-                "after_stage",
-                rt.name,
-                stage_name=rt.name,
-                data=outputs,
-                context=self.context,
-                result=result,
+            await self._after(
+                rt,
+                outputs,
+                StageResult.ok(
+                    outputs, records_in=n, records_filtered=filtered, records_failed=len(dead)
+                ),
             )
         if not outputs:
             self.tracker.release(chunk.lineage)
@@ -310,28 +303,15 @@ class Flow:
             stats.grouped += sum(len(g) for g in groups)
             stats.records_out += rt.weigh_out(groups)
             if self.events.has("after_stage"):
-                await self.events.hook(
-                    "after_stage",
-                    rt.name,
-                    stage_name=rt.name,
-                    data=groups,
-                    context=self.context,
-                    result=StageResult.ok(groups, records_in=sum(len(g) for g in groups)),
-                )
+                taken = sum(len(g) for g in groups)
+                await self._after(rt, groups, StageResult.ok(groups, records_in=taken))
             await self.forward(Chunk(groups, ids), out)
 
         async for chunk in inp:
             stats.received += len(chunk.records)
             stats.records_in += rt.weigh_in(chunk.records)
             stats.batches += 1
-            if self.events.has("before_stage"):
-                await self.events.hook(
-                    "before_stage",
-                    rt.name,
-                    stage_name=rt.name,
-                    data=chunk.records,
-                    context=self.context,
-                )
+            await self._before(rt, chunk.records)
             buffer.extend(chunk.records)
             held.append([chunk.lineage, len(chunk.records)])
             if len(buffer) >= size:
@@ -379,10 +359,7 @@ class Flow:
         # Even an empty stream is aggregated, as in collection mode (sum of nothing is 0).
         t0 = time.perf_counter()
         try:
-            if self.events.has("before_stage"):
-                await self.events.hook(
-                    "before_stage", rt.name, stage_name=rt.name, data=records, context=self.context
-                )
+            await self._before(rt, records)
             settled = await settle_stage(rt, records, self.box, self.context)
         except (KeyboardInterrupt, SystemExit) as stop:
             self._unfinished(rt, len(records), rt.stats.records_in, stop)
@@ -403,14 +380,25 @@ class Flow:
     async def _after_whole(self, rt: StageRuntime, outputs: list[Any], taken: int) -> None:
         if self.events.has("after_stage"):
             result = StageResult.ok(outputs, records_in=taken, records_out=len(outputs))
+            await self._after(rt, outputs, result)
+
+    async def _before(self, rt: StageRuntime, data: list[Any]) -> None:
+        """``before_stage`` hooks, with the stage's input."""
+        if self.events.has("before_stage"):
             await self.events.hook(
-                "after_stage",
-                rt.name,
-                stage_name=rt.name,
-                data=outputs,
-                context=self.context,
-                result=result,
+                "before_stage", rt.name, stage_name=rt.name, data=data, context=self.context
             )
+
+    async def _after(self, rt: StageRuntime, data: list[Any], result: StageResult[Any]) -> None:
+        """``after_stage`` hooks, with the stage's output."""
+        await self.events.hook(
+            "after_stage",
+            rt.name,
+            stage_name=rt.name,
+            data=data,
+            context=self.context,
+            result=result,
+        )
 
     @staticmethod
     def _settle_barrier(rt: StageRuntime) -> None:
@@ -430,10 +418,6 @@ class Flow:
         held: list[tuple[int, ...]] = []
         taken = 0
         try:
-            if self.events.has("before_stage"):
-                await self.events.hook(
-                    "before_stage", rt.name, stage_name=rt.name, data=[], context=self.context
-                )
             async for chunk in inp:
                 rt.stats.received += len(chunk.records)
                 rt.stats.records_in += rt.weigh_in(chunk.records)
