@@ -199,6 +199,7 @@ def _sample_w3(tally: Tally, batch: list[Record]) -> None:
 
 def _conveyor() -> Any:
     import conveyor
+    import conveyor.runtime  # loaded on a pipeline's first run; IMPORT times the import
 
     return conveyor
 
