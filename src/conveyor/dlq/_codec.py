@@ -131,6 +131,19 @@ def encode(letter: DeadLetter) -> EncodedLetter:
     return EncodedLetter(*encode_values(letter))
 
 
+_last_time: list[tuple[datetime | None, str]] = [(None, "")]
+"""The last (datetime, its ISO text): the letters of a micro-batch share one datetime."""
+
+
+def _iso(when: datetime) -> str:
+    cached = _last_time[0]  # one tuple, swapped whole: safe beside other threads
+    if cached[0] is when:
+        return cached[1]
+    text = when.isoformat()
+    _last_time[0] = (when, text)
+    return text
+
+
 def encode_values(letter: DeadLetter) -> tuple[Any, ...]:
     """The fields of ``encode(letter)`` as a tuple, in :class:`EncodedLetter`'s field order.
 
@@ -144,7 +157,7 @@ def encode_values(letter: DeadLetter) -> tuple[Any, ...]:
         letter.error_type,
         letter.message,
         letter.traceback,
-        letter.created_at.isoformat(),
+        _iso(letter.created_at),
         json_text(letter.source_offset),
         json_text(letter.record),
         _pickle(letter) if letter.record_exact else None,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 from conveyor.core._render import error_message, format_traceback
@@ -43,6 +45,8 @@ class LetterBox:
         self.events = events
         self.context = context
         self._type_names: dict[type[BaseException], str] = {}
+        self._tick = 0.0
+        self._time = datetime.now(UTC)
 
     def letter(
         self,
@@ -70,7 +74,16 @@ class LetterBox:
             run_id=self.run_id,
             records=1 if part.depth_in == 0 else max(part.weigh_in([record]), 1),
             output=output,
+            created_at=self._now(),
         )
+
+    def _now(self) -> datetime:
+        """The time, read at most once a millisecond: the letters of one micro-batch share
+        it (and its text, when they are stored)."""
+        tick = time.monotonic()
+        if tick - self._tick > 0.001:
+            self._tick, self._time = tick, datetime.now(UTC)
+        return self._time
 
     def _type_name(self, kind: type[BaseException]) -> str:
         name = self._type_names[kind] = qualified_name(kind)
