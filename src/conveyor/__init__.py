@@ -13,7 +13,7 @@ The public API lives here; everything in submodules not re-exported here is inte
 [3, 4]
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from conveyor._version import __version__
 from conveyor.core import (
@@ -53,6 +53,7 @@ from conveyor.core import (
     StageResult,
     ValidateStage,
 )
+from conveyor.core._lazy import lazy_attributes
 from conveyor.errors import (
     BranchError,
     ConservationError,
@@ -127,15 +128,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'conveyor' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(globals(), _LAZY, "conveyor")
 
 
 def __dir__() -> list[str]:

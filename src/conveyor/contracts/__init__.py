@@ -46,8 +46,9 @@ field 'y' violates contract Point: Input should be a valid integer
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from conveyor.core._lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from conveyor.contracts._avro import AvroContract
@@ -106,13 +107,11 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _MODULES.get(name)
-    if module is None:
-        raise AttributeError(f"module 'conveyor.contracts' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"conveyor.contracts.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(
+    globals(),
+    {name: f"conveyor.contracts.{module}" for name, module in _MODULES.items()},
+    "conveyor.contracts",
+)
 
 
 def __dir__() -> list[str]:
