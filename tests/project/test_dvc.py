@@ -184,8 +184,8 @@ def test_a_persisted_branch_member_is_rejected(tmp_path: Path) -> None:
     config = root / "src/pipeline/config.yaml"
     text = config.read_text(encoding="utf-8")
     config.write_text(text + "branches:\n  both:\n    only: [enrich]\n", encoding="utf-8")
-    with pytest.raises(ProjectError, match="belongs to branch 'both'"):
-        dvc_stages(load(root))
+    with pytest.raises(ProjectError, match="'enrich' is inside a branch"):
+        load(root)  # refused when the project loads, before any run or dvc.yaml
 
 
 # --------------------------------------------------------------------------- real DVC

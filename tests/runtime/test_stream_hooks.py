@@ -107,7 +107,9 @@ async def test_hooks_per_micro_batch_dead_letter_and_run() -> None:
 
     pipeline.add_hook("before_stage", before).add_hook("after_stage", after)
     pipeline.add_hook("on_error", on_error).add_hook("on_complete", on_complete)
-    await pipeline.arun(range(1, 7), MemorySink(), batch_size=3, dead_letters="memory")
+    await pipeline.arun(
+        range(1, 7), MemorySink(), batch_size=3, dead_letters="memory", max_dead_letters=1
+    )
 
     tenfold_before = [args for kind, args in calls if kind == "before" and args[0] == "tenfold"]
     assert tenfold_before == [("tenfold", [1, 2, 3]), ("tenfold", [4, 5, 6])]
@@ -307,3 +309,15 @@ async def test_the_same_hooks_see_the_same_arguments_in_both_modes() -> None:
         else:
             await pipeline.arun([1, 2], MemorySink(), dead_letters="memory")
     assert keys["collection"] == keys["streaming"]
+
+
+async def test_on_complete_runs_only_after_a_run_that_completed() -> None:
+    done: list[str] = []
+    pipeline = tenfold_pipeline().add_hook(
+        "on_complete", lambda *, result, **_: done.append(result.status.value)
+    )
+    report = await pipeline.arun(range(1, 7), MemorySink(), dead_letters="memory")
+    assert report.status.value == "failed"  # 1 of 6 dead-lettered: over the 10% budget
+    assert done == []
+    await pipeline.arun(range(1, 5), MemorySink(), dead_letters="memory")
+    assert done == ["completed"]

@@ -40,10 +40,13 @@ class Contract(ABC):
     Attributes:
         name: how violations name this contract (a type name or a schema file name).
         version: the contract's version, or ``None`` when it declares none.
+        always: checked on every record whatever the run's ``contracts`` setting (a
+            contract the run itself depends on, such as what a persisted dataset can store).
     """
 
     name: str
     version: str | None
+    always: bool = False
 
     def __init__(self, name: str, version: str | None = None) -> None:
         self.name = name

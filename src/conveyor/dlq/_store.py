@@ -212,24 +212,26 @@ class DeadLetterStore(abc.ABC):
             lambda: self._mark_replayed(wanted),
         )
 
-    def supersede(self, stages: Iterable[str], *, run_id: str) -> int:
-        """Mark replayed the not-yet-replayed letters of ``stages`` made by runs other than
-        ``run_id``: that run processed the same records through those stages again, so its
-        own letters replace theirs. Returns how many were marked.
+    def supersede(self, stages: Iterable[str], *, runs: Iterable[str]) -> int:
+        """Mark replayed the not-yet-replayed letters of ``stages`` made by ``runs``: a later
+        run processed the same records through those stages again, so its own letters
+        replace theirs. Returns how many were marked.
 
         >>> store = MemoryDeadLetterStore()
         >>> old = DeadLetter.from_exception(1, ValueError("x"), stage="s", attempts=1, run_id="r1")
         >>> new = DeadLetter.from_exception(1, ValueError("x"), stage="s", attempts=1, run_id="r2")
-        >>> store.write([old, new]); store.supersede(["s"], run_id="r2")
+        >>> store.write([old, new]); store.supersede(["s"], runs=["r1"])
         1
         >>> [letter.run_id for letter in store.list()]
         ['r2']
         """
-        names = set(stages)
+        names, earlier = set(stages), set(runs)
+        if not names or not earlier:
+            return 0
 
         def older() -> builtins.list[str]:
             rows = self._select(LetterQuery())
-            return [r.id for r in rows if r.stage in names and r.run_id != run_id]
+            return [r.id for r in rows if r.stage in names and r.run_id in earlier]
 
         ids = self._call("cannot list dead letters", older)
         return self.mark_replayed(ids) if ids else 0

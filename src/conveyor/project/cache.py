@@ -48,7 +48,9 @@ from conveyor.project.datasets import DatasetError, dataset_fingerprint, load_ma
 __all__ = [
     "CACHE_FILE",
     "CODE_SUFFIXES",
+    "RUNS_FILE",
     "RunCache",
+    "RunLedger",
     "StageFingerprint",
     "canonical_json",
     "code_hash",
@@ -330,3 +332,66 @@ class RunCache:
 
     def __repr__(self) -> str:
         return f"<RunCache {str(self.path)!r}>"
+
+
+RUNS_FILE: Final = "runs.json"
+"""The file in the state directory that says which source each run read."""
+
+_RUNS_KEPT: Final = 500
+
+
+class RunLedger:
+    """For each run, the fingerprint of the Source content it read (``state_dir/runs.json``,
+    the last 500 runs): which earlier runs a run processed the same records as.
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     ledger = RunLedger(tmp)
+    ...     ledger.record("r1", "source-a"); ledger.record("r2", "source-a")
+    ...     ledger.record("r3", "source-b")
+    ...     ledger.runs_of("source-a"), ledger.get("r3")
+    (['r1', 'r2'], 'source-b')
+    """
+
+    def __init__(self, state_dir: Path | str) -> None:
+        self.state_dir = Path(state_dir)
+        self.path = self.state_dir / RUNS_FILE
+
+    def _load(self) -> dict[str, str]:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            logger.warning("ignoring unreadable run ledger %s: %s", self.path, exc)
+            return {}
+        runs = data.get("runs") if isinstance(data, dict) else None
+        if not isinstance(runs, dict):
+            return {}
+        return {k: v for k, v in runs.items() if isinstance(k, str) and isinstance(v, str)}
+
+    def get(self, run_id: str) -> str | None:
+        """The source fingerprint ``run_id`` read, if known."""
+        return self._load().get(run_id)
+
+    def runs_of(self, source: str) -> list[str]:
+        """The runs that read the source with this fingerprint, oldest first."""
+        return [run for run, seen in self._load().items() if seen == source]
+
+    def record(self, run_id: str, source: str) -> None:
+        """Remember that ``run_id`` read the source with fingerprint ``source``."""
+        runs = self._load()
+        runs.pop(run_id, None)
+        runs[run_id] = source
+        kept = dict(list(runs.items())[-_RUNS_KEPT:])
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{RUNS_FILE}.", suffix=".tmp", dir=self.state_dir)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as file:
+                json.dump({"version": 1, "runs": kept}, file, indent=1)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise

@@ -44,7 +44,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Final, Literal, TypeGuard, get_args
 
-from conveyor.errors import ConveyorError, UsageError
+from conveyor.contracts._base import Contract
+from conveyor.errors import ContractViolation, ConveyorError, UsageError
 
 __all__ = [
     "MANIFEST_NAME",
@@ -230,20 +231,47 @@ class DatasetWriter:
         self.write(records)
 
     def write(self, records: Sequence[Mapping[str, Any]]) -> None:
-        """Append ``records`` (a list of dicts), closing a shard every ``shard_records``."""
+        """Append ``records`` (a list of dicts), closing a shard every ``shard_records``.
+
+        All or nothing: every record is checked (and, for JSONL, encoded) before any is
+        written, so a write that fails can be retried, or split, without writing a record
+        twice.
+        """
         self._check_open("write")
-        for record in records:
-            if not isinstance(record, Mapping):
+        lines: list[str] | None = [] if self.format == "jsonl" else None
+        for index, record in enumerate(records):
+            try:
+                if not isinstance(record, Mapping):
+                    raise TypeError(f"records must be dicts, got {type(record).__name__}")
+                if lines is not None:
+                    lines.append(_json_line(record))
+            except (TypeError, ValueError):
+                reason = self.problem(record)
                 raise TypeError(
-                    f"dataset {self.path}: records must be dicts, got {type(record).__name__}"
-                )
-            if self.format == "jsonl":
-                self._write_jsonl(record)
+                    f"dataset {self.path}: record {index} of the batch: {reason}"
+                ) from None
+        for index, record in enumerate(records):
+            if lines is not None:
+                self._write_line(lines[index])
             else:
                 self._buffer.append(dict(record))
             self._in_shard += 1
             if self._in_shard >= self.shard_records:
                 self._close_shard()
+
+    def problem(self, record: object) -> str | None:
+        """Why ``record`` cannot be written here, or ``None`` when it can."""
+        if not isinstance(record, Mapping):
+            return f"records must be dicts, got {type(record).__name__}"
+        if self.format == "jsonl":
+            try:
+                _json_line(record)
+            except (TypeError, ValueError) as exc:
+                return (
+                    f"cannot be written as JSON ({exc}); JSONL takes JSON values only "
+                    "(use format 'parquet' for bytes)"
+                )
+        return None
 
     @property
     def records_written(self) -> int:
@@ -339,14 +367,7 @@ class DatasetWriter:
         _fsync_dir(self.path)
         shutil.rmtree(self.tmp_path, ignore_errors=True)
 
-    def _write_jsonl(self, record: Mapping[str, Any]) -> None:
-        try:
-            line = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
-        except (TypeError, ValueError) as exc:
-            raise TypeError(
-                f"dataset {self.path}: record {self.records_written} cannot be written as "
-                f"JSON ({exc}); JSONL takes JSON values only (use format 'parquet' for bytes)"
-            ) from exc
+    def _write_line(self, line: str) -> None:
         if self._file is None:
             self._ensure_tmp()
             self._file = self._shard_path().open("w", encoding="utf-8", newline="\n")
@@ -429,6 +450,10 @@ class DatasetWriter:
             shutil.rmtree(old, ignore_errors=True)
 
 
+def _json_line(record: Mapping[str, Any]) -> str:
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+
+
 def _write_manifest(path: Path, manifest: DatasetManifest) -> None:
     with path.open("w", encoding="utf-8") as file:
         json.dump(manifest.to_json(), file, indent=2)
@@ -443,6 +468,39 @@ def _next_shard_number(manifest: DatasetManifest | None) -> int:
         return 0
     numbers = [int(s.name[5:10]) for s in manifest.shards if s.name[5:10].isdigit()]
     return max(numbers, default=-1) + 1
+
+
+class Persistable(Contract):
+    """What a dataset writer can store, as an output contract of the stage that persists
+    there (with the stage's own output contract, if any, checked first).
+
+    Checked on every record whatever the run's ``contracts`` setting: a record the dataset
+    cannot hold then becomes a dead letter *of that stage*, holding the record as it
+    entered the stage (replayable once the stage is fixed), instead of failing the write.
+    """
+
+    always = True
+
+    def __init__(self, writer: DatasetWriter, inner: Contract | None = None) -> None:
+        super().__init__(f"{writer.format} dataset {writer.path.name}")
+        self.writer = writer
+        self.inner = inner
+
+    def check(self, record: object) -> ContractViolation | None:
+        if self.inner is not None:
+            violation = self.inner.check(record)
+            if violation is not None:
+                return violation
+        reason = self.writer.problem(record)
+        return None if reason is None else self.violation("", reason)
+
+    def check_many(self, records: Sequence[object]) -> list[tuple[int, ContractViolation]]:
+        found = dict(self.inner.check_many(records)) if self.inner is not None else {}
+        problem = self.writer.problem
+        for index, record in enumerate(records):
+            if index not in found and (reason := problem(record)) is not None:
+                found[index] = self.violation("", reason)
+        return sorted(found.items())
 
 
 # --------------------------------------------------------------------------- reading

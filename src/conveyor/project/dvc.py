@@ -147,20 +147,7 @@ def _check(project: Project) -> list[LoadedStage]:
             "stage reads its records",
             file=project.stages[0].file.path,
         )
-    members = {
-        name: branch
-        for branch, arms in project.config.config.branches.items()
-        for names in arms.values()
-        for name in names
-    }
     for loaded in persisted:
-        if loaded.name in members:
-            raise ProjectError(
-                f"stage {loaded.name!r} is persisted but belongs to branch "
-                f"{members[loaded.name]!r}; a single-stage run cannot run a branch member: "
-                f"remove persist from stages.{loaded.name}",
-                file=where,
-            )
         index = project.stages.index(loaded)
         previous = project.stages[index - 1]
         if index > 1 and previous.section.persist is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import difflib
 import importlib
 import inspect
@@ -13,6 +14,7 @@ from typing import Any
 
 from pydantic import ConfigDict
 
+from conveyor.contracts._spec import contract_for
 from conveyor.core.events import EventBus, EventType
 from conveyor.core.hooks import Hook, HookName
 from conveyor.core.options import RetryPolicy, RunOptions, StageOptions
@@ -23,6 +25,7 @@ from conveyor.core.stages import BranchStage
 from conveyor.errors import ConfigError, ProjectError
 from conveyor.pipeline import Pipeline
 from conveyor.project.config import LoadedConfig, StageSection, load_config, validate_model
+from conveyor.project.datasets import DatasetWriter, Persistable
 from conveyor.project.discovery import (
     StageFile,
     discover_stage_files,
@@ -146,7 +149,7 @@ class Project:
         self,
         stages: Sequence[LoadedStage] | None = None,
         *,
-        persist: Mapping[str, Callable[[list[Any]], Any]] | None = None,
+        persist: Mapping[str, DatasetWriter] | None = None,
         hooks: Mapping[HookName, Sequence[Hook]] | None = None,
         event_bus: EventBus | None = None,
     ) -> Pipeline[Any, Any]:
@@ -163,8 +166,14 @@ class Project:
         grouped = self._branches(chosen)
         for item in grouped:
             if isinstance(item, LoadedStage):
-                pipeline.add_stage(item.stage, options=self.stage_options(item))
                 writer = (persist or {}).get(item.name)
+                options = self.stage_options(item)
+                if writer is not None:
+                    # What the dataset cannot store is a letter of this stage, replayable.
+                    inner = options.output_contract or getattr(item.stage, "output_contract", None)
+                    contract = Persistable(writer, None if inner is None else contract_for(inner))
+                    options = dataclasses.replace(options, output_contract=contract)
+                pipeline.add_stage(item.stage, options=options)
                 if writer is not None:
                     pipeline.add_stage(PersistStage(f"{item.name}.persist", writer))
             else:
@@ -357,7 +366,19 @@ def _check_shape(project: Project) -> None:
             f"task stages: {', '.join(s.name for s in tasks)}",
             file=project.pipeline_dir,
         )
+    members = {
+        name
+        for arms in project.config.config.branches.values()
+        for names in arms.values()
+        for name in names
+    }
     for index, loaded in enumerate(project.stages):
+        if loaded.name in members and loaded.section.persist is not None:
+            raise project.config.error(
+                ("stages", loaded.name, "persist"),
+                f"stage {loaded.name!r} is inside a branch, whose stages cannot persist their "
+                "output; persist the stage before the branch instead",
+            )
         if isinstance(loaded.stage, Source | Sink) and loaded.section.persist is not None:
             raise project.config.error(
                 ("stages", loaded.name, "persist"),

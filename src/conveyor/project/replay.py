@@ -22,6 +22,7 @@ from pathlib import Path
 
 from conveyor.core.events import EventBus
 from conveyor.core.hooks import Hook, HookName
+from conveyor.core.result import RunStatus
 from conveyor.dlq import DeadLetterStore, open_dead_letter_store
 from conveyor.project.discovery import project_root
 from conveyor.project.project import DiscardSink, Project, load_project, project_sink
@@ -77,15 +78,39 @@ async def _replay(
     run_id: str | None,
     extra: RunHooks,
 ) -> ProjectReplay:
-    letters = await asyncio.to_thread(store.list, stage=stage, run_id=run_id)
     spec = project.pipeline().spec()
     sink_name = project.sink.name if project.sink is not None else "sink"
-    plan = plan_replay(spec, letters, sink_name)
-    refuse_barriers(spec, plan, lambda barrier: _barrier_input(project, barrier) is not None)
+
+    async def plan_now() -> list[ReplayGroup]:
+        letters = await asyncio.to_thread(store.list, stage=stage, run_id=run_id)
+        return plan_replay(spec, letters, sink_name)
+
+    def recomputable(barrier: str) -> bool:
+        return _barrier_input(project, barrier) is not None
+
+    plan = await plan_now()
+    refuse_barriers(spec, plan, recomputable)
     outcome = ProjectReplay(project)
-    for group in plan:
-        await _replay_group(project, spec.leaf_names, store, group, extra, outcome)
+    done = 0
+    while plan:
+        group = plan.pop(0)
+        done = group.start
+        recomputed = await _replay_group(project, spec.leaf_names, store, group, extra, outcome)
+        if recomputed:  # a whole run from the barrier on retired the letters after it
+            plan = [g for g in await plan_now() if g.start > done]
+            refuse_barriers(spec, plan, recomputable)
     return outcome
+
+
+def _ledger_replay(project: Project, group: ReplayGroup, run_id: str) -> None:
+    """A replay's records come from the Source its letters' runs read: if they all read the
+    same, so did the replay (a later run of that Source then retires the replay's letters)."""
+    from conveyor.project.cache import RunLedger
+
+    ledger = RunLedger(project.path(project.config.config.pipeline.state_dir))
+    sources = {ledger.get(letter.run_id) for letter in group.letters}
+    if len(sources) == 1 and (source := sources.pop()) is not None:
+        ledger.record(run_id, source)
 
 
 def _check_stage(project: Project, stage: str) -> None:
@@ -108,12 +133,13 @@ async def _replay_group(
     group: ReplayGroup,
     extra: RunHooks,
     outcome: ProjectReplay,
-) -> None:
+) -> bool:
+    """Replay one group; return whether a barrier after it was recomputed."""
     middle = project.middle
     start = project.index(group.stage) if group.stage in leaf_names else len(middle)
     end = len(middle) if group.barrier is None else project.index(group.barrier)
     records = [letter.record for letter in group.letters]
-    marker = Marker(store, group.letters, defer=True, twins=group.twins)
+    marker = Marker(store, group.letters, defer=True)
     into_sink = group.barrier is None
     plan = RunPlan(
         middle[start:end],
@@ -122,22 +148,27 @@ async def _replay_group(
         project_sink(project) if into_sink else DiscardSink(),
         mode="replay",
         append=True,
+        depth=group.depth,
     )
-    report = await execute_plan(project, plan, extra, on_done=marker.on_done)
+    try:
+        report = await execute_plan(project, plan, extra, on_done=marker.on_done)
+    except (KeyboardInterrupt, SystemExit) as stop:  # stage code stopped it, drained
+        stopped = getattr(stop, "report", None)
+        if stopped is not None and stopped.status.drained:
+            outcome.replayed += marker.commit()
+        raise
     outcome.reports.append(report)
-    if not _committed(report):
-        return  # datasets were not committed: the letters stay to be replayed again
-    if group.barrier is not None:
-        barrier = middle[end]
-        again, input_path = read_input(project, barrier)
-        rerun = RunPlan(middle[end:], again, input_path, project_sink(project))
-        report = await execute_plan(project, rerun, extra)
-        outcome.reports.append(report)
-        outcome.recomputed.append(group.barrier)
-        if not _committed(report):
-            return
+    _ledger_replay(project, group, report.run_id)
+    if not report.status.drained:
+        return False  # aborted: the appends were dropped, the letters stay to replay
+    # Drained: every replayed record has left (the datasets are committed): marked now, so
+    # that a failure of what follows cannot make a later replay append them again.
     outcome.replayed += marker.commit()
-
-
-def _committed(report: RunReport) -> bool:
-    return report.status.finished
+    if group.barrier is None or report.status is RunStatus.INTERRUPTED:
+        return False
+    barrier = middle[end]
+    again, input_path = read_input(project, barrier)
+    rerun = RunPlan(middle[end:], again, input_path, project_sink(project))
+    outcome.reports.append(await execute_plan(project, rerun, extra))
+    outcome.recomputed.append(group.barrier)
+    return True

@@ -73,6 +73,8 @@ class RunPlan:
     replaced."""
     notes: list[str] = field(default_factory=list)
     """What the user should know about this plan (printed by ``conveyor run``)."""
+    depth: int = 0
+    """How deep the records read are nested in groups (a replay after a ``BatchStage``)."""
 
 
 @dataclass(frozen=True)
@@ -177,19 +179,33 @@ def fingerprint(project: Project, loaded: LoadedStage, input_path: Path | None) 
         loaded.file.path, section, input_path, pipeline_dir=project.pipeline_dir
     )
     if input_path is None and project.source is not None:
-        # Fed by the Source itself: its input is what the Source's code and params make.
-        source = project.stages[0]
-        made_by = StageFingerprint.compute(
-            source.file.path,
-            {"params": source.section.params},
-            None,
-            pipeline_dir=project.pipeline_dir,
-        )
-        digest = hashlib.sha256(f"{made_by.code_hash}:{made_by.config_hash}".encode())
-        for name in sorted(project.source.inputs()):  # what it reads, by content
-            digest.update(f"\n{name}:{_content_hash(project.path(name))}".encode())
-        found = dataclasses.replace(found, input_hash=f"source:{digest.hexdigest()}")
+        # Fed by the Source itself: its input is what the Source's code, params and inputs make.
+        found = dataclasses.replace(found, input_hash=f"source:{source_digest(project)}")
     return found
+
+
+def source_digest(project: Project) -> str:
+    """sha256 of what the Source's records follow from: its code and params, and the
+    content of the files its ``inputs()`` name."""
+    from conveyor.project.cache import StageFingerprint
+
+    assert project.source is not None
+    source = project.stages[0]
+    made_by = StageFingerprint.compute(
+        source.file.path, {"params": source.section.params}, None, pipeline_dir=project.pipeline_dir
+    )
+    digest = hashlib.sha256(f"{made_by.code_hash}:{made_by.config_hash}".encode())
+    for name in sorted(project.source.inputs()):  # what it reads, by content
+        digest.update(f"\n{name}:{_content_hash(project.path(name))}".encode())
+    return digest.hexdigest()
+
+
+def known_source(project: Project) -> str | None:
+    """The Source's digest when it declares what its records depend on, else ``None``."""
+    source = project.source
+    if source is None or not (source.deterministic or source.inputs()):
+        return None
+    return source_digest(project)
 
 
 def _content_hash(path: Path) -> str:
@@ -348,43 +364,60 @@ async def execute_plan(
     options = project.run_options(
         handle_signals=extra.handle_signals, sink=plan.sink is project.sink
     )
-    runner = StreamRunner(pipeline.spec(), plan.sink, options, mode=plan.mode, on_done=on_done)
+    runner = StreamRunner(
+        pipeline.spec(), plan.sink, options, mode=plan.mode, on_done=on_done, depth=plan.depth
+    )
     ticker = asyncio.create_task(_tick(runner, extra)) if extra.progress else None
     try:
         report = await runner.run(plan.records)
+    except (KeyboardInterrupt, SystemExit) as stop:
+        # Stage code stopped the run after it drained: settle like an interrupted run.
+        stopped: RunReport | None = getattr(stop, "report", None)
+        if stopped is None:
+            _abort(writers)
+        else:
+            _settle_outputs(project, plan, writers, stopped)
+        raise
     except BaseException:
-        for writer in writers.values():
-            writer.abort()
+        _abort(writers)
         raise
     finally:
         if ticker is not None:
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
-    if report.status.finished:
-        for writer in writers.values():
-            writer.commit()
-        persisted = [s for s in plan.stages if s.name in writers]
-        record_fingerprints(project, persisted, extended=plan.append)
-        if plan.mode != "replay":
-            _retire_earlier_letters(project, report)
-    else:
-        for writer in writers.values():
-            writer.abort()  # a partial dataset must not look complete
+    _settle_outputs(project, plan, writers, report)
     if extra.progress is not None:
         extra.progress(runner)
     return report
 
 
-def _retire_earlier_letters(project: Project, report: RunReport) -> None:
-    """The run processed every record of its stages again: the letters earlier runs made at
-    those stages are replaced by this run's own (marked replayed), so a later replay does
-    not deliver records this run already delivered."""
+def _retire_earlier_letters(project: Project, plan: RunPlan, report: RunReport) -> None:
+    """If this run read the same Source content as earlier runs, it processed the same
+    records through its stages again: their letters at those stages are replaced by this
+    run's own (marked replayed), so a later replay does not deliver records this run
+    already delivered. Runs whose Source content is not known retire nothing."""
     from conveyor.dlq import open_dead_letter_store
+    from conveyor.project.cache import RunLedger
 
+    source = known_source(project)
+    if source is None or not _reads_current_source(project, plan):
+        return
     settings = project.config.config.pipeline
+    ledger = RunLedger(project.path(settings.state_dir))
+    earlier = [run for run in ledger.runs_of(source) if run != report.run_id]
+    ledger.record(report.run_id, source)
     with open_dead_letter_store(project.path(settings.dead_letters)) as store:
-        store.supersede(report.stage_names(), run_id=report.run_id)
+        store.supersede(report.stage_names(), runs=earlier)
+
+
+def _reads_current_source(project: Project, plan: RunPlan) -> bool:
+    """Whether the records the plan reads follow from the Source as it is now: it reads
+    the Source, or a dataset at the end of a chain of fresh persisted stages from it."""
+    if not plan.stages:
+        return plan.input_path is None or all(is_fresh(project, s) for s in project.middle)
+    index = project.middle.index(plan.stages[0])
+    return all(is_fresh(project, s) for s in project.middle[:index])
 
 
 def record_fingerprints(
@@ -415,6 +448,31 @@ def record_fingerprints(
                 cache.forget(loaded.name)
                 continue
         cache.record(loaded.name, current, output)
+
+
+def _settle_outputs(
+    project: Project, plan: RunPlan, writers: Mapping[str, Any], report: RunReport
+) -> None:
+    """Commit or drop the run's datasets; record fingerprints; retire superseded letters.
+
+    A whole or single-stage run keeps its datasets if it read its whole input; a replay
+    (appending) keeps them whenever it drained: each of its records then left all the way.
+    """
+    keep = report.status.drained if plan.append else report.status.finished
+    if not keep:
+        _abort(writers)  # a partial dataset must not look complete
+        return
+    for writer in writers.values():
+        writer.commit()
+    persisted = [s for s in plan.stages if s.name in writers]
+    record_fingerprints(project, persisted, extended=plan.append)
+    if plan.mode != "replay":
+        _retire_earlier_letters(project, plan, report)
+
+
+def _abort(writers: Mapping[str, Any]) -> None:
+    for writer in writers.values():
+        writer.abort()
 
 
 async def _tick(runner: StreamRunner, extra: RunHooks) -> None:

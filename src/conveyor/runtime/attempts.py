@@ -47,6 +47,8 @@ class Settled:
     filtered: int = 0
     dead: list[DeadLetter] = field(default_factory=list)
     raw: Any = None
+    failed_whole: bool = False
+    """A whole-input part (a barrier) failed as a whole: every record it took is a letter."""
 
 
 class _Settler:
@@ -87,7 +89,7 @@ class _Settler:
             return
         self.result.outputs.extend(outcome.outputs)
         self.result.filtered += outcome.filtered
-        if top:
+        if top or self.whole:  # (a whole-input part is only ever called on all of it)
             self.result.raw = outcome.raw
         await self._item_failures(outcome.failures, attempt)
 
@@ -124,7 +126,9 @@ class _Settler:
 
     async def _item_failures(self, failures: Sequence[FailedRecord], attempt: int) -> None:
         retry = self.part.retry
-        again = attempt < retry.attempts
+        # A whole-input part is never called again on a subset: that would be another
+        # aggregate. Its failed records are letters, its outputs stand.
+        again = attempt < retry.attempts and not self.whole
         transient = [f.item for f in failures if again and retry.is_transient(f.error)]
         for failure in failures:
             if not (again and retry.is_transient(failure.error)):
@@ -148,6 +152,10 @@ class _Settler:
             await self._settle(records[:mid], attempt)
             await self._settle(records[mid:], attempt)
             return
+        if self.whole:
+            if not records:  # nothing to dead-letter: the failure must not vanish
+                raise error
+            self.result.failed_whole = True
         for record in records:
             self._dead(record, error, outcome.error_traceback, attempt)
 
@@ -167,14 +175,15 @@ async def settle_stage(
         return rt.check.violations(contract, outputs, edge="output", stage=rt.name)
 
     whole = rt.kind in (StageKind.BARRIER, StageKind.BRANCH)
+    checked = contract is not None and (rt.check.mode != "off" or contract.always)
     return await _Settler(
         rt,
         _stage_call(rt, context),
         box,
         split=not whole,
         whole=whole,
-        contract=contract if rt.check.mode != "off" else None,
-        sampled=sampled,
+        contract=contract if checked else None,
+        sampled=None if contract is None or contract.always else sampled,
     ).settle(records)
 
 

@@ -17,10 +17,10 @@ import pickle
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from conveyor.core._callables import call_maybe_async
 from conveyor.core._render import error_message, format_traceback
@@ -127,6 +127,10 @@ class StageExecutor:
     def check(self, stage: PipelineStage[Any, Any]) -> None:
         """Raise :class:`PipelineDefinitionError` if ``stage`` cannot run here."""
 
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait for calls still running somewhere else than on the loop (none here)."""
+        return True
+
     def abandon(self) -> None:
         """A call timed out and may still occupy a worker: give later calls fresh workers."""
 
@@ -152,11 +156,6 @@ def _apply_blocking(
     return _thread_loop().run_until_complete(apply_stage(stage, records, context))
 
 
-def _call_blocking(fn: Callable[[list[Any]], Any], records: list[Any]) -> Any:
-    """Call ``fn(records)`` in a worker thread, running it on the thread's loop if async."""
-    return _thread_loop().run_until_complete(call_maybe_async(fn, records))
-
-
 class ThreadExecutor(StageExecutor):
     """Runs each micro-batch in a worker thread (for blocking I/O).
 
@@ -173,6 +172,7 @@ class ThreadExecutor(StageExecutor):
         self._pool = self._new_pool()
         # The workers' event loops, closed with their pool (an unclosed loop warns).
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
         self._loops: dict[asyncio.AbstractEventLoop, int] = {}
         self._busy: set[asyncio.AbstractEventLoop] = set()
         self._generation = 0
@@ -184,24 +184,21 @@ class ThreadExecutor(StageExecutor):
     async def run(
         self, stage: PipelineStage[Any, Any], records: list[Any], context: PipelineContext
     ) -> ChunkOutcome:
+        return cast(
+            ChunkOutcome, await self._in_worker(lambda: apply_stage(stage, records, context))
+        )
+
+    async def call(self, fn: Callable[[list[Any]], Any], records: list[Any]) -> Any:
+        return await self._in_worker(lambda: call_maybe_async(fn, records))
+
+    async def _in_worker(self, make: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
         loop = asyncio.get_running_loop()
         with self._lock:
             pool, generation = self._pool, self._generation
-        return await loop.run_in_executor(pool, self._apply, generation, stage, records, context)
+        return await loop.run_in_executor(pool, self._apply, generation, make)
 
-    async def call(self, fn: Callable[[list[Any]], Any], records: list[Any]) -> Any:
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            pool = self._pool
-        return await loop.run_in_executor(pool, _call_blocking, fn, records)
-
-    def _apply(
-        self,
-        generation: int,
-        stage: PipelineStage[Any, Any],
-        records: list[Any],
-        context: PipelineContext,
-    ) -> ChunkOutcome:
+    def _apply(self, generation: int, make: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
+        """Run the coroutine ``make()`` gives on this worker thread's own event loop."""
         with self._lock:
             if self._closed:
                 raise RuntimeError("the thread executor is closed")
@@ -209,14 +206,21 @@ class ThreadExecutor(StageExecutor):
             self._loops[loop] = generation
             self._busy.add(loop)
         try:
-            return loop.run_until_complete(apply_stage(stage, records, context))
+            return loop.run_until_complete(make())
         finally:
             with self._lock:
                 self._busy.discard(loop)
+                self._idle.notify_all()
                 if self._closed or generation != self._generation:
                     # A thread that outlived its pool (or the run) closes its own loop.
                     self._loops.pop(loop, None)
                     loop.close()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the calls still running in workers (a sink's
+        write cancelled by an abort) to end; return whether they did."""
+        with self._lock:
+            return self._idle.wait_for(lambda: not self._busy, timeout)
 
     def _close_idle(self, generation: int | None) -> None:
         """Close the idle loops of ``generation`` (all idle loops for ``None``)."""

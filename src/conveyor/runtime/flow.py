@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +25,7 @@ from conveyor.core.stages import BatchStage, BranchStage, RecordStage
 from conveyor.dlq import DeadLetter
 from conveyor.errors import ConservationError
 from conveyor.runtime.attempts import Settled, settle_sink, settle_stage
-from conveyor.runtime.channel import Channel
+from conveyor.runtime.channel import Channel, ChannelClosed
 from conveyor.runtime.letters import LetterBox
 from conveyor.runtime.lineage import OffsetTracker
 from conveyor.runtime.parts import Part, SinkRuntime, StageRuntime
@@ -365,8 +365,9 @@ class Flow:
             self._unfinished(rt, len(records), rt.stats.records_in, stop)
             return
         rt.stats.busy_seconds += time.perf_counter() - t0
-        if settled.dead:  # a barrier fails as a whole: every record it took is a letter
+        if settled.dead:  # records it reported as failed, or all of them if it failed whole
             await self.box.send(rt, settled.dead)
+        if settled.failed_whole:
             self._settle_barrier(rt)
             for consumed in held:
                 self.tracker.release(consumed)
@@ -415,6 +416,8 @@ class Flow:
         emit one record ``{arm: output}`` at the end, as collection mode does."""
         feeds = {arm: Channel[Chunk](self.capacity, name=f"{rt.name}/{arm}") for arm in rt.arms}
         arms = {arm: asyncio.create_task(self._arm(rt.arms[arm], feeds[arm])) for arm in rt.arms}
+        for arm, task in arms.items():  # an arm that fails stops taking: unblock its feed
+            task.add_done_callback(_closing(feeds[arm]))
         held: list[tuple[int, ...]] = []
         taken = 0
         try:
@@ -424,14 +427,23 @@ class Flow:
                 rt.stats.batches += 1
                 taken += len(chunk.records)
                 held.append(chunk.lineage)
-                for feed in feeds.values():  # arm chunks hold no lineage: the branch does
-                    await feed.send(Chunk(chunk.records, ()))
+                for arm, feed in feeds.items():  # arm chunks hold no lineage: the branch does
+                    try:
+                        await feed.send(Chunk(chunk.records, ()))
+                    except ChannelClosed:
+                        await arms[arm]  # raises the arm's error
+                        raise
             for feed in feeds.values():
                 feed.close()
             outputs = {arm: await task for arm, task in arms.items()}
         finally:
             for task in arms.values():
                 task.cancel()
+        if any(a.stats.unfinished for chain in rt.arms.values() for a in chain):
+            # Stage code of an arm was interrupted: its value would be partial. The branch
+            # emits nothing and its records stay in flight (below the low watermark).
+            rt.stats.unfinished, rt.stats.records_unfinished = taken, rt.stats.records_in
+            return
         await self._after_whole(rt, [outputs], taken)
         if held:
             await self._emit_whole(rt, [outputs], held, out)
@@ -487,3 +499,12 @@ class Flow:
             stats.emitted += len(settled.outputs)
             stats.records_out += sink.weigh_in(settled.outputs)
             self.tracker.release(chunk.lineage)
+
+
+def _closing(channel: Channel[Chunk]) -> Callable[[asyncio.Task[Any]], None]:
+    """A done-callback that closes ``channel``."""
+
+    def close(_: asyncio.Task[Any]) -> None:
+        channel.close()
+
+    return close

@@ -97,7 +97,10 @@ class StageRuntime(Part):
             and options.executor is Executor.INLINE
             and options.timeout is None
             and options.retry.attempts == 1
-            and (self.output_contract is None or check.mode == "off")
+            and (
+                self.output_contract is None
+                or (check.mode == "off" and not self.output_contract.always)
+            )
         )
         if options.timeout is not None and options.executor is Executor.INLINE:
             _check_inline_timeout(stage, name)
@@ -113,6 +116,8 @@ class SinkRuntime(Part):
                 "connections and files of this process); use executor='thread' for a sink "
                 "that blocks"
             )
+        if options.timeout is not None:
+            _check_sink_timeout(sink, options)
         super().__init__(sink.name, StageKind.SINK, options, depth)
         self.sink = sink
 
@@ -131,6 +136,26 @@ def _fusable(stage: PipelineStage[Any, Any], kind: StageKind, options: StageOpti
         and options.rate_limit is None
         and options.retry.attempts == 1
     )
+
+
+def _check_sink_timeout(sink: Sink, options: StageOptions) -> None:
+    """A write that outlives its timeout may still finish: only an idempotent sink may
+    then see its records again (as letters are replayed, or the write is retried)."""
+    from conveyor.core._callables import is_async_callable
+
+    if not sink.idempotent:
+        raise PipelineDefinitionError(
+            f"sink {sink.name!r} has a timeout but is not idempotent: a write that times out "
+            "may still finish, and its records would be both written and dead-lettered; "
+            "drop the timeout, or make the sink idempotent (an upsert by key) and set "
+            "idempotent = True"
+        )
+    if options.executor is Executor.INLINE and not is_async_callable(sink.write):
+        raise PipelineDefinitionError(
+            f"sink {sink.name!r} has a timeout but its write is sync code on the event loop "
+            "(executor 'inline'), where nothing can interrupt it; use executor='thread' or "
+            "an async write"
+        )
 
 
 def _check_inline_timeout(stage: PipelineStage[Any, Any], name: str) -> None:

@@ -15,9 +15,8 @@ instead, see :mod:`conveyor.project.replay`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Unpack
 
 from conveyor.core.kinds import StageKind, group_depth, stage_kind
@@ -25,7 +24,6 @@ from conveyor.core.options import RunChanges, RunOptions
 from conveyor.core.sink import as_sink
 from conveyor.core.spec import HasSpec, PipelineSpec, spec_of
 from conveyor.dlq import DeadLetter, DeadLetterStore
-from conveyor.dlq._codec import json_text
 from conveyor.errors import PipelineDefinitionError
 from conveyor.runtime.report import RunReport
 from conveyor.runtime.runner import run_stream
@@ -59,9 +57,6 @@ class ReplayGroup:
     """How deep the records entering that stage are nested in groups."""
     barrier: str | None
     """The first barrier or branch after the stage, if any."""
-    twins: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    """Per replayed letter, the ids of the letters of the same record from earlier runs,
-    marked replayed with it."""
 
 
 def plan_replay(
@@ -69,9 +64,7 @@ def plan_replay(
 ) -> list[ReplayGroup]:
     """Group ``letters`` by the stage they failed in, in pipeline order.
 
-    Letters of the same record that failed in the same stage in *different* runs (each run
-    read the same source again) are replayed once. Raises :class:`ReplayRefused` for a
-    letter of a stage the pipeline does not have.
+    Raises :class:`ReplayRefused` for a letter of a stage the pipeline does not have.
     """
     leaves = spec.leaves
     names = [s.name for s in leaves]
@@ -82,8 +75,7 @@ def plan_replay(
         kinds.append(kind)
         depth = group_depth(kind, depth, stage)
     by_stage: dict[str, list[DeadLetter]] = {}
-    kept, twins = _once_per_source_record(letters)
-    for letter in kept:
+    for letter in letters:
         by_stage.setdefault(letter.stage, []).append(letter)
     groups = []
     for name, group in by_stage.items():
@@ -108,67 +100,24 @@ def plan_replay(
             ),
             None,
         )
-        group_twins = {letter.id: twins[letter.id] for letter in group if letter.id in twins}
-        groups.append(ReplayGroup(name, tuple(group), start, entry_depth, barrier, group_twins))
+        groups.append(ReplayGroup(name, tuple(group), start, entry_depth, barrier))
     groups.sort(key=lambda g: g.start)
     return groups
-
-
-def _once_per_source_record(
-    letters: Sequence[DeadLetter],
-) -> tuple[list[DeadLetter], dict[str, tuple[str, ...]]]:
-    """Keep one letter of a record that failed in the same stage in several runs (the
-    latest run's; within one run every letter counts), and the ids of its twins."""
-    ended: dict[str, datetime] = {}
-    for letter in letters:
-        if letter.run_id not in ended or letter.created_at > ended[letter.run_id]:
-            ended[letter.run_id] = letter.created_at
-    keys = [(letter.stage, json_text(letter.record)) for letter in letters]
-    latest: dict[tuple[str, str], str] = {}
-    for key, letter in zip(keys, letters, strict=True):
-        chosen = latest.get(key)
-        if chosen is None or ended[letter.run_id] > ended[chosen]:
-            latest[key] = letter.run_id
-    kept: list[DeadLetter] = []
-    dropped: dict[tuple[str, str], list[str]] = {}
-    for key, letter in zip(keys, letters, strict=True):
-        if latest[key] == letter.run_id:
-            kept.append(letter)
-        else:
-            dropped.setdefault(key, []).append(letter.id)
-    twins: dict[str, tuple[str, ...]] = {}
-    claimed: set[tuple[str, str]] = set()
-    for key, letter in zip(keys, letters, strict=True):
-        if latest[key] == letter.run_id and key in dropped and key not in claimed:
-            twins[letter.id] = tuple(dropped[key])
-            claimed.add(key)
-    return kept, twins
 
 
 class Marker:
     """Marks letters replayed as their records leave the replay run (``on_done``), or all
     at once later (``defer``: when the run's outputs are committed only at its end)."""
 
-    def __init__(
-        self,
-        store: DeadLetterStore,
-        letters: Sequence[DeadLetter],
-        *,
-        defer: bool,
-        twins: Mapping[str, Sequence[str]] | None = None,
-    ):
+    def __init__(self, store: DeadLetterStore, letters: Sequence[DeadLetter], *, defer: bool):
         self.store = store
         self.letters = letters
         self.defer = defer
-        self.twins = twins or {}
         self.settled: list[str] = []
 
     def on_done(self, first: int, last: int) -> None:
         """Source records ``first..last`` (positions in :attr:`letters`) have left the run."""
-        ids = []
-        for letter in self.letters[first : last + 1]:
-            ids.append(letter.id)
-            ids.extend(self.twins.get(letter.id, ()))
+        ids = [letter.id for letter in self.letters[first : last + 1]]
         if self.defer:
             self.settled.extend(ids)
         else:
@@ -192,7 +141,7 @@ async def replay_group(
 ) -> tuple[RunReport, Marker]:
     """Replay one group's letters through ``spec``'s stages from the group's stage on."""
     tail = spec.with_stages(spec.leaves[group.start :])
-    marker = Marker(store, group.letters, defer=defer, twins=group.twins)
+    marker = Marker(store, group.letters, defer=defer)
     report = await run_stream(
         tail,
         [letter.record for letter in group.letters],

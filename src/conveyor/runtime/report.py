@@ -181,6 +181,16 @@ class RunReport:
         return sum(s.records_dead for s in self._all_stages())
 
     @property
+    def dead_for_budget(self) -> int:
+        """Dead-lettered records as the budget counts them: those of the main line, and per
+        branch those of its arm with the most (a record failing in two arms is one)."""
+        arms = sum(
+            max((sum(s.records_dead for s in chain) for chain in branch.values()), default=0)
+            for branch in self.branches.values()
+        )
+        return self.dead_top + arms
+
+    @property
     def letters(self) -> int:
         """Dead letters written (a letter may hold a group of several records)."""
         return sum(s.dead_lettered for s in self._all_stages())

@@ -233,9 +233,10 @@ class StreamRunner:
             await self._close(ended)
         await self._published(report)
         report.check_conservation()
-        await self.events.hook(
-            "on_complete", None, data=None, context=self.context, result=report, report=report
-        )
+        if report.status is RunStatus.COMPLETED:  # as in collection mode: on success only
+            await self.events.hook(
+                "on_complete", None, data=None, context=self.context, result=report, report=report
+            )
         if self._stop.error is not None:
             error = self._stop.error
             error.report = report  # type: ignore[attr-defined]
@@ -260,6 +261,9 @@ class StreamRunner:
 
     async def _close(self, status: RunStatus) -> None:
         try:
+            # A write cancelled by an abort may still run in a worker thread: the sink is
+            # closed after it (waiting at most the grace period).
+            await asyncio.to_thread(self._sink.executor.wait_idle, self.options.grace_period)
             await close_sink(self.sink, status)
         finally:
             for rt in self._all_runtimes():
@@ -324,11 +328,9 @@ class StreamRunner:
         if self._stop.error is not None and report.status is RunStatus.COMPLETED:
             report.status = RunStatus.INTERRUPTED
         budget = self.options.budget
-        if report.status is RunStatus.COMPLETED and budget.exceeded(
-            dead=report.dead_lettered, records_in=report.records_in
-        ):
-            report.status = RunStatus.FAILED
-        if budget.exceeded(dead=report.dead_lettered, records_in=report.records_in):
+        if budget.exceeded(dead=report.dead_for_budget, records_in=report.records_in):
+            if report.status is RunStatus.COMPLETED:
+                report.status = RunStatus.FAILED
             report.failure = _over_budget(report, budget.allowed(report.records_in))
         return report
 
@@ -496,9 +498,10 @@ def _stage_event(stats: StageStats) -> StageEvent:
 
 def _over_budget(report: RunReport, allowed: int) -> str:
     where = ", ".join(f"{name} {n}" for name, n in report.dead_letters_by_stage().items())
-    share = 100.0 * report.dead_lettered / report.records_in if report.records_in else 0.0
+    dead = report.dead_for_budget
+    share = 100.0 * dead / report.records_in if report.records_in else 0.0
     return (
-        f"{report.dead_lettered} dead letters ({share:.3g}% of {report.records_in} records "
+        f"{dead} dead letters ({share:.3g}% of {report.records_in} records "
         f"read) exceed max_dead_letters={report.max_dead_letters} (at most {allowed} "
         f"allowed): {where}"
     )
