@@ -403,3 +403,212 @@ def test_a_source_that_declares_nothing_is_always_read_again(tmp_path: Path) -> 
     source.write_text(source.read_text().replace("    deterministic = True\n", ""))
     run_project(project, handle_signals=False)
     assert run_project(project, handle_signals=False).skipped == []
+
+
+# --- found in review ---------------------------------------------------------------------------
+
+
+def stage_file(project: Path, name: str, text: str) -> None:
+    (project / "src" / "pipeline" / "stages" / name).write_text(text)
+
+
+PER_SENSOR = """
+from conveyor import AggregateStage
+
+
+def per_sensor(rows):
+    out = {}
+    for r in rows:
+        out[r["sensor"]] = out.get(r["sensor"], 0) + 1
+    return [{"sensor": s, "n": n} for s, n in sorted(out.items())]
+
+
+stage = AggregateStage(per_sensor)
+"""
+
+POST = """
+from pathlib import Path
+from conveyor import MapStage
+
+
+def post(row):
+    if row["sensor"] == "s1" and Path("FAIL").exists():
+        raise ValueError("s1 down")
+    return row
+
+
+stage = MapStage(post)
+"""
+
+
+def test_a_replay_that_recomputes_a_barrier_does_not_replay_what_the_recompute_delivered(
+    tmp_path: Path,
+) -> None:
+    project = make(tmp_path, count=60)
+    set_bound(project, STRICT)
+    stage_file(project, "30_count.py", PER_SENSOR)
+    stage_file(project, "40_post.py", POST)
+    (project / "FAIL").write_text("")
+    run_project(project, handle_signals=False)
+    set_bound(project, LENIENT)
+    (project / "FAIL").unlink()
+    replay = replay_project(project, handle_signals=False)
+    assert replay.recomputed == ["count"]
+    # Recomputing count re-ran post on every sensor: post's old letter is not replayed too.
+    assert sink_rows(project) == [{"sensor": f"s{i}", "n": 20} for i in range(3)]
+
+
+def test_a_replay_whose_recompute_fails_does_not_append_twice_later(tmp_path: Path) -> None:
+    project = make(tmp_path, count=60)
+    set_bound(project, STRICT)
+    stage_file(project, "30_count.py", BARRIER)
+    sink = project / "src" / "pipeline" / "stages" / "90_sink.py"
+    sink.write_text(
+        sink.read_text().replace(
+            "    def open(self, run: RunInfo) -> None:\n",
+            "    def open(self, run: RunInfo) -> None:\n"
+            "        if Path('FAIL_OPEN').exists():\n"
+            "            raise ConnectionError('db down')\n",
+        )
+    )
+    run_project(project, handle_signals=False)
+    set_bound(project, LENIENT)
+    (project / "FAIL_OPEN").write_text("")
+    with pytest.raises(ConnectionError):
+        replay_project(project, handle_signals=False)
+    (project / "FAIL_OPEN").unlink()
+    assert replay_project(project, handle_signals=False).reports == []  # all marked
+    assert load_manifest(project / "data" / "enriched").total_records == 60  # not 74
+    rerun = run_project(project, handle_signals=False)  # the recompute, by the next run
+    assert rerun.report is not None
+    assert sink_rows(project) == [{"readings": 60}]
+
+
+INTERRUPTING_ENRICH = """
+from pathlib import Path
+from conveyor import MapStage
+
+
+def enrich(r):
+    if Path("STOP").exists() and r["celsius"] == 39.0:
+        raise KeyboardInterrupt
+    return r
+
+
+stage = MapStage(enrich)
+"""
+
+
+def test_an_interrupted_replay_then_a_second_replay_deliver_each_record_once(
+    tmp_path: Path,
+) -> None:
+    project = make(tmp_path, count=60, persist=False)
+    set_bound(project, STRICT)
+    stage_file(project, "20_enrich.py", INTERRUPTING_ENRICH)
+    run_project(project, handle_signals=False)
+    set_bound(project, LENIENT)
+    (project / "STOP").write_text("")
+    with pytest.raises(KeyboardInterrupt):
+        replay_project(project, handle_signals=False)
+    (project / "STOP").unlink()
+    replay_project(project, handle_signals=False)
+    rows = sink_rows(project)
+    assert sorted(map(key, rows)) == sorted((f"s{i % 3}", (i % 50) - 10.0) for i in range(60))
+
+
+TODAYS_FEED = """
+import json
+from pathlib import Path
+
+from conveyor.project import Source
+
+
+class Feed(Source):
+    def read(self):  # today's export of an API: neither deterministic nor inputs()
+        return json.loads(Path("today.json").read_text())
+"""
+
+
+def test_a_run_of_other_records_does_not_retire_earlier_letters(tmp_path: Path) -> None:
+    project = make(tmp_path, persist=False)
+    config = project / "src" / "pipeline" / "config.yaml"
+    config.write_text(config.read_text().replace("  source:\n    params:\n      count: 100\n", ""))
+    stage_file(project, "00_source.py", TODAYS_FEED)
+    feed = project / "today.json"
+    feed.write_text('[{"sensor": "a", "celsius": 1.0}, {"sensor": "a", "celsius": 99.0}]')
+    run_project(project, handle_signals=False)
+    feed.write_text('[{"sensor": "b", "celsius": 2.0}]')  # day 2: other records
+    run_project(project, handle_signals=False)
+    set_bound(project, "<= 100.0")
+    replay = replay_project(project, handle_signals=False)
+    assert replay.replayed == 1  # day 1's bad reading is still there to replay
+    assert {"sensor": "a", "celsius": 99.0, "fahrenheit": 210.2} in sink_rows(project)
+
+
+NOT_JSON = """
+from conveyor import MapStage
+
+
+def enrich(reading):
+    if reading["celsius"] == 5.0:
+        return {**reading, "tags": {"a", "b"}}  # a set: JSON cannot hold it
+    return {**reading, "fahrenheit": reading["celsius"] * 9 / 5 + 32}
+
+
+stage = MapStage(enrich)
+"""
+
+
+def test_what_a_dataset_cannot_store_is_a_letter_of_the_stage_never_a_duplicate_row(
+    tmp_path: Path,
+) -> None:
+    project = make(tmp_path, count=20)
+    stage_file(project, "20_enrich.py", NOT_JSON)
+    report = run_project(project, handle_signals=False).report
+    assert report is not None
+    assert report.dead_letters_by_stage() == {"enrich": 1}
+    records = list(read_dataset(project / "data" / "enriched"))
+    assert len(records) == len({json.dumps(r, sort_keys=True) for r in records}) == 19
+    with open_dead_letter_store(project / ".conveyor" / "dead_letters.db") as store:
+        [letter] = store.list()
+    assert letter.record["celsius"] == 5.0  # as it entered enrich: replayable after a fix
+    assert "cannot be written as JSON" in letter.message
+
+
+GROUPS = """
+from conveyor import BatchStage
+
+stage = BatchStage(4)
+"""
+
+FLATTEN = """
+from pathlib import Path
+from conveyor import FlattenStage, MapStage
+
+
+stage = FlattenStage()
+"""
+
+
+def test_a_project_replay_after_a_batch_stage_counts_records(tmp_path: Path) -> None:
+    project = make(tmp_path, count=20, persist=False)
+    stage_file(project, "15_groups.py", GROUPS)
+    stage_file(
+        project,
+        "17_gate.py",
+        "from pathlib import Path\nfrom conveyor import MapStage\n\n\n"
+        "def gate(group):\n"
+        "    if Path('FAIL').exists() and any(r['celsius'] == 5.0 for r in group):\n"
+        "        raise ValueError('not yet')\n"
+        "    return group\n\n\nstage = MapStage(gate)\n",
+    )
+    stage_file(project, "18_flat.py", FLATTEN)
+    (project / "FAIL").write_text("")
+    first = run_project(project, handle_signals=False).report
+    assert first is not None
+    assert (first.dead_lettered, first.letters) == (4, 1)
+    (project / "FAIL").unlink()
+    replay = replay_project(project, handle_signals=False)
+    [report] = replay.reports
+    assert (report.records_in, report.records_out) == (4, 4)
+    assert len(sink_rows(project)) == 20

@@ -345,3 +345,142 @@ def test_keyboard_interrupt_in_stage_code_drains_then_propagates(fn: Any, kind: 
     report.check_conservation()
     assert "restart" not in report.summary() or "offset 40" in report.summary()
     assert "offset 40" in str(caught.value.__notes__)
+
+
+# --- found in review: barriers, branches, the sink's end --------------------------------------
+
+
+class SumGood(PipelineStage[list[int], list[int]]):
+    """A barrier that reports its negative records as failures and sums the rest."""
+
+    name = "sum_good"
+    barrier = True
+
+    def __init__(self) -> None:
+        self.calls: list[list[int]] = []
+
+    async def process(self, data: list[int], context: PipelineContext) -> StageResult[list[int]]:
+        from conveyor import RecordFailure
+
+        self.calls.append(list(data))
+        good = [x for x in data if x >= 0]
+        bad = [RecordFailure(x, ConnectionError("negative")) for x in data if x < 0]
+        return StageResult.ok([sum(good)], records_in=len(data), failures=bad)
+
+
+def test_a_barrier_reporting_failures_keeps_its_output_and_is_never_rerun_on_a_subset() -> None:
+    stage = SumGood()
+    pipeline = Pipeline[Any, Any]("agg").add_stage(
+        stage, options=StageOptions(retry=RetryPolicy(attempts=3, backoff=0.0, jitter=0.0))
+    )
+    run = run_pipeline_on(pipeline, [1, 2, -3, 4], max_dead_letters=ALL)
+    assert run.outputs == [7]  # as collection mode: the aggregate of the good records
+    assert [d.record for d in run.dead_letters] == [-3]
+    assert stage.calls == [[1, 2, -3, 4]]  # a transient failure is not retried on [-3] alone
+    run.report.check_conservation()
+
+
+def test_a_barrier_failing_on_an_empty_stream_fails_the_run() -> None:
+    from conveyor import AggregateStage
+
+    pipeline = Pipeline[Any, Any]("mean").add_stage(
+        AggregateStage(lambda rows: sum(rows) / len(rows), name="mean")
+    )
+    with pytest.raises(ZeroDivisionError):
+        run_pipeline_on(pipeline, [])
+
+
+def fail_hook(**kwargs: Any) -> None:
+    if kwargs["stage_name"].endswith("/m"):
+        raise RuntimeError("hook bug")
+
+
+@pytest.mark.timeout(30)
+async def test_a_branch_whose_arm_fails_raises_instead_of_hanging() -> None:
+    from conveyor import AggregateStage, BranchStage, HookError
+
+    branch = BranchStage({"a": MapStage(abs, name="m"), "b": AggregateStage(len, name="n")})
+    pipeline = Pipeline[Any, Any]("arms").add_stage(branch).add_hook("after_stage", fail_hook)
+    with pytest.raises(HookError, match="hook bug"):
+        await asyncio.wait_for(
+            pipeline.arun(
+                range(200), MemorySink(), dead_letters="memory", batch_size=2, capacity=1
+            ),
+            10,
+        )
+
+
+def interrupt_on_7(x: int) -> int:
+    if x == 7:
+        raise KeyboardInterrupt
+    return x
+
+
+def test_an_interrupted_arm_leaves_the_branch_unfinished() -> None:
+    from conveyor import AggregateStage, BranchStage
+
+    branch = BranchStage(
+        {"a": MapStage(interrupt_on_7, name="m"), "b": AggregateStage(len, name="n")},
+        name="both",
+    )
+    sink = MemorySink()
+    pipeline = Pipeline[Any, Any]("arms").add_stage(branch)
+    with pytest.raises(KeyboardInterrupt) as caught:
+        pipeline.run(range(10), sink, dead_letters="memory", batch_size=4)
+    report = caught.value.report  # type: ignore[attr-defined]
+    assert sink.records == []  # no partial {arm: value} record
+    assert report.low_watermark == 0
+    assert report.stage("both").unfinished == 10
+    report.check_conservation()
+
+
+def test_the_budget_counts_a_record_failing_in_two_arms_once() -> None:
+    from conveyor import BranchStage
+
+    def bad_if_odd(x: int) -> int:
+        if x % 2:
+            raise ValueError("odd")
+        return x
+
+    branch = BranchStage(
+        {"a": MapStage(bad_if_odd, name="a"), "b": MapStage(bad_if_odd, name="b")}, name="two"
+    )
+    pipeline = Pipeline[Any, Any]("arms").add_stage(branch)
+    report = pipeline.run(range(10), MemorySink(), dead_letters="memory", max_dead_letters="60%")
+    assert report.dead_lettered == 10  # five letters in each arm
+    assert report.dead_for_budget == 5  # but five records
+    assert report.status is RunStatus.COMPLETED
+
+
+def test_a_sink_timeout_needs_an_idempotent_sink() -> None:
+    pipeline = Pipeline[Any, Any]("t").add_stage(MapStage(abs, name="abs"))
+    pipeline.configure("sink", timeout=1.0, executor="thread")
+    with pytest.raises(TypeError, match="not idempotent"):
+        pipeline.run([1], lambda batch: None, dead_letters="memory")
+
+
+class SlowSink(Sink):
+    def __init__(self) -> None:
+        self.log: list[str] = []
+
+    def write(self, records: list[int]) -> None:
+        self.log.append("write start")
+        time.sleep(0.3)
+        self.log.append("write end")
+
+    def close(self, status: RunStatus) -> None:
+        self.log.append(f"close {status.value}")
+
+
+async def test_the_sink_is_closed_after_a_write_still_running_in_its_thread() -> None:
+    from conveyor import RunOptions
+    from conveyor.runtime import StreamRunner
+
+    sink = SlowSink()
+    pipeline = Pipeline[Any, Any]("slow").add_stage(MapStage(abs, name="abs"))
+    pipeline.configure("sink", executor="thread")
+    runner = StreamRunner(pipeline.spec(), sink, RunOptions(dead_letters="memory"))
+    asyncio.get_running_loop().call_later(0.1, runner.abort)
+    report = await runner.run([1, 2, 3])
+    assert report.status is RunStatus.ABORTED
+    assert sink.log == ["write start", "write end", "close aborted"]

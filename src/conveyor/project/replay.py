@@ -168,7 +168,7 @@ async def _replay_group(
         return False
     barrier = middle[end]
     again, input_path = read_input(project, barrier)
-    rerun = RunPlan(middle[end:], again, input_path, project_sink(project))
+    rerun = RunPlan(middle[end:], again, input_path, project_sink(project), current_input=True)
     outcome.reports.append(await execute_plan(project, rerun, extra))
     outcome.recomputed.append(group.barrier)
     return True

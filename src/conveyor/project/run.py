@@ -75,6 +75,9 @@ class RunPlan:
     """What the user should know about this plan (printed by ``conveyor run``)."""
     depth: int = 0
     """How deep the records read are nested in groups (a replay after a ``BatchStage``)."""
+    current_input: bool = False
+    """The dataset read is known to hold everything the current Source leads to there (a
+    replay's recompute of a barrier, after extending its input)."""
 
 
 @dataclass(frozen=True)
@@ -401,7 +404,7 @@ def _retire_earlier_letters(project: Project, plan: RunPlan, report: RunReport) 
     from conveyor.project.cache import RunLedger
 
     source = known_source(project)
-    if source is None or not _reads_current_source(project, plan):
+    if source is None or not (plan.current_input or _reads_current_source(project, plan)):
         return
     settings = project.config.config.pipeline
     ledger = RunLedger(project.path(settings.state_dir))
