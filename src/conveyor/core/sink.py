@@ -2,9 +2,10 @@
 
 A run calls :meth:`Sink.open` once before the first write, :meth:`Sink.write` with each
 micro-batch (in order, one call at a time) and :meth:`Sink.close` exactly once at the end,
-on every path: success, a failed run, an interruption or an error. ``close`` is told how
-the run ended, so a sink that buffers can commit what it was given when the flow drained
-and throw it away when it did not.
+on every path: success, a failed run, an interruption or an error, after any write still
+running has finished. A record counts as delivered once ``write`` returned, so ``close``
+must make durable everything the sink was given, however the run ended (it is told how,
+for its own bookkeeping): a sink that threw buffered records away would lose them.
 
 A failed ``write`` is retried with back-off as a whole micro-batch (the sink's
 ``RetryPolicy``, ``stage_options["sink"]``); once retries are spent its records go to the
@@ -71,11 +72,10 @@ class Sink(ABC):
         """Store one micro-batch, all or nothing if you can (may be ``async``)."""
 
     def close(self, status: RunStatus) -> Any:  # noqa: B027 - an optional hook
-        """Called exactly once at the end of the run, however it ended (may be ``async``).
-
-        ``status.drained`` is true when every record the run read has left it (completed,
-        failed over the dead-letter budget, or interrupted after draining): commit what
-        :meth:`write` buffered. ``aborted`` means records were still in flight.
+        """Called exactly once at the end of the run, however it ended (may be ``async``):
+        make durable everything :meth:`write` was given. ``status.finished`` says the run
+        read its whole input; ``interrupted`` that it drained after a signal; ``aborted``
+        that records in flight were left (they are below the report's low watermark).
         """
 
 

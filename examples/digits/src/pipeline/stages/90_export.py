@@ -1,9 +1,9 @@
 """Export: Parquet shards per split, a manifest with counts and checksums, a contact sheet.
 
 Micro-batches are streamed into one dataset writer per split; everything is committed in
-``close(status)``, which Conveyor calls once at the end of every run: only a run that read
-its whole input commits, so a failed or interrupted run leaves the previous export
-untouched.
+``close(status)``, which Conveyor calls once at the end of every run (whatever its status:
+records the sink was given count as delivered); a run that raised before any write leaves
+the previous export untouched.
 """
 
 from __future__ import annotations
@@ -71,10 +71,8 @@ class Export(Sink):
         return [self.out_dir.as_posix()]
 
     def close(self, status: RunStatus) -> None:
-        if not status.finished:
-            for writer in self.writers.values():
-                writer.abort()
-            return
+        if not self.writers and not status.finished:
+            return  # nothing was delivered: the previous export stays as it is
         self.out_dir.mkdir(parents=True, exist_ok=True)
         splits: dict[str, Any] = {}
         for split in SPLITS:
