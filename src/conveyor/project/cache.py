@@ -246,19 +246,8 @@ class RunCache:
         return {k: v for k, v in data["stages"].items() if isinstance(v, dict)}
 
     def _save(self, stages: Mapping[str, Mapping[str, Any]]) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
         payload = {"version": _CACHE_VERSION, "stages": dict(sorted(stages.items()))}
-        fd, tmp = tempfile.mkstemp(prefix=f".{CACHE_FILE}.", suffix=".tmp", dir=self.state_dir)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as file:
-                json.dump(payload, file, indent=2)
-                file.write("\n")
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        _write_json(self.path, payload)
 
     def get(self, stage: str) -> StageFingerprint | None:
         """The fingerprint recorded for ``stage``, or ``None``."""
@@ -384,14 +373,20 @@ class RunLedger:
         runs.pop(run_id, None)
         runs[run_id] = source
         kept = dict(list(runs.items())[-_RUNS_KEPT:])
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{RUNS_FILE}.", suffix=".tmp", dir=self.state_dir)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as file:
-                json.dump({"version": 1, "runs": kept}, file, indent=1)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        _write_json(self.path, {"version": 1, "runs": kept})
+
+
+def _write_json(path: Path, payload: Mapping[str, Any]) -> None:
+    """Replace ``path`` with ``payload`` as JSON atomically (temporary file, fsync, rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            json.dump(payload, file, indent=2)
+            file.write("\n")
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
