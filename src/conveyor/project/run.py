@@ -245,10 +245,19 @@ def is_fresh(project: Project, loaded: LoadedStage) -> bool:
 
 
 def read_input(project: Project, loaded: LoadedStage) -> tuple[Records, Path | None]:
-    """The records ``loaded`` reads: the Source's, or the previous stage's dataset."""
+    """The records ``loaded`` reads: the Source's, or the previous stage's dataset (the
+    Sink reads after the last record stage)."""
+    middle = project.middle
+    return _input_at(project, middle.index(loaded) if loaded in middle else len(middle), loaded)
+
+
+def _input_at(
+    project: Project, index: int, reader: LoadedStage | None = None
+) -> tuple[Records, Path | None]:
+    """What the stage at position ``index`` of the record stages reads (``len(middle)``:
+    the Sink): the Source's records, or the dataset of the stage before it."""
     from conveyor.project.datasets import read_dataset
 
-    index = project.middle.index(loaded)
     if index == 0:
         if project.source is None:
             raise ProjectError(
@@ -257,10 +266,11 @@ def read_input(project: Project, loaded: LoadedStage) -> tuple[Records, Path | N
             )
         return source_records(project.source), None
     previous = project.middle[index - 1]
+    name = (reader or project.stages[-1]).name
     path = persist_path(project, previous)
     if path is None:
         raise ProjectError(
-            f"stage {loaded.name!r} reads the output of {previous.name!r}, which is not "
+            f"stage {name!r} reads the output of {previous.name!r}, which is not "
             f"persisted; add `persist: {{path: data/{previous.name}}}` to "
             f"stages.{previous.name} in config.yaml",
             file=project.config.file,
@@ -269,43 +279,22 @@ def read_input(project: Project, loaded: LoadedStage) -> tuple[Records, Path | N
         return read_dataset(path), path
     except FileNotFoundError as exc:
         raise ProjectError(
-            f"stage {loaded.name!r} reads {path}, which does not exist yet; run "
+            f"stage {name!r} reads {path}, which does not exist yet; run "
             f"'conveyor run {project.root} stage={previous.name}' (or the whole pipeline) first",
         ) from exc
 
 
 def whole_run_plan(project: Project, *, force: bool = False) -> RunPlan:
-    """Every record stage into the Sink, after the fresh persisted stages at the start."""
+    """Every record stage into the Sink, after the fresh persisted stages at the start
+    (when all are fresh, the Sink reads the last one's dataset)."""
     middle = project.middle
     skipped: list[str] = []
     start = 0
     while not force and start < len(middle) and is_fresh(project, middle[start]):
         skipped.append(middle[start].name)
         start += 1
-    if not middle:
-        records, input_path = _source(project)
-    elif start == len(middle):  # every record stage is fresh: the Sink gets the last dataset
-        records, input_path = _dataset(project, middle[-1])
-    else:
-        records, input_path = read_input(project, middle[start])
+    records, input_path = _input_at(project, start, middle[start] if start < len(middle) else None)
     return RunPlan(middle[start:], records, input_path, project_sink(project), skipped=skipped)
-
-
-def _source(project: Project) -> tuple[Records, Path | None]:
-    if project.source is None:
-        raise ProjectError(
-            "the first stage must be a Source (a class with read()) that emits the records",
-            file=project.stages[0].file.path,
-        )
-    return source_records(project.source), None
-
-
-def _dataset(project: Project, loaded: LoadedStage) -> tuple[Records, Path | None]:
-    from conveyor.project.datasets import read_dataset
-
-    path = persist_path(project, loaded)
-    assert path is not None
-    return read_dataset(path), path
 
 
 def stage_run_plan(project: Project, loaded: LoadedStage, *, force: bool = False) -> RunPlan:
@@ -316,18 +305,7 @@ def stage_run_plan(project: Project, loaded: LoadedStage, *, force: bool = False
             file=loaded.file.path,
         )
     if project.sink is not None and loaded is project.stages[-1]:
-        previous = project.middle[-1] if project.middle else None
-        if previous is None:
-            records, input_path = _source(project)
-        elif persist_path(project, previous) is None:
-            raise ProjectError(
-                f"stage {loaded.name!r} reads the output of {previous.name!r}, which is not "
-                f"persisted; add `persist: {{path: data/{previous.name}}}` to "
-                f"stages.{previous.name} in config.yaml",
-                file=project.config.file,
-            )
-        else:
-            records, input_path = _dataset(project, previous)
+        records, input_path = read_input(project, loaded)
         return RunPlan([], records, input_path, project.sink, mode="stage")
     if not force and is_fresh(project, loaded):
         return RunPlan([], [], None, DiscardSink(), mode="stage", skipped=[loaded.name])
@@ -416,10 +394,11 @@ def _retire_earlier_letters(project: Project, plan: RunPlan, report: RunReport) 
 
 def _reads_current_source(project: Project, plan: RunPlan) -> bool:
     """Whether the records the plan reads follow from the Source as it is now: it reads
-    the Source, or a dataset at the end of a chain of fresh persisted stages from it."""
-    if not plan.stages:
-        return plan.input_path is None or all(is_fresh(project, s) for s in project.middle)
-    index = project.middle.index(plan.stages[0])
+    the Source, or a dataset at the end of a chain of fresh persisted stages from it (a
+    whole run, by how it is planned; a single-stage run, if it checks out)."""
+    if plan.mode == "run" or plan.input_path is None:
+        return True
+    index = project.middle.index(plan.stages[0]) if plan.stages else len(project.middle)
     return all(is_fresh(project, s) for s in project.middle[:index])
 
 

@@ -136,13 +136,12 @@ async def replay_group(
     store: DeadLetterStore,
     sink: object,
     options: RunOptions,
-    *,
-    defer: bool = False,
-) -> tuple[RunReport, Marker]:
-    """Replay one group's letters through ``spec``'s stages from the group's stage on."""
+) -> RunReport:
+    """Replay one group's letters through ``spec``'s stages from the group's stage on,
+    marking them replayed as their records leave."""
     tail = spec.with_stages(spec.leaves[group.start :])
-    marker = Marker(store, group.letters, defer=defer)
-    report = await run_stream(
+    marker = Marker(store, group.letters, defer=False)
+    return await run_stream(
         tail,
         [letter.record for letter in group.letters],
         sink,
@@ -151,7 +150,6 @@ async def replay_group(
         on_done=marker.on_done,
         depth=group.depth,
     )
-    return report, marker
 
 
 async def replay_dead_letters(
@@ -178,8 +176,7 @@ async def replay_dead_letters(
     run_options = (options or RunOptions()).merged(**changes)
     reports = []
     for group in plan:
-        report, _ = await replay_group(spec, group, store, sink, run_options)
-        reports.append(report)
+        reports.append(await replay_group(spec, group, store, sink, run_options))
     return reports
 
 
