@@ -28,6 +28,7 @@ from __future__ import annotations
 
 __all__ = [
     "BranchError",
+    "CheckpointError",
     "ConfigError",
     "ConservationError",
     "ContractViolation",
@@ -37,6 +38,8 @@ __all__ = [
     "PipelineDefinitionError",
     "ProjectError",
     "RecordValidationError",
+    "ResumeRequired",
+    "SinkUnavailableError",
     "StageTimeoutError",
     "UsageError",
 ]
@@ -248,3 +251,38 @@ def _located(file: object, line: int | None, column: int | None) -> str:
     if line is None:
         return f"{file}: "
     return f"{file}:{line}:{column or 1}: "
+
+
+class CheckpointError(ConveyorError, RuntimeError):
+    """A checkpoint cannot be used: damaged, from another pipeline or a changed stage list,
+    from a newer format, or the store cannot be read or written. Conveyor never falls back
+    to starting from zero on its own; the message names the store and the fix.
+
+    Attributes:
+        store: a description of the checkpoint store (its path or table).
+    """
+
+    def __init__(self, store: str, detail: str) -> None:
+        self.store = store
+        self.detail = detail
+        super().__init__(f"checkpoint store {store}: {detail}")
+
+
+class ResumeRequired(CheckpointError):
+    """A run found an unfinished checkpoint of the same pipeline and was told neither to
+    resume it nor to start afresh: it stops rather than write records a second time."""
+
+
+class SinkUnavailableError(ConveyorError, ConnectionError):
+    """A sink cannot reach where it writes (a database refusing connections, a locked
+    file). It is retried with the sink's back-off like any transient error; once the
+    retries are spent the run fails (its records are not dead-lettered: they are fine, the
+    sink is not), leaving the last checkpoint consistent for a resume.
+
+    Attributes:
+        sink: the sink's name.
+    """
+
+    def __init__(self, sink: str, detail: str) -> None:
+        self.sink = sink
+        super().__init__(f"sink {sink!r} is unavailable: {detail}")

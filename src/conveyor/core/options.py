@@ -19,6 +19,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, Literal, TypedDict
 
+from conveyor.core.checkpoint import CheckpointInterval
 from conveyor.errors import PipelineDefinitionError
 
 __all__ = [
@@ -239,6 +240,17 @@ class RunOptions:
             read (``"10%"``); above it the flow still drains but the run ends ``failed``.
         stage_options: ``{stage_name: StageOptions}``, over those set on the pipeline
             (``"sink"`` names the sink).
+        checkpoint: where the run keeps checkpoints so that it can resume after a crash:
+            ``True`` (``.conveyor/checkpoints.db`` under the working directory), a path, a
+            :class:`~conveyor.core.checkpoint.CheckpointStore`; ``None``/``False``: no
+            checkpoints. A sink that keeps checkpoints itself (the ``sqlite`` and
+            ``postgres`` sinks) stores them in its own database whatever the path.
+        checkpoint_every: how often to checkpoint: seconds (``1.0``, ``"2s"``) or records
+            written (``"10000r"``); default one second.
+        resume: what to do with an unfinished checkpoint of the same pipeline: ``True``
+            resume from it, ``False`` start afresh; ``None`` (the default) stops with
+            :class:`~conveyor.errors.ResumeRequired` rather than write records twice.
+            Either value turns checkpoints on.
 
     >>> RunOptions().merged(batch_size=10).batch_size
     10
@@ -259,9 +271,19 @@ class RunOptions:
     handle_signals: bool = False
     max_dead_letters: int | str | DeadLetterBudget = "10%"
     stage_options: Mapping[str, StageOptions] = field(default_factory=dict)
+    checkpoint: object = None
+    checkpoint_every: float | str | CheckpointInterval = 1.0
+    resume: bool | None = None
 
     def __post_init__(self) -> None:
         _positive_int("batch_size", self.batch_size, "")
+        object.__setattr__(self, "checkpoint_every", CheckpointInterval.parse(self.checkpoint_every))
+        if self.resume not in (None, True, False):
+            raise PipelineDefinitionError(
+                f"resume must be True, False or None, got {self.resume!r}"
+            )
+        if isinstance(self.checkpoint, str | os.PathLike) and not os.fspath(self.checkpoint):
+            raise PipelineDefinitionError("checkpoint must not be an empty path")
         if (
             not isinstance(self.capacity, int)
             or isinstance(self.capacity, bool)
@@ -292,6 +314,17 @@ class RunOptions:
                     f"stage_options[{name!r}] must be a StageOptions, got {type(options).__name__}"
                 )
         object.__setattr__(self, "stage_options", MappingProxyType(dict(self.stage_options)))
+
+    @property
+    def interval(self) -> CheckpointInterval:
+        """:attr:`checkpoint_every`, parsed."""
+        assert isinstance(self.checkpoint_every, CheckpointInterval)
+        return self.checkpoint_every
+
+    @property
+    def checkpointing(self) -> bool:
+        """Whether the run keeps checkpoints (asked for, or implied by ``resume``)."""
+        return self.resume is not None or self.checkpoint not in (None, False)
 
     @property
     def budget(self) -> DeadLetterBudget:
@@ -332,3 +365,6 @@ class RunChanges(TypedDict, total=False):
     handle_signals: bool
     max_dead_letters: int | str | DeadLetterBudget
     stage_options: Mapping[str, StageOptions]
+    checkpoint: object
+    checkpoint_every: float | str | CheckpointInterval
+    resume: bool | None

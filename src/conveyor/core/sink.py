@@ -7,6 +7,18 @@ running has finished. A record counts as delivered once ``write`` returned, so `
 must make durable everything the sink was given, however the run ended (it is told how,
 for its own bookkeeping): a sink that threw buffered records away would lose them.
 
+In a run with checkpoints (``checkpoint=`` in :class:`~conveyor.RunOptions`), the runner
+also calls :meth:`Sink.commit` at each checkpoint, between two writes, once every record
+written since the previous commit has fully left the pipeline: ``commit`` makes those
+writes durable and returns what the sink needs to find its place again (a file's committed
+length); a resumed run's :meth:`Sink.open` is given the checkpoint back
+(``run.resume_from``) and restores that place (truncates the file). A sink whose
+:meth:`Sink.checkpoint_store` returns a store keeps the checkpoint itself, *in the same
+transaction* as its rows: nothing is written twice, whatever the
+moment of a crash. Any other sink is at-least-once across a crash: records written after
+the last checkpoint are written again on resume (the report counts them), which an upsert
+by key makes harmless.
+
 A failed ``write`` is retried with back-off as a whole micro-batch (the sink's
 ``RetryPolicy``, ``stage_options["sink"]``); once retries are spent its records go to the
 dead-letter queue. A sink that sets ``idempotent = True`` (writing a record twice does no
@@ -20,13 +32,16 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from conveyor.core._callables import call_maybe_async
 from conveyor.core.context import PipelineContext
 from conveyor.core.result import RunStatus
 from conveyor.core.stage import PipelineStage, run_stage
 from conveyor.errors import PipelineDefinitionError
+
+if TYPE_CHECKING:
+    from conveyor.core.checkpoint import Checkpoint, CheckpointStore
 
 __all__ = ["FunctionSink", "RunInfo", "RunMode", "Sink", "StageSink", "as_sink"]
 
@@ -42,6 +57,10 @@ class RunInfo:
     run_id: str
     pipeline_name: str
     mode: RunMode = "run"
+    checkpointing: bool = False
+    """The run checkpoints: :meth:`Sink.commit` is called, and only committed writes count."""
+    resume_from: Checkpoint | None = None
+    """The checkpoint this run resumes: restore the place its ``sink`` field records."""
 
     @property
     def replay(self) -> bool:
@@ -64,8 +83,29 @@ class Sink(ABC):
     """Writing the same record twice does no harm (an upsert by key): then a failing
     micro-batch is split to isolate the bad records instead of dead-lettering it whole."""
 
+    exactly_once: ClassVar[bool] = False
+    """Across a crash and a resume, no record ends up in it twice: it stores the checkpoint
+    in the same transaction as its rows (:meth:`checkpoint_store`), or its :meth:`commit`
+    returns the place it truncates back to on resume (a file's length). Otherwise it is
+    at-least-once, and the report counts the records replayed into it."""
+
     def open(self, run: RunInfo) -> Any:  # noqa: B027 - an optional hook, not abstract
-        """Called once before the first write (may be ``async``)."""
+        """Called once before the first write (may be ``async``). When ``run.resume_from``
+        is set, go back to the place its ``sink`` field records."""
+
+    def checkpoint_store(self) -> CheckpointStore | None:
+        """The store that keeps this sink's checkpoints in its own database (then
+        :meth:`commit` writes the checkpoint in the same transaction as the rows); ``None``
+        (the default): the run's checkpoint store. Called before :meth:`open`."""
+        return None
+
+    def commit(self, checkpoint: Checkpoint) -> Any:
+        """Make every record written since the last commit durable (may be ``async``), and
+        return what a resume needs to find this place again (JSON-able, e.g. a file's
+        length; ``None`` if nothing). A sink with a :meth:`checkpoint_store` also writes
+        ``checkpoint`` there, in the same transaction. Called only in runs with checkpoints,
+        between writes, never concurrently with one."""
+        return None
 
     @abstractmethod
     def write(self, records: list[Any]) -> Any:
@@ -131,6 +171,11 @@ def as_sink(sink: object) -> Sink:
 async def open_sink(sink: Sink, run: RunInfo) -> None:
     """Call ``sink.open(run)``, awaiting it when it is async."""
     await call_maybe_async(sink.open, run)
+
+
+async def commit_sink(sink: Sink, checkpoint: Checkpoint) -> Any:
+    """Call ``sink.commit(checkpoint)``, awaiting it when it is async."""
+    return await call_maybe_async(sink.commit, checkpoint)
 
 
 async def close_sink(sink: Sink, status: RunStatus) -> None:

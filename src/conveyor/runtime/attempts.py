@@ -28,7 +28,7 @@ from conveyor.core._render import format_traceback
 from conveyor.core.context import PipelineContext
 from conveyor.core.kinds import StageKind
 from conveyor.dlq import DeadLetter
-from conveyor.errors import ContractViolation, StageTimeoutError
+from conveyor.errors import ContractViolation, SinkUnavailableError, StageTimeoutError
 from conveyor.runtime.executors import ChunkOutcome, FailedRecord
 from conveyor.runtime.letters import LetterBox
 from conveyor.runtime.parts import Part, SinkRuntime, StageRuntime
@@ -147,6 +147,8 @@ class _Settler:
             self.part.stats.retried += len(records)
             await self._settle(records, attempt + 1)
             return
+        if isinstance(error, SinkUnavailableError):
+            raise error  # the records are fine, the sink is not: the run fails, resumable
         if self.split and len(records) > 1:
             mid = len(records) // 2  # parts are idempotent, so re-running the halves is safe
             await self._settle(records[:mid], attempt)

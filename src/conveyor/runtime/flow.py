@@ -14,7 +14,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from conveyor.core._render import format_traceback
 from conveyor.core.context import PipelineContext
@@ -29,6 +29,9 @@ from conveyor.runtime.channel import Channel, ChannelClosed
 from conveyor.runtime.letters import LetterBox
 from conveyor.runtime.lineage import OffsetTracker
 from conveyor.runtime.parts import Part, SinkRuntime, StageRuntime
+
+if TYPE_CHECKING:
+    from conveyor.runtime.checkpoints import Checkpointer
 
 __all__ = ["Chunk", "Flow", "StopRequest"]
 
@@ -77,6 +80,8 @@ class Flow:
         self.batch_size = batch_size
         self.capacity = capacity
         self.stop = stop
+        self.checkpointer: Checkpointer | None = None
+        self.source_finished: Callable[[], bool] = lambda: True
 
     # -- wiring ------------------------------------------------------------------------------
 
@@ -194,7 +199,7 @@ class Flow:
             )
         stats.busy_seconds += time.perf_counter() - t0
         if dead:
-            await self.box.send(rt, dead)
+            await self.box.send(rt, dead, chunk.lineage)
         stats.filtered += filtered
         stats.emitted += len(outputs)
         out_weight = rt.weigh_out(outputs)
@@ -366,7 +371,7 @@ class Flow:
             return
         rt.stats.busy_seconds += time.perf_counter() - t0
         if settled.dead:  # records it reported as failed, or all of them if it failed whole
-            await self.box.send(rt, settled.dead)
+            await self.box.send(rt, settled.dead, tuple(i for ids in held for i in ids))
         if settled.failed_whole:
             self._settle_barrier(rt)
             for consumed in held:
@@ -477,8 +482,9 @@ class Flow:
     # -- the sink ----------------------------------------------------------------------------
 
     async def sink_loop(self, sink: SinkRuntime, inp: Channel[Chunk]) -> None:
-        """Write every micro-batch to the sink, one write at a time, in order."""
-        stats = sink.stats
+        """Write every micro-batch to the sink, one write at a time, in order; take the
+        run's checkpoints between writes."""
+        stats, checkpointer = sink.stats, self.checkpointer
         async for chunk in inp:
             records = chunk.records
             n, weight = len(records), sink.weigh_in(records)
@@ -495,10 +501,14 @@ class Flow:
                 continue
             stats.busy_seconds += time.perf_counter() - t0
             if settled.dead:
-                await self.box.send(sink, settled.dead)
+                await self.box.send(sink, settled.dead, chunk.lineage)
             stats.emitted += len(settled.outputs)
             stats.records_out += sink.weigh_in(settled.outputs)
             self.tracker.release(chunk.lineage)
+            if checkpointer is not None:
+                await checkpointer.after_write(chunk.lineage, weight)
+        if checkpointer is not None:  # drained: the final checkpoint
+            await checkpointer.commit(finished=self.source_finished())
 
 
 def _closing(channel: Channel[Chunk]) -> Callable[[asyncio.Task[Any]], None]:

@@ -13,6 +13,7 @@ from conveyor.core.hooks import RunEvents
 from conveyor.dlq import DeadLetter, DeadLetterStore
 from conveyor.dlq._letter import qualified_name
 from conveyor.runtime.executors import RemoteError
+from conveyor.runtime.lineage import OffsetTracker
 from conveyor.runtime.parts import Part
 
 __all__ = ["LetterBox", "LetterError"]
@@ -39,8 +40,10 @@ class LetterBox:
         run_id: str,
         events: RunEvents,
         context: PipelineContext,
+        tracker: OffsetTracker | None = None,
     ) -> None:
         self.store = store
+        self.tracker = tracker
         self.run_id = run_id
         self.events = events
         self.context = context
@@ -89,8 +92,18 @@ class LetterBox:
         name = self._type_names[kind] = qualified_name(kind)
         return name
 
-    async def send(self, part: Part, letters: list[DeadLetter]) -> None:
-        """Write ``letters`` durably; a store that cannot be written stops the run."""
+    async def send(
+        self, part: Part, letters: list[DeadLetter], lineage: tuple[int, ...] = ()
+    ) -> None:
+        """Write ``letters`` durably; a store that cannot be written stops the run (and
+        holds the checkpoint back: their records are not released). ``lineage`` gives each
+        letter the source positions its records came from (``source_offset``), which tell
+        a resumed run whether the checkpoint covers the letter."""
+        if lineage and self.tracker is not None:
+            ranges = self.tracker.ranges(lineage)
+            for letter in letters:
+                if letter.source_offset is None:
+                    object.__setattr__(letter, "source_offset", ranges)
         await asyncio.to_thread(self.store.write, letters)
         stats = part.stats
         stats.dead_lettered += len(letters)

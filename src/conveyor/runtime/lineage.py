@@ -6,6 +6,11 @@ micro-batch in the pipeline carries the ids of the source batches its records ca
 the references on; a sink, a filter or the dead-letter queue releases them. A source batch
 with no references left has fully left the pipeline. The low watermark is the first offset
 of the oldest source batch still referenced: everything before it is done.
+
+For checkpoints the tracker also remembers which source batches above the low watermark
+are done already (:meth:`OffsetTracker.coverage`), and ties together source batches whose
+records were joined into one micro-batch (a ``BatchStage`` group, a barrier's output): tied
+batches are done together, so a checkpoint never covers one half of a joined group.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ class _SourceBatch:
     last: Any
     records: int
     refs: int
+    token: Any = None  # the source's own offset at ``first`` (seekable sources)
+    tie: set[int] | None = None  # batches done together with this one (shared set)
 
 
 class OffsetTracker:
@@ -45,12 +52,14 @@ class OffsetTracker:
         self._next_id = 0
         self.completed_records = 0
         self.last_completed_offset: Any = None
+        self._done_above: list[tuple[int, int]] = []
 
-    def open(self, first: Any, last: Any, records: int) -> int:
-        """Register a new source batch; return its id (held once by its micro-batch)."""
+    def open(self, first: Any, last: Any, records: int, token: Any = None) -> int:
+        """Register a new source batch; return its id (held once by its micro-batch).
+        ``token`` is the source's own offset of its first record, if it has one."""
         batch_id = self._next_id
         self._next_id += 1
-        self._pending[batch_id] = _SourceBatch(first, last, records, 1)
+        self._pending[batch_id] = _SourceBatch(first, last, records, 1, token)
         return batch_id
 
     def forget(self, batch_id: int) -> None:
@@ -59,21 +68,70 @@ class OffsetTracker:
 
     def acquire(self, lineage: Iterable[int], times: int = 1) -> None:
         """Add ``times`` references to each source batch in ``lineage``."""
+        pending = self._pending
         if times:
             for batch_id in lineage:
-                self._pending[batch_id].refs += times
+                pending[batch_id].refs += times
+        if not isinstance(lineage, tuple) or len(lineage) < 2:
+            return
+        tie: set[int] = set()  # one micro-batch joins these: they are done together
+        for batch_id in lineage:
+            batch = pending[batch_id]
+            tie.update(batch.tie or (batch_id,))
+        for batch_id in tie:
+            pending[batch_id].tie = tie
 
     def release(self, lineage: Iterable[int]) -> None:
         """Drop one reference to each source batch in ``lineage``."""
+        pending = self._pending
         for batch_id in lineage:
-            batch = self._pending[batch_id]
+            batch = pending[batch_id]
             batch.refs -= 1
-            if batch.refs == 0:
-                del self._pending[batch_id]
-                self.completed_records += batch.records
-                self.last_completed_offset = batch.last
-                if self._on_done is not None:
-                    self._on_done(batch.first, batch.last)
+            if batch.refs:
+                continue
+            if batch.tie is None:
+                self._finish(batch_id, batch)
+            elif all(pending[i].refs == 0 for i in batch.tie):
+                for i in sorted(batch.tie):
+                    self._finish(i, pending[i])
+
+    def _finish(self, batch_id: int, batch: _SourceBatch) -> None:
+        pending = self._pending
+        del pending[batch_id]
+        self.completed_records += batch.records
+        self.last_completed_offset = batch.last
+        if pending and isinstance(batch.first, int):
+            for oldest in pending.values():
+                if oldest.first < batch.first:  # done out of order: above the watermark
+                    self._done_above.append((batch.first, batch.last))
+                break
+        if self._on_done is not None:
+            self._on_done(batch.first, batch.last)
+
+    def resumed(self, done: Iterable[tuple[int, int]]) -> None:
+        """A resumed run starts with these ranges above the watermark already done."""
+        self._done_above.extend((a, b) for a, b in done)
+
+    def pending(self, batch_ids: Iterable[int]) -> bool:
+        """Whether any of these source batches is still in flight."""
+        pending = self._pending
+        return any(batch_id in pending for batch_id in batch_ids)
+
+    def ranges(self, lineage: Iterable[int]) -> list[list[int]]:
+        """The ``[first, last]`` positions of the source batches in ``lineage`` (in flight)."""
+        pending = self._pending
+        return [[pending[i].first, pending[i].last] for i in lineage if i in pending]
+
+    def coverage(self, read: int, token: Any) -> tuple[int, Any, list[tuple[int, int]]]:
+        """What is done, for a checkpoint: the low watermark (``read``, the positions read,
+        when nothing is in flight), the source's offset there (``token`` when nothing is in
+        flight) and the ranges above it that are done too."""
+        position, at = read, token
+        for oldest in self._pending.values():
+            position, at = oldest.first, oldest.token
+            break
+        self._done_above = above = [r for r in self._done_above if r[1] >= position]
+        return position, at, sorted(above)
 
     @property
     def in_flight_batches(self) -> int:

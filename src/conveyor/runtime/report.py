@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from conveyor.core.kinds import StageKind
 from conveyor.core.result import RunStatus
 from conveyor.errors import ConservationError
 from conveyor.runtime.channel import ChannelStats
+
+if TYPE_CHECKING:
+    from conveyor.core.checkpoint import Checkpoint
+    from conveyor.runtime.checkpoints import ResumeInfo
 
 __all__ = ["RunReport", "RunStatus", "StageKind", "StageStats"]
 
@@ -159,6 +163,17 @@ class RunReport:
     source_elements: int | None = None
     """Elements read from the source, when they are groups of records (a replay into a
     stage after a ``BatchStage``); ``None``: the same as ``records_in``."""
+    checkpoint: Checkpoint | None = None
+    """The last checkpoint the run wrote (runs with checkpoints)."""
+    checkpoint_store: str = ""
+    checkpoints_written: int = 0
+    resume: ResumeInfo | None = None
+    """Where a resumed run started (``None``: it started at the beginning)."""
+    replayed: int = 0
+    """Records a resumed run processed again that the crashed run had already read: an
+    at-least-once sink may hold up to this many twice (an exactly-once sink never does)."""
+    sink_guarantee: str = ""
+    """``exactly-once`` or ``at-least-once`` across a crash (runs with checkpoints)."""
 
     @property
     def sink(self) -> StageStats:
@@ -281,6 +296,34 @@ class RunReport:
         """Dead-lettered records of the main line (branch arms are inside ``absorbed``)."""
         return sum(s.records_dead for s in self.stages)
 
+    def _resume_lines(self) -> str:
+        resume = self.resume
+        if resume is None:
+            return ""
+        how = (
+            f"seeked to offset {resume.offset!r}"
+            if resume.seeked
+            else f"re-read the source and skipped {resume.position} records (it cannot seek)"
+            if resume.position
+            else "read the source from its start"
+        )
+        line = (
+            f"\nresumed from the checkpoint of run {resume.checkpoint_run} at source position "
+            f"{resume.position} ({how}): {resume.skipped} records already done were skipped, "
+            f"{self.replayed} records replayed"
+        )
+        if self.replayed and self.sink_guarantee == "at-least-once":
+            line += (
+                f" (the sink is at-least-once: up to {self.replayed} of them may now be in it "
+                "twice; an upsert key makes that harmless)"
+            )
+        if resume.superseded_letters:
+            line += (
+                f"; {resume.superseded_letters} dead letters of the crashed run were retired "
+                "(their records were read again)"
+            )
+        return line
+
     def summary(self) -> str:
         """Status, counts and time; for a failed, interrupted or aborted run also why and
         where to restart."""
@@ -291,7 +334,14 @@ class RunReport:
         )
         if self.failure:
             line += f"\n{self.failure}"
-        if self.status is RunStatus.ABORTED or self.unfinished:
+        line += self._resume_lines()
+        if self.checkpoint is not None and not self.checkpoint.finished:
+            line += (
+                f"\nthe last checkpoint ({self.checkpoint_store}) is at source position "
+                f"{self.checkpoint.position}: continue with `conveyor run --resume` "
+                "(resume=True in code)"
+            )
+        elif self.status is RunStatus.ABORTED or self.unfinished:
             line += (
                 f"\n{self.in_flight_records} records were still in flight and did not finish; "
                 f"read the source again from offset {self.low_watermark!r} (the low "

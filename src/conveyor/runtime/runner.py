@@ -21,12 +21,21 @@ import itertools
 import logging
 import signal
 import time
+from collections import deque
 from collections.abc import AsyncIterable, Callable, Iterable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from conveyor.contracts._check import ContractCheck
+from conveyor.core.checkpoint import (
+    Checkpoint,
+    PipelineIdentity,
+    SeekableSource,
+    pipeline_fingerprint,
+    source_identity,
+)
 from conveyor.core.context import PipelineContext
 from conveyor.core.hooks import RunEvents, StageEvent
 from conveyor.core.kinds import flatten_stages
@@ -36,8 +45,9 @@ from conveyor.core.sink import RunInfo, RunMode, Sink, as_sink, close_sink, open
 from conveyor.core.spec import PipelineSpec
 from conveyor.core.stages import BranchStage
 from conveyor.dlq import DeadLetterStore, open_dead_letter_store
-from conveyor.errors import PipelineDefinitionError
+from conveyor.errors import CheckpointError, PipelineDefinitionError
 from conveyor.runtime.channel import Channel
+from conveyor.runtime.checkpoints import Checkpointer, ResumeInfo
 from conveyor.runtime.flow import Chunk, Flow, StopRequest
 from conveyor.runtime.letters import LetterBox
 from conveyor.runtime.lineage import OffsetTracker
@@ -52,6 +62,8 @@ DEFAULT_DEAD_LETTERS = Path(".conveyor") / "dead_letters.db"
 """Where dead letters go when a run names no store: a SQLite file under the working dir."""
 
 Source = Iterable[Any] | AsyncIterable[Any]
+
+_ITEM, _SKIP, _END = 0, 1, 2  # what the async source's pump hands the reader
 
 
 async def run_stream(
@@ -118,7 +130,7 @@ class StreamRunner:
         self._stop.callback = self.stop_intake
         self._flow = Flow(
             tracker=self._tracker,
-            box=LetterBox(self._store, self.run_id, self.events, self.context),
+            box=LetterBox(self._store, self.run_id, self.events, self.context, self._tracker),
             events=self.events,
             context=self.context,
             batch_size=options.batch_size,
@@ -128,12 +140,18 @@ class StreamRunner:
         self._channels: list[Channel[Chunk]] = []
         self._read_count = 0  # source elements read: their positions are the offsets
         self._records_in = 0  # the records they hold
+        self._elements = 0  # elements read (a resumed run's skipped ones aside)
         self._status = RunStatus.COMPLETED
         self._reader: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._signals = 0
         self._t0 = 0.0
         self._grace_timer: asyncio.TimerHandle | None = None
+        self._checkpointer: Checkpointer | None = None
+        self._resume: ResumeInfo | None = None
+        self._skips: deque[tuple[int, int]] = deque()  # positions a resumed run reads past
+        self._next_token: Any = None  # the source's offset of the next element to read
+        self._sink_opened = False
 
     # -- building --------------------------------------------------------------------------
 
@@ -214,7 +232,9 @@ class StreamRunner:
         loop = asyncio.get_running_loop()
         installed: list[signal.Signals] = []
         try:
+            self._prepare_checkpoints(source)
             await open_sink(self.sink, self.info)
+            self._sink_opened = True
             installed = self._install_signals(loop)
             await self._start(source)
             await self._supervise()
@@ -244,6 +264,50 @@ class StreamRunner:
             raise error
         return report
 
+    def _prepare_checkpoints(self, source: Source) -> None:
+        """Open the checkpoint store; refuse, resume or start afresh (see RunOptions)."""
+        if not self.options.checkpointing or self.info.mode != "run":
+            return
+        identity = PipelineIdentity(
+            self.name, pipeline_fingerprint(self.spec.leaves), source_identity(source)
+        )
+        cp = self._checkpointer = Checkpointer(
+            self.options,
+            identity,
+            self.run_id,
+            self._sink,
+            self._tracker,
+            lambda: (self._read_count, self._next_token),
+        )
+        resume = cp.prepare()
+        stages = [rt.name for rt in self._all_runtimes()] + [self._sink.name]
+        superseded = cp.supersede_letters(self._store, stages)
+        self.info = replace(self.info, checkpointing=True, resume_from=resume)
+        self._flow.checkpointer = cp
+        self._flow.source_finished = lambda: (
+            self._status is RunStatus.COMPLETED and self._stop.error is None
+        )
+        if resume is None:
+            return
+        seeked = isinstance(source, SeekableSource) and resume.offset is not None
+        if seeked:
+            assert isinstance(source, SeekableSource)
+            source.seek(resume.offset)
+            self._read_count = resume.position
+            self._next_token = resume.offset
+        elif resume.position:
+            self._skips.append((0, resume.position - 1))
+        self._skips.extend(resume.done)
+        self._tracker.resumed(resume.done)
+        self._resume = ResumeInfo(
+            checkpoint_run=resume.run_id,
+            position=resume.position,
+            offset=resume.offset,
+            skipped=resume.skipped_positions,
+            seeked=seeked,
+            superseded_letters=superseded,
+        )
+
     async def _start(self, source: Source) -> None:
         groups = self._flow.groups(self._runtimes)
         names = ["source", *(g[-1].name for g in groups)]
@@ -264,8 +328,11 @@ class StreamRunner:
             # A write cancelled by an abort may still run in a worker thread: the sink is
             # closed after it (waiting at most the grace period).
             await asyncio.to_thread(self._sink.executor.wait_idle, self.options.grace_period)
-            await close_sink(self.sink, status)
+            if self._sink_opened:
+                await close_sink(self.sink, status)
         finally:
+            if self._checkpointer is not None:
+                self._checkpointer.close()
             for rt in self._all_runtimes():
                 rt.executor.close()
             self._sink.executor.close()
@@ -323,8 +390,20 @@ class StreamRunner:
                 if rt.arms
             },
             max_dead_letters=str(self.options.budget),
-            source_elements=None if self._read_count == self._records_in else self._read_count,
+            source_elements=None if self._elements == self._records_in else self._elements,
         )
+        cp = self._checkpointer
+        if cp is not None:
+            report.checkpoint = cp.last
+            report.checkpoint_store = cp.store.description
+            report.checkpoints_written = cp.commits
+            report.resume = self._resume
+            report.sink_guarantee = "exactly-once" if self.sink.exactly_once else "at-least-once"
+            resumed = cp.resume_from
+            if resumed is not None:
+                redone = min(self._read_count, resumed.read) - resumed.position
+                redone -= sum(b - a + 1 for a, b in resumed.done)
+                report.replayed = max(0, redone)
         if self._stop.error is not None and report.status is RunStatus.COMPLETED:
             report.status = RunStatus.INTERRUPTED
         budget = self.options.budget
@@ -355,7 +434,7 @@ class StreamRunner:
             if isinstance(source, AsyncIterable):
                 await self._read_async(source, out)
             elif isinstance(source, Iterable):
-                await self._read_sync(iter(source), out)
+                await self._read_sync(source, out)
             else:
                 raise PipelineDefinitionError(
                     f"source must be an iterable or async iterable of records, "
@@ -364,48 +443,111 @@ class StreamRunner:
         finally:
             out.close()
 
-    async def _emit_source(self, records: list[Any], out: Channel[Chunk]) -> None:
+    async def _emit_source(
+        self, records: list[Any], out: Channel[Chunk], token: Any = None
+    ) -> None:
         first, weight = self._read_count, self._source_weigh(records)
         self._read_count += len(records)
+        self._elements += len(records)
         self._records_in += weight
-        batch_id = self._tracker.open(first, self._read_count - 1, weight)
+        batch_id = self._tracker.open(first, self._read_count - 1, weight, token)
         try:
             await out.send(Chunk(records, (batch_id,)))
         except asyncio.CancelledError:  # intake stopped while waiting: these never entered
             self._read_count = first
+            self._elements -= len(records)
             self._records_in -= weight
             self._tracker.forget(batch_id)
             raise
         await asyncio.sleep(0)  # let the first stage take it while it is hot in the cache
 
-    async def _read_sync(self, iterator: Any, out: Channel[Chunk]) -> None:
-        size = self.options.batch_size
+    async def _read_sync(self, source: Iterable[Any], out: Channel[Chunk]) -> None:
+        iterator = iter(source)
+        size, skips = self.options.batch_size, self._skips
+        seekable = isinstance(source, SeekableSource)
+        if seekable:
+            assert isinstance(source, SeekableSource)
+            self._next_token = source.offset
         while True:
-            records = list(itertools.islice(iterator, size))
+            n = size
+            if skips:
+                first, last = skips[0]
+                if self._read_count >= first:
+                    await self._skip_sync(iterator, last - self._read_count + 1)
+                    skips.popleft()
+                    continue
+                n = min(n, first - self._read_count)
+            token = self._next_token
+            records = list(itertools.islice(iterator, n))
             if not records:
                 return
-            await self._emit_source(records, out)
+            if seekable:
+                self._next_token = source.offset  # type: ignore[union-attr]
+            await self._emit_source(records, out, token)
+
+    async def _skip_sync(self, iterator: Any, count: int) -> None:
+        """Read past ``count`` elements that a resumed run does not process again."""
+        left = count
+        while left > 0:
+            step = min(left, 10_000)
+            got = sum(1 for _ in itertools.islice(iterator, step))
+            self._read_count += got
+            left -= got
+            if got < step:
+                self._source_shorter()
+            await asyncio.sleep(0)  # signals stay deliverable while skipping
+
+    def _source_shorter(self) -> None:
+        resume = self._resume
+        assert resume is not None and self._checkpointer is not None
+        raise CheckpointError(
+            self._checkpointer.store.description,
+            f"the source ended at position {self._read_count}, before the records the "
+            f"checkpoint of run {resume.checkpoint_run} says are done (up to "
+            f"{resume.position}): the source changed since; run with --fresh to start "
+            "from the beginning",
+        )
 
     async def _read_async(self, source: AsyncIterable[Any], out: Channel[Chunk]) -> None:
-        queue: asyncio.Queue[tuple[bool, Any]] = asyncio.Queue(maxsize=self.options.batch_size)
+        # Entries: (_ITEM, record, its offset), (_SKIP, positions read past, None), (_END, ...).
+        queue: asyncio.Queue[tuple[int, Any, Any]] = asyncio.Queue(maxsize=self.options.batch_size)
+        seekable, skips = isinstance(source, SeekableSource), self._skips
 
         async def pump() -> None:
+            position, skipped = self._read_count, 0
+            token = source.offset if seekable else None  # type: ignore[attr-defined]
             try:
                 async for item in source:
-                    await queue.put((True, item))
+                    at, position = token, position + 1
+                    if seekable:
+                        token = source.offset  # type: ignore[attr-defined]
+                    if skips and skips[0][0] < position:  # a position a resume reads past
+                        skipped += 1
+                        if position > skips[0][1]:
+                            skips.popleft()
+                            await queue.put((_SKIP, skipped, None))
+                            skipped = 0
+                        continue
+                    await queue.put((_ITEM, item, at))
+                if skips:
+                    self._read_count = position
+                    self._source_shorter()
             except Exception:
-                await queue.put((False, None))  # wake the reader; the error surfaces below
+                await queue.put((_END, None, None))  # wake the reader; the error surfaces below
                 raise
-            await queue.put((False, None))
+            await queue.put((_END, None, None))
 
         pump_task = asyncio.create_task(pump())
         try:
-            more = True
-            while more:
-                more, item = await queue.get()
-                if not more:
+            kind = _ITEM
+            while kind != _END:
+                kind, item, token = await queue.get()
+                if kind == _SKIP:
+                    self._read_count += item
+                    continue
+                if kind == _END:
                     break
-                records = [item]
+                records, skipped = [item], 0
                 deadline = time.monotonic() + self.options.linger
                 while len(records) < self.options.batch_size:
                     remaining = deadline - time.monotonic()
@@ -415,13 +557,17 @@ class StreamRunner:
                     # cancellation (stop_intake, an abort) when the get completes at once.
                     try:
                         async with asyncio.timeout(max(remaining, 0)):
-                            more, item = await queue.get()
+                            kind, item, _ = await queue.get()
                     except TimeoutError:
                         break
-                    if not more:
+                    if kind == _SKIP:  # a batch holds consecutive positions only
+                        skipped = item
+                        break
+                    if kind == _END:
                         break
                     records.append(item)
-                await self._emit_source(records, out)
+                await self._emit_source(records, out, token)
+                self._read_count += skipped
             await pump_task  # surfaces a source error
         finally:
             pump_task.cancel()

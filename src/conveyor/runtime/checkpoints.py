@@ -1,0 +1,257 @@
+"""Taking checkpoints during a run, and finding where a resumed run starts.
+
+The sink loop asks :meth:`Checkpointer.after_write` after each write. Once the interval has
+passed and every source batch the sink was given since the last checkpoint has fully left
+the pipeline (a *clean point*: the sink's uncommitted writes belong to done batches only),
+the checkpointer takes the low watermark from the tracker, has the sink commit (a SQL sink
+writes the checkpoint in the same transaction as its rows; a file sink fsyncs and returns
+its length), then stores the checkpoint unless the sink did. Dead letters are durable
+before their records count as gone, so a checkpoint never covers a letter that could be
+lost. At the end of a drained run a final checkpoint is taken the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from conveyor.core._faults import fault_point
+from conveyor.core.checkpoint import (
+    Checkpoint,
+    CheckpointStore,
+    PipelineIdentity,
+    SqliteCheckpointStore,
+)
+from conveyor.core.options import RunOptions
+from conveyor.dlq import DeadLetterStore
+from conveyor.errors import CheckpointError, PipelineDefinitionError, ResumeRequired
+from conveyor.runtime.lineage import OffsetTracker
+from conveyor.runtime.parts import SinkRuntime
+
+__all__ = ["DEFAULT_CHECKPOINTS", "Checkpointer", "ResumeInfo", "open_checkpoint_store"]
+
+logger = logging.getLogger("conveyor.runtime")
+
+DEFAULT_CHECKPOINTS = Path(".conveyor") / "checkpoints.db"
+"""Where checkpoints go when a run asks for them without naming a store."""
+
+
+def open_checkpoint_store(spec: object) -> CheckpointStore:
+    """The store ``spec`` names: a store as it is, ``True`` the default file, or a path."""
+    if isinstance(spec, CheckpointStore):
+        return spec
+    if spec is True or spec is None:
+        return SqliteCheckpointStore(DEFAULT_CHECKPOINTS)
+    if isinstance(spec, str | os.PathLike):
+        return SqliteCheckpointStore(spec)
+    raise PipelineDefinitionError(
+        "checkpoint must be True, a path to a SQLite file or a CheckpointStore, got "
+        f"{type(spec).__name__}"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeInfo:
+    """How a resumed run started (the report's resume lines).
+
+    Attributes:
+        checkpoint_run: the run that wrote the checkpoint resumed from.
+        position: the source position the run started at (the low watermark).
+        offset: the source's own offset there (``None``: it was re-read and skipped).
+        skipped: positions not processed again (below the watermark, or done above it).
+        seeked: whether the source seeked to ``offset`` (else it was re-read from the start).
+        superseded_letters: dead letters of the crashed run(s) for records read again.
+    """
+
+    checkpoint_run: str
+    position: int
+    offset: Any
+    skipped: int
+    seeked: bool
+    superseded_letters: int
+
+
+class Checkpointer:
+    """Checkpoints of one run; see the module docstring."""
+
+    def __init__(
+        self,
+        options: RunOptions,
+        identity: PipelineIdentity,
+        run_id: str,
+        sink: SinkRuntime,
+        tracker: OffsetTracker,
+        reader: Callable[[], tuple[int, Any]],
+    ) -> None:
+        self.identity = identity
+        self.run_id = run_id
+        self.interval = options.interval
+        self._resume = options.resume
+        self._sink = sink
+        self._tracker = tracker
+        self._reader = reader  # (positions read, the source's offset now)
+        own = sink.sink.checkpoint_store()
+        self.store: CheckpointStore = own or open_checkpoint_store(options.checkpoint)
+        self._own = own is not None  # the sink writes checkpoints in its own transaction
+        self._owns_store = own is None and not isinstance(options.checkpoint, CheckpointStore)
+        self.resume_from: Checkpoint | None = None
+        self.abandoned: Checkpoint | None = None  # an unfinished chain a fresh run replaces
+        self.last: Checkpoint | None = None
+        self._runs: tuple[str, ...] = (run_id,)
+        self._base_done = 0
+        self._base_written = 0
+        self._since = 0
+        self._next_at = 0.0
+        self._touched: set[int] = set()
+        self.commits = 0
+
+    # -- before the run --------------------------------------------------------------------
+
+    def prepare(self) -> Checkpoint | None:
+        """Read the pipeline's checkpoint and decide: resume it, start afresh, or refuse.
+        Returns the checkpoint to resume from (``None``: start at the beginning)."""
+        where = self.store.description
+        try:
+            found = self.store.load(self.identity.name)
+        except CheckpointError:
+            if self._resume is not False:
+                raise
+            found = None  # --fresh: the damaged checkpoint is replaced
+            logger.warning("%s: the damaged checkpoint is replaced (--fresh)", where)
+        if found is not None and not found.finished:
+            if self._resume is None:
+                raise ResumeRequired(
+                    where,
+                    f"pipeline {self.identity.name!r} has an unfinished checkpoint (run "
+                    f"{found.run_id}, written {found.written_at}: {found.position} source "
+                    f"records done, {found.read} read). Run `conveyor run --resume` to "
+                    "continue from it, or `conveyor run --fresh` to start from the "
+                    "beginning (resume=True / resume=False in code); a plain run stops "
+                    "rather than write records a second time",
+                )
+            if self._resume:
+                found.check_identity(self.identity, where)
+                self.resume_from = found
+                self._runs = (*found.runs, self.run_id)
+                self._base_done = found.records.get("done", 0)
+                self._base_written = found.records.get("written", 0)
+            else:
+                self.abandoned = found
+        begin = (
+            self.resume_from.stamped(run_id=self.run_id, runs=self._runs)
+            if self.resume_from is not None
+            else Checkpoint(self.identity, self.run_id, self._runs).stamped()
+        )
+        self.store.save(begin)  # this run is known before it writes anything
+        self.last = begin
+        self._next_at = time.monotonic() + (self.interval.seconds or 0.0)
+        return self.resume_from
+
+    def supersede_letters(self, store: DeadLetterStore, stages: list[str]) -> int:
+        """Retire the dead letters that the resumed run will make again: those of the
+        earlier runs of the chain for records the checkpoint does not cover. A fresh run
+        retires every letter of the chain it abandons."""
+        if self.abandoned is not None:
+            return store.supersede(stages, runs=self.abandoned.runs)
+        resume = self.resume_from
+        if resume is None:
+            return 0
+        stale: list[str] = []
+        for run in resume.runs:
+            for letter in store.list(run_id=run):
+                ranges = letter.source_offset
+                if _ranges(ranges) and not resume.covers_all(ranges):
+                    stale.append(letter.id)
+        return store.mark_replayed(stale) if stale else 0
+
+    # -- during the run --------------------------------------------------------------------
+
+    async def after_write(self, lineage: tuple[int, ...], records: int) -> None:
+        """Called by the sink loop after each write (its lineage released)."""
+        self._touched.update(lineage)
+        self._since += records
+        interval = self.interval
+        if interval.records is not None:
+            if self._since < interval.records:
+                return
+        elif time.monotonic() < self._next_at:
+            return
+        if self._tracker.pending(self._touched):
+            return  # not a clean point: a batch the sink holds part of is still in flight
+        await self.commit(finished=False)
+
+    async def commit(self, *, finished: bool) -> Checkpoint | None:
+        """Take a checkpoint now (the caller knows it is a clean point)."""
+        tracker, sink = self._tracker, self._sink
+        if tracker.pending(self._touched):
+            return None
+        read, now = self._reader()
+        position, offset, done = tracker.coverage(read, now)
+        previous = self.last
+        assert previous is not None
+        checkpoint = previous.stamped(
+            run_id=self.run_id,
+            runs=self._runs,
+            position=position,
+            offset=offset,
+            done=tuple(done),
+            read=read,
+            records={
+                "done": self._base_done + tracker.completed_records,
+                "written": self._base_written + sink.stats.records_out,
+            },
+            finished=finished and position >= read and not done,
+        )
+        state = await self._with_retries("commit", lambda: sink.executor.call(
+            sink.sink.commit, checkpoint  # type: ignore[arg-type]
+        ))
+        fault_point("after_sink_commit")
+        if state is not None:
+            checkpoint = checkpoint.stamped(sink=state)
+        if not self._own:
+            await self._with_retries("save", lambda: asyncio.to_thread(self.store.save, checkpoint))
+        self.last = checkpoint
+        self.commits += 1
+        self._touched.clear()
+        self._since = 0
+        self._next_at = time.monotonic() + (self.interval.seconds or 0.0)
+        return checkpoint
+
+    async def _with_retries(self, what: str, call: Any) -> Any:
+        retry = self._sink.retry
+        attempt = 1
+        while True:
+            try:
+                return await call()
+            except Exception as exc:
+                if attempt >= retry.attempts or not retry.is_transient(exc):
+                    raise
+                logger.warning(
+                    "checkpoint %s failed (%s), retry %d of %d",
+                    what,
+                    exc,
+                    attempt,
+                    retry.attempts - 1,
+                )
+                await asyncio.sleep(retry.delay(attempt))
+                attempt += 1
+
+    def close(self) -> None:
+        """Release the store if this run opened it."""
+        if self._owns_store:
+            self.store.close()
+
+
+def _ranges(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(r, list) and len(r) == 2 for r in value)
+    )
+
