@@ -226,15 +226,20 @@ def w1_generators(n: int, **_: Any) -> Measured:
     return _timed(go)
 
 
-def w1_conveyor(n: int, batch_size: int = 1000, capacity: int = 2, **_: Any) -> Measured:
-    """Conveyor streaming: ValidateStage -> MapStage -> FilterStage -> sink."""
-    c = _conveyor()
-    pipeline = (
+def w1_pipeline(c: Any) -> Any:
+    """W1's Conveyor pipeline: ValidateStage -> MapStage -> FilterStage."""
+    return (
         c.Pipeline("w1")
         .add_stage(c.ValidateStage(validate, name="validate"))
         .add_stage(c.MapStage(enrich, name="enrich"))
         .add_stage(c.FilterStage(keep, name="filter"))
     )
+
+
+def w1_conveyor(n: int, batch_size: int = 1000, capacity: int = 2, **_: Any) -> Measured:
+    """Conveyor streaming: ValidateStage -> MapStage -> FilterStage -> sink."""
+    c = _conveyor()
+    pipeline = w1_pipeline(c)
 
     def go() -> Tally:
         tally = Tally()

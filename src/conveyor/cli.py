@@ -140,18 +140,36 @@ def run(
     force: bool = typer.Option(
         False, "--force", help="Run every stage, also the unchanged persisted ones."
     ),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue the unfinished run from its last checkpoint."
+    ),
+    fresh: bool = typer.Option(
+        False, "--fresh", help="Start from the beginning, abandoning an unfinished checkpoint."
+    ),
 ) -> None:
     """Run a pipeline project (the whole pipeline, or one stage with stage=NAME).
+
+    A whole run keeps checkpoints; after a crash or a stop, `--resume` continues from the
+    last one and `--fresh` starts again from the beginning (a plain run refuses to guess).
 
     Exit codes: 0 done; 1 an error; 3 more dead letters than pipeline.max_dead_letters
     allows; 130 interrupted (Ctrl-C / SIGTERM).
     """
     from conveyor.project.run import run_project
 
+    if resume and fresh:
+        _fail(UsageError("--resume and --fresh exclude each other; pick one"), "")
+        return
     path, overrides = _split_path(list(args or []))
     progress = _Progress()
     try:
-        outcome = run_project(path, overrides, progress=progress, force=force)
+        outcome = run_project(
+            path,
+            overrides,
+            progress=progress,
+            force=force,
+            resume=True if resume else False if fresh else None,
+        )
     except ConveyorError as exc:
         progress.stop()
         _fail(exc, _rerun_hint(path, overrides, exc))

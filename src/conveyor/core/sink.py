@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from conveyor.core._callables import call_maybe_async
 from conveyor.core.context import PipelineContext
+from conveyor.core.options import RetryPolicy
 from conveyor.core.result import RunStatus
 from conveyor.core.stage import PipelineStage, run_stage
 from conveyor.errors import PipelineDefinitionError
@@ -83,6 +84,9 @@ class Sink(ABC):
     """Writing the same record twice does no harm (an upsert by key): then a failing
     micro-batch is split to isolate the bad records instead of dead-lettering it whole."""
 
+    default_retry: ClassVar[RetryPolicy | None] = None
+    """The retries of a failed write unless ``stage_options["sink"]`` sets them (the
+    connectors' sinks retry an unreachable database with back-off)."""
     exactly_once: ClassVar[bool] = False
     """Across a crash and a resume, no record ends up in it twice: it stores the checkpoint
     in the same transaction as its rows (:meth:`checkpoint_store`), or its :meth:`commit`

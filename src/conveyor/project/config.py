@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from conveyor.core.options import DeadLetterBudget
+from conveyor.core.checkpoint import CheckpointInterval
 from conveyor.errors import ConfigError, PipelineDefinitionError
 
 __all__ = [
@@ -88,6 +89,17 @@ class PipelineSection(_Strict):
     max_dead_letters: int | str = "10%"
     hooks: dict[Literal["before_stage", "after_stage", "on_error", "on_complete"], list[str]] = {}
     events: dict[Literal["item_created", "item_updated", "stage_completed"], list[str]] = {}
+    checkpoints: bool = True
+    checkpoint_every: float | str = 1.0
+
+    @field_validator("checkpoint_every")
+    @classmethod
+    def _interval(cls, value: float | str) -> float | str:
+        try:
+            CheckpointInterval.parse(value)
+        except PipelineDefinitionError as exc:
+            raise ValueError(str(exc)) from None
+        return value
 
     @field_validator("max_dead_letters")
     @classmethod
@@ -105,6 +117,9 @@ class ProjectConfig(_Strict):
     pipeline: PipelineSection = PipelineSection()
     stages: dict[str, StageSection] = {}
     branches: dict[str, dict[str, list[str]]] = {}
+    sink: dict[str, Any] | None = None
+    """``sink: {connector: NAME, …}``: a built-in sink instead of a sink stage file (its
+    options are validated by the connector's own model, see :func:`connector_sink`)."""
 
 
 @dataclass
@@ -289,6 +304,33 @@ def load_config(
     loaded.raw = raw
     loaded.config = validate_model(ProjectConfig, raw, loaded, ())
     return loaded
+
+
+def connector_sink(loaded: LoadedConfig, root: Path) -> Any:
+    """The sink that config.yaml's ``sink:`` section describes, or ``None``: its
+    ``connector`` picks the class, whose ``Config`` model validates the other keys (errors
+    located at file:line:column, with the valid keys and a did-you-mean)."""
+    section = loaded.config.sink
+    if section is None:
+        return None
+    from conveyor.connectors import sink_connectors
+
+    connectors = sink_connectors()
+    names = sorted(connectors)
+    name = section.get("connector")
+    if not isinstance(name, str) or name not in connectors:
+        close = difflib.get_close_matches(str(name), names, n=1) if name else []
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        what = "is missing" if name is None else f"{name!r} is not a sink connector"
+        raise loaded.error(
+            ("sink", "connector") if name is not None else ("sink",),
+            f"sink.connector {what}{hint} (connectors: {', '.join(names)})",
+            names,
+        )
+    cls = connectors[name]
+    options = {k: v for k, v in section.items() if k != "connector"}
+    config = validate_model(cls.Config, options, loaded, ("sink",))
+    return cls.from_config(config, root)
 
 
 def validate_model(

@@ -211,7 +211,7 @@ def dvc_stages(project: Project) -> dict[str, dict[str, Any]]:
             stage["params"] = [{config_file: keys}]
         stage["outs"] = [_persist_out(project, loaded)]
         out[loaded.name] = stage
-    sink = project.sink
+    sink = project.sink_stage
     last = project.stages[-1]
     if (
         sink is not None

@@ -24,7 +24,13 @@ from conveyor.core.stage import PipelineStage
 from conveyor.core.stages import BranchStage
 from conveyor.errors import ConfigError, ProjectError
 from conveyor.pipeline import Pipeline
-from conveyor.project.config import LoadedConfig, StageSection, load_config, validate_model
+from conveyor.project.config import (
+    LoadedConfig,
+    StageSection,
+    connector_sink,
+    load_config,
+    validate_model,
+)
 from conveyor.project.datasets import DatasetWriter, Persistable
 from conveyor.project.discovery import (
     StageFile,
@@ -60,6 +66,8 @@ class Project:
     pipeline_dir: Path
     config: LoadedConfig
     stages: list[LoadedStage] = field(default_factory=list)
+    configured_sink: RunSink | None = None
+    """The sink of config.yaml's ``sink:`` section (a connector), if it has one."""
 
     @property
     def name(self) -> str:
@@ -85,16 +93,22 @@ class Project:
         return first if isinstance(first, Source) else None
 
     @property
-    def sink(self) -> Sink | None:
-        """The last stage when it is a :class:`Sink`."""
+    def sink_stage(self) -> Sink | None:
+        """The last stage when it is a :class:`Sink` (a sink stage file)."""
         last = self.stages[-1].stage
         return last if isinstance(last, Sink) else None
+
+    @property
+    def sink(self) -> RunSink | None:
+        """Where the run's records go: the ``sink:`` section's connector, or the sink
+        stage file's :class:`Sink` (``None``: neither; records are counted and dropped)."""
+        return self.configured_sink or self.sink_stage
 
     @property
     def middle(self) -> list[LoadedStage]:
         """The record stages between the source and the sink."""
         start = 1 if self.source is not None else 0
-        end = len(self.stages) - (1 if self.sink is not None else 0)
+        end = len(self.stages) - (1 if self.sink_stage is not None else 0)
         return self.stages[start:end]
 
     def stage_options(self, loaded: LoadedStage) -> StageOptions:
@@ -116,7 +130,7 @@ class Project:
         """The run options of config.yaml's ``pipeline:`` section (stage options come with
         :meth:`pipeline`); with ``sink``, those of the project's Sink under its name."""
         settings = self.config.config.pipeline
-        project_sink = self.sink
+        project_sink = self.sink_stage
         stage_options = (
             {project_sink.name: self.stage_options(self.stages[-1])}
             if sink and project_sink is not None
@@ -354,6 +368,15 @@ def load_project(path: Path, overrides: Sequence[str] = ()) -> Project:
         stage = _instantiate(stage_file, found, section, config)
         project.stages.append(LoadedStage(stage_file, stage, section))
     _check_shape(project)
+    if config.config.sink is not None:
+        last = project.stages[-1] if project.stages else None
+        if last is not None and isinstance(last.stage, Sink):
+            raise config.error(
+                ("sink",),
+                f"both a `sink:` section and the sink stage file {last.file.path.name} define "
+                "where records go; keep one: delete the `sink:` section or the stage file",
+            )
+        project.configured_sink = connector_sink(config, root)
     return project
 
 
@@ -420,7 +443,7 @@ class DiscardSink(RunSink):
 
 
 def project_sink(project: Project) -> RunSink:
-    """The project's Sink, or a counting sink."""
+    """The project's sink (a connector or a Sink stage), or a counting sink."""
     sink = project.sink
     return sink if sink is not None else DiscardSink()
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from conveyor.core.events import EventBus
 from conveyor.core.hooks import Hook, HookName
+from conveyor.core.options import RunOptions
 from conveyor.core.sink import RunMode
 from conveyor.core.sink import Sink as RunSink
 from conveyor.errors import ProjectError
@@ -89,6 +90,8 @@ class RunHooks:
     progress: Progress | None = None
     progress_interval: float = 0.25
     handle_signals: bool = True
+    resume: bool | None = None
+    """``--resume`` (True), ``--fresh`` (False), or neither (``None``)."""
 
 
 def run_project(
@@ -101,12 +104,15 @@ def run_project(
     force: bool = False,
     hooks: Mapping[HookName, Sequence[Hook]] | None = None,
     event_bus: EventBus | None = None,
+    resume: bool | None = None,
 ) -> ProjectRun:
     """Load the project at ``path`` and run it; ``stage=NAME`` among ``overrides`` runs one
     stage only. Unchanged persisted stages are skipped unless ``force``. ``hooks`` and
-    ``event_bus`` are added to those of config.yaml."""
+    ``event_bus`` are added to those of config.yaml. A whole run keeps checkpoints
+    (``pipeline.checkpoints``): ``resume=True`` continues an unfinished one, ``False``
+    starts afresh, ``None`` stops if there is one."""
     stage_name, rest = _split_stage(overrides)
-    extra = RunHooks(hooks or {}, event_bus, progress, progress_interval, handle_signals)
+    extra = RunHooks(hooks or {}, event_bus, progress, progress_interval, handle_signals, resume)
     # Stages see paths relative to the project folder, as `dvc repro` runs them.
     with contextlib.chdir(project_root(path)):
         project = load_project(Path.cwd(), rest)
@@ -119,7 +125,7 @@ def run_project(
         run = ProjectRun(
             project, stage=stage_name, skipped=list(plan.skipped), notes=list(plan.notes)
         )
-        if plan.stages or plan.sink is project.sink:
+        if plan.stages or plan.sink is project.sink or plan.sink is project.sink_stage:
             run.report = asyncio.run(execute_plan(project, plan, extra))
         return run
 
@@ -304,9 +310,9 @@ def stage_run_plan(project: Project, loaded: LoadedStage, *, force: bool = False
             f"stage {loaded.name!r} is the first stage; run the whole pipeline instead",
             file=loaded.file.path,
         )
-    if project.sink is not None and loaded is project.stages[-1]:
+    if project.sink_stage is not None and loaded is project.stages[-1]:
         records, input_path = read_input(project, loaded)
-        return RunPlan([], records, input_path, project.sink, mode="stage")
+        return RunPlan([], records, input_path, project.sink_stage, mode="stage")
     if not force and is_fresh(project, loaded):
         return RunPlan([], [], None, DiscardSink(), mode="stage", skipped=[loaded.name])
     records, input_path = read_input(project, loaded)
@@ -343,8 +349,9 @@ async def execute_plan(
         plan.stages, persist=writers, hooks=extra.hooks, event_bus=extra.event_bus
     )
     options = project.run_options(
-        handle_signals=extra.handle_signals, sink=plan.sink is project.sink
+        handle_signals=extra.handle_signals, sink=plan.sink is project.sink_stage
     )
+    options = _checkpoint_options(project, plan, options, extra.resume, persisting=bool(writers))
     runner = StreamRunner(
         pipeline.spec(), plan.sink, options, mode=plan.mode, on_done=on_done, depth=plan.depth
     )
@@ -371,6 +378,33 @@ async def execute_plan(
     if extra.progress is not None:
         extra.progress(runner)
     return report
+
+
+def _checkpoint_options(
+    project: Project, plan: RunPlan, options: RunOptions, resume: bool | None, *, persisting: bool
+) -> RunOptions:
+    """Checkpoints for a whole run that persists no dataset (a persisting project resumes
+    by skipping its fresh stages instead); ``--resume``/``--fresh`` elsewhere is an error."""
+    settings = project.config.config.pipeline
+    wanted = settings.checkpoints and plan.mode == "run" and not persisting
+    if wanted:
+        return options.merged(
+            checkpoint=project.path(settings.state_dir) / "checkpoints.db",
+            checkpoint_every=settings.checkpoint_every,
+            resume=resume,
+        )
+    if resume is not None:
+        flag = "--resume" if resume else "--fresh"
+        why = (
+            "its stages persist datasets, so a run resumes by skipping the stages whose "
+            "output is fresh (conveyor run, without a flag)"
+            if persisting
+            else "pipeline.checkpoints is off in config.yaml"
+            if not settings.checkpoints
+            else "only a whole run keeps checkpoints"
+        )
+        raise ProjectError(f"{flag} does not apply to this run: {why}")
+    return options
 
 
 def _retire_earlier_letters(project: Project, plan: RunPlan, report: RunReport) -> None:

@@ -117,7 +117,7 @@ class StreamRunner:
         check = ContractCheck(options.contracts, sample_rate=options.sample_rate)
         self._source_weigh = weigher(depth)
         self._runtimes, depth = self._build(spec.leaves, check, depth, prefix="")
-        self._sink = SinkRuntime(self.sink, self._options_for(self.sink.name, "sink"), depth)
+        self._sink = SinkRuntime(self.sink, self._sink_options(), depth)
         store = options.dead_letters
         self._store = (
             store
@@ -160,6 +160,14 @@ class StreamRunner:
             if key in self._stage_options:
                 return self._stage_options[key]
         return StageOptions()
+
+    def _sink_options(self) -> StageOptions:
+        """The sink's options; a sink's own ``default_retry`` unless options are given."""
+        for key in (self.sink.name, "sink"):
+            if key in self._stage_options:
+                return self._stage_options[key]
+        retry = self.sink.default_retry
+        return StageOptions() if retry is None else StageOptions(retry=retry)
 
     def _check_names(self) -> None:
         leaves = self.spec.leaves
