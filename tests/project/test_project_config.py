@@ -25,6 +25,8 @@ PIPELINE_KEYS = (
     "max_dead_letters",
     "hooks",
     "events",
+    "checkpoints",
+    "checkpoint_every",
 )
 STAGE_KEYS = (
     "concurrency",
@@ -147,11 +149,12 @@ def test_unknown_top_level_key_without_a_close_match(tmp_path: Path) -> None:
     file = _config(tmp_path, "pipeline:\n  name: x\nzzz: 1\n")
     error = _error(file)
     assert str(error) == (
-        f"{file}:3:1: unknown key 'zzz' in the top level (valid keys: pipeline, stages, branches)"
+        f"{file}:3:1: unknown key 'zzz' in the top level "
+        "(valid keys: pipeline, stages, branches, sink)"
     )
     assert "did you mean" not in str(error)
     assert error.key == "zzz"
-    assert error.valid_keys == ("pipeline", "stages", "branches")
+    assert error.valid_keys == ("pipeline", "stages", "branches", "sink")
 
 
 def test_several_problems_are_all_reported_first_one_located(tmp_path: Path) -> None:

@@ -94,26 +94,33 @@ async def test_aborted_run_resumes_exactly_once(tmp_path: Path) -> None:
     sink = SqliteSink(tmp_path / "out.db", "out")
     first = await run_until(pipeline(), ids(), sink, options(tmp_path), abort_at=2_345)
     assert first.status is RunStatus.ABORTED
-    assert first.checkpoint is not None and 0 < first.checkpoint.position <= 2_345
+    assert first.checkpoint is not None
+    assert 0 < first.checkpoint.position <= 2_345
     assert "--resume" in first.summary()
     committed = len(sink_ids(tmp_path / "out.db"))
     assert committed == first.checkpoint.records["written"]
 
     with pytest.raises(ResumeRequired, match="--resume") as refused:
-        await run_until(pipeline(), ids(), SqliteSink(tmp_path / "out.db", "out"),
-                        options(tmp_path), None)
+        await run_until(
+            pipeline(), ids(), SqliteSink(tmp_path / "out.db", "out"), options(tmp_path), None
+        )
     assert str(tmp_path / "cp.db") not in str(refused.value)  # the sink's database keeps it
     assert "out.db" in str(refused.value)
 
     second = await run_until(
-        pipeline(), ids(), SqliteSink(tmp_path / "out.db", "out"),
-        options(tmp_path, resume=True, batch_size=37, capacity=5), None,
+        pipeline(),
+        ids(),
+        SqliteSink(tmp_path / "out.db", "out"),
+        options(tmp_path, resume=True, batch_size=37, capacity=5),
+        None,
     )
     assert second.status is RunStatus.COMPLETED
-    assert second.resume is not None and second.resume.position == first.checkpoint.position
+    assert second.resume is not None
+    assert second.resume.position == first.checkpoint.position
     assert second.resume.skipped == first.checkpoint.position
     assert "resumed from the checkpoint" in second.summary()
-    assert second.checkpoint is not None and second.checkpoint.finished
+    assert second.checkpoint is not None
+    assert second.checkpoint.finished
     assert second.sink_guarantee == "exactly-once"
     assert_exactly_once(tmp_path)
 
@@ -121,14 +128,23 @@ async def test_aborted_run_resumes_exactly_once(tmp_path: Path) -> None:
 async def test_three_aborts_then_complete(tmp_path: Path) -> None:
     for i, at in enumerate((900, 2_100, 3_900)):
         report = await run_until(
-            pipeline(), ids(), SqliteSink(tmp_path / "out.db", "out"),
-            options(tmp_path, resume=True if i else None), abort_at=at,
+            pipeline(),
+            ids(),
+            SqliteSink(tmp_path / "out.db", "out"),
+            options(tmp_path, resume=True if i else None),
+            abort_at=at,
         )
         assert report.status is RunStatus.ABORTED
-    final = await run_until(pipeline(), ids(), SqliteSink(tmp_path / "out.db", "out"),
-                            options(tmp_path, resume=True), None)
+    final = await run_until(
+        pipeline(),
+        ids(),
+        SqliteSink(tmp_path / "out.db", "out"),
+        options(tmp_path, resume=True),
+        None,
+    )
     assert final.status is RunStatus.COMPLETED
-    assert final.checkpoint is not None and len(final.checkpoint.runs) == 4
+    assert final.checkpoint is not None
+    assert len(final.checkpoint.runs) == 4
     assert_exactly_once(tmp_path)
 
 
@@ -138,19 +154,28 @@ async def test_fresh_abandons_the_checkpoint_and_its_letters(tmp_path: Path) -> 
 
     await run_until(pipeline(), ids(), keyed(), options(tmp_path), abort_at=3_000)
     report = await run_until(pipeline(), ids(), keyed(), options(tmp_path, resume=False), None)
-    assert report.status is RunStatus.COMPLETED and report.resume is None
-    assert report.checkpoint is not None and len(report.checkpoint.runs) == 1
+    assert report.status is RunStatus.COMPLETED
+    assert report.resume is None
+    assert report.checkpoint is not None
+    assert len(report.checkpoint.runs) == 1
     assert_exactly_once(tmp_path)  # rows upserted by key; the abandoned letters retired
 
 
 async def test_changed_stage_list_is_refused(tmp_path: Path) -> None:
-    await run_until(pipeline(), ids(), SqliteSink(tmp_path / "out.db", "out"),
-                    options(tmp_path), abort_at=2_000)
+    await run_until(
+        pipeline(), ids(), SqliteSink(tmp_path / "out.db", "out"), options(tmp_path), abort_at=2_000
+    )
     changed = pipeline("cp", MapStage(lambda r: r, name="extra"))
     with pytest.raises(CheckpointError, match="different stage list") as refused:
-        await run_until(changed, ids(), SqliteSink(tmp_path / "out.db", "out"),
-                        options(tmp_path, resume=True), None)
-    assert "--fresh" in str(refused.value) and "out.db" in str(refused.value)
+        await run_until(
+            changed,
+            ids(),
+            SqliteSink(tmp_path / "out.db", "out"),
+            options(tmp_path, resume=True),
+            None,
+        )
+    assert "--fresh" in str(refused.value)
+    assert "out.db" in str(refused.value)
 
 
 class Lines:
@@ -175,14 +200,26 @@ class Lines:
 
 
 async def test_seekable_source_is_sought_not_reread(tmp_path: Path) -> None:
-    first = await run_until(pipeline(), Lines(N), SqliteSink(tmp_path / "out.db", "out"),
-                            options(tmp_path), abort_at=3_210)
+    first = await run_until(
+        pipeline(),
+        Lines(N),
+        SqliteSink(tmp_path / "out.db", "out"),
+        options(tmp_path),
+        abort_at=3_210,
+    )
     assert first.checkpoint is not None
     source = Lines(N)
-    second = await run_until(pipeline(), source, SqliteSink(tmp_path / "out.db", "out"),
-                             options(tmp_path, resume=True), None)
-    assert source.seeks == [first.checkpoint.offset] and first.checkpoint.offset > 0
-    assert second.resume is not None and second.resume.seeked
+    second = await run_until(
+        pipeline(),
+        source,
+        SqliteSink(tmp_path / "out.db", "out"),
+        options(tmp_path, resume=True),
+        None,
+    )
+    assert source.seeks == [first.checkpoint.offset]
+    assert first.checkpoint.offset > 0
+    assert second.resume is not None
+    assert second.resume.seeked
     assert second.records_in == N - first.checkpoint.position
     assert_exactly_once(tmp_path)
 
@@ -194,10 +231,20 @@ async def test_async_source_resumes(tmp_path: Path) -> None:
                 await asyncio.sleep(0)
             yield record
 
-    await run_until(pipeline(), records(), SqliteSink(tmp_path / "out.db", "out"),
-                    options(tmp_path), abort_at=2_500)
-    report = await run_until(pipeline(), records(), SqliteSink(tmp_path / "out.db", "out"),
-                             options(tmp_path, resume=True), None)
+    await run_until(
+        pipeline(),
+        records(),
+        SqliteSink(tmp_path / "out.db", "out"),
+        options(tmp_path),
+        abort_at=2_500,
+    )
+    report = await run_until(
+        pipeline(),
+        records(),
+        SqliteSink(tmp_path / "out.db", "out"),
+        options(tmp_path, resume=True),
+        None,
+    )
     assert report.status is RunStatus.COMPLETED
     assert_exactly_once(tmp_path)
 
@@ -213,12 +260,21 @@ async def test_out_of_order_batches_are_done_above_the_watermark(tmp_path: Path)
 
     unordered = {"slow": StageOptions(concurrency=4, ordered=False)}
     p = pipeline("cp", MapStage(slow, name="slow"))
-    first = await run_until(p, ids(), SqliteSink(tmp_path / "out.db", "out"),
-                            options(tmp_path, stage_options=unordered, checkpoint_every="50r"),
-                            abort_at=4_000)
+    first = await run_until(
+        p,
+        ids(),
+        SqliteSink(tmp_path / "out.db", "out"),
+        options(tmp_path, stage_options=unordered, checkpoint_every="50r"),
+        abort_at=4_000,
+    )
     assert first.checkpoint is not None
-    second = await run_until(p, ids(), SqliteSink(tmp_path / "out.db", "out"),
-                             options(tmp_path, resume=True, stage_options=unordered), None)
+    second = await run_until(
+        p,
+        ids(),
+        SqliteSink(tmp_path / "out.db", "out"),
+        options(tmp_path, resume=True, stage_options=unordered),
+        None,
+    )
     assert second.status is RunStatus.COMPLETED
     assert_exactly_once(tmp_path)
 
@@ -230,10 +286,16 @@ async def test_groups_across_source_batches_resume(tmp_path: Path) -> None:
         BatchStage(33, name="group"),
         FlattenStage(name="ungroup"),
     )
-    await run_until(p, ids(), SqliteSink(tmp_path / "out.db", "out"),
-                    options(tmp_path, checkpoint_every="50r"), abort_at=2_777)
-    report = await run_until(p, ids(), SqliteSink(tmp_path / "out.db", "out"),
-                             options(tmp_path, resume=True), None)
+    await run_until(
+        p,
+        ids(),
+        SqliteSink(tmp_path / "out.db", "out"),
+        options(tmp_path, checkpoint_every="50r"),
+        abort_at=2_777,
+    )
+    report = await run_until(
+        p, ids(), SqliteSink(tmp_path / "out.db", "out"), options(tmp_path, resume=True), None
+    )
     assert report.status is RunStatus.COMPLETED
     assert_exactly_once(tmp_path)
 
@@ -248,37 +310,44 @@ async def test_stop_takes_a_final_checkpoint(tmp_path: Path) -> None:
         return record
 
     spec = spec.with_stages([*spec.stages, MapStage(watch, name="watch")])
-    runner = StreamRunner(spec, SqliteSink(tmp_path / "out.db", "out"),
-                          options(tmp_path, checkpoint_every=3600.0))
+    runner = StreamRunner(
+        spec, SqliteSink(tmp_path / "out.db", "out"), options(tmp_path, checkpoint_every=3600.0)
+    )
     box.append(runner)
     report = await runner.run(ids())
     assert report.status is RunStatus.INTERRUPTED
     cp = report.checkpoint
-    assert cp is not None and not cp.finished
+    assert cp is not None
+    assert not cp.finished
     assert cp.position == cp.read  # drained: everything read is done and committed
     assert len(sink_ids(tmp_path / "out.db")) == cp.records["written"]
-    again = StreamRunner(spec, SqliteSink(tmp_path / "out.db", "out"),
-                         options(tmp_path, resume=True))
+    again = StreamRunner(
+        spec, SqliteSink(tmp_path / "out.db", "out"), options(tmp_path, resume=True)
+    )
     resumed = await again.run(ids())
-    assert resumed.replayed == 0 and resumed.status is RunStatus.COMPLETED
+    assert resumed.replayed == 0
+    assert resumed.status is RunStatus.COMPLETED
     assert_exactly_once(tmp_path)
 
 
 async def test_damaged_checkpoint_is_refused_even_with_a_plain_run(tmp_path: Path) -> None:
     store = SqliteCheckpointStore(tmp_path / "cp.db")
-    await run_until(pipeline(), ids(), lambda batch: None,
-                    options(tmp_path, checkpoint=store), abort_at=2_000)
+    await run_until(
+        pipeline(), ids(), lambda batch: None, options(tmp_path, checkpoint=store), abort_at=2_000
+    )
     with sqlite3.connect(tmp_path / "cp.db") as conn:
         (payload,) = conn.execute("SELECT payload FROM conveyor_checkpoints").fetchone()
         conn.execute("UPDATE conveyor_checkpoints SET payload = ?", (payload.replace("1", "2", 1),))
     for resume in (None, True):
         with pytest.raises(CheckpointError, match="checksum") as refused:
-            await run_until(pipeline(), ids(), lambda batch: None,
-                            options(tmp_path, resume=resume), None)
+            await run_until(
+                pipeline(), ids(), lambda batch: None, options(tmp_path, resume=resume), None
+            )
         assert str(tmp_path / "cp.db") in str(refused.value)
     # --fresh replaces a damaged checkpoint
-    report = await run_until(pipeline(), ids(), lambda batch: None,
-                             options(tmp_path, resume=False), None)
+    report = await run_until(
+        pipeline(), ids(), lambda batch: None, options(tmp_path, resume=False), None
+    )
     assert report.status is RunStatus.COMPLETED
 
 
@@ -295,7 +364,8 @@ async def test_at_least_once_sink_counts_its_replays(tmp_path: Path) -> None:
     assert second.sink_guarantee == "at-least-once"
     duplicates = len(written) - len(set(written))
     assert duplicates <= 1_000 + 100  # at most one interval (and a micro-batch)
-    assert second.replayed > 0 and "at-least-once" in second.summary()
+    assert second.replayed > 0
+    assert "at-least-once" in second.summary()
     assert set(written) | set(letter_ids(tmp_path / "dl.db")) == set(range(N))
 
 
@@ -305,6 +375,8 @@ def test_checkpoint_round_trip_and_damage() -> None:
     cp = Checkpoint(PipelineIdentity("p", "f", "s"), "r", ("r",), 10, 3, ((20, 29),), 40)
     text = cp.to_json()
     assert Checkpoint.from_json(text, "x") == cp
-    assert cp.covers(0, 9) and cp.covers(20, 29) and not cp.covers(10, 19)
+    assert cp.covers(0, 9)
+    assert cp.covers(20, 29)
+    assert not cp.covers(10, 19)
     with pytest.raises(CheckpointError, match="truncated"):
         Checkpoint.from_json(text[: len(text) // 2], "store.db")

@@ -126,7 +126,9 @@ class _SqlSink(Sink):
             try:
                 self._conn = self._connect()
             except Exception as exc:
-                raise SinkUnavailableError(self.name, f"cannot connect to {self.where}: {exc}") from exc
+                raise SinkUnavailableError(
+                    self.name, f"cannot connect to {self.where}: {exc}"
+                ) from exc
             self._broken = False
             self._in_transaction = False
             for rows in self._uncommitted:  # the transaction was lost with it: redo it
@@ -190,8 +192,7 @@ class _SqlSink(Sink):
             missing = [k for k in self.key if k not in columns]
             if missing:
                 raise PipelineDefinitionError(
-                    f"{self.where}: key column(s) {missing} are not among the columns "
-                    f"{columns}"
+                    f"{self.where}: key column(s) {missing} are not among the columns {columns}"
                 )
             self._create(cursor, columns, rows)
             existing = columns
@@ -222,6 +223,7 @@ class _SqlSink(Sink):
         try:
             cursor = self._conn.cursor()
             self._begin(cursor)
+            cursor.execute(CheckpointTable.create_sql)
             self._checkpoints.save(cursor, checkpoint)
         except Exception as exc:
             if self._unavailable(exc):
@@ -292,6 +294,10 @@ class _SinkCheckpointStore(CheckpointStore):
 
     def save(self, checkpoint: Checkpoint) -> None:
         self._sink._save_checkpoint(checkpoint)
+
+    def close(self) -> None:
+        """Close the sink's connection if the sink is not using it any more."""
+        self._sink._drop_connection()
 
 
 def _check_keys(rows: list[dict[str, Any]], columns: list[str], where: str) -> None:
@@ -430,7 +436,9 @@ class SqliteSink(_SqlSink):
             defs.append(f"{_sqlite_quote(column)} {kind}")
         if self.key:
             defs.append(f"PRIMARY KEY ({', '.join(map(_sqlite_quote, self.key))})")
-        cursor.execute(f"CREATE TABLE IF NOT EXISTS {_sqlite_quote(self.table)} ({', '.join(defs)})")
+        cursor.execute(
+            f"CREATE TABLE IF NOT EXISTS {_sqlite_quote(self.table)} ({', '.join(defs)})"
+        )
 
     def _insert(self, cursor: Any, columns: list[str], rows: list[dict[str, Any]]) -> None:
         names = ", ".join(map(_sqlite_quote, columns))
@@ -445,9 +453,7 @@ class SqliteSink(_SqlSink):
                 else "DO NOTHING"
             )
             sql += f" ON CONFLICT ({', '.join(map(_sqlite_quote, self.key))}) {update}"
-        cursor.executemany(
-            sql, [tuple(_sqlite_value(row.get(c)) for c in columns) for row in rows]
-        )
+        cursor.executemany(sql, [tuple(_sqlite_value(row.get(c)) for c in columns) for row in rows])
 
     def _unavailable(self, exc: BaseException) -> bool:
         if not isinstance(exc, sqlite3.OperationalError):
@@ -520,9 +526,7 @@ class PostgresSink(_SqlSink):
     @classmethod
     def from_config(cls, config: PostgresSink.Config, root: Path) -> Self:
         """The sink a ``sink:`` section describes."""
-        return cls(
-            config.dsn, config.table, key=config.key, connect_timeout=config.connect_timeout
-        )
+        return cls(config.dsn, config.table, key=config.key, connect_timeout=config.connect_timeout)
 
     @property
     def where(self) -> str:
@@ -563,8 +567,7 @@ class PostgresSink(_SqlSink):
 
         types = _sample_types(self.model, columns, sample)
         defs = [
-            sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(_pg_type(types[c])))
-            for c in columns
+            sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(_pg_type(types[c]))) for c in columns
         ]
         if self.key:
             defs.append(

@@ -5,6 +5,13 @@ This layer imports nothing else of Conveyor but :mod:`conveyor.errors`. The ``Pi
 builder lives above the runners, in :mod:`conveyor.pipeline` (ADR 0004).
 """
 
+from conveyor.core.checkpoint import (
+    Checkpoint,
+    CheckpointInterval,
+    CheckpointStore,
+    SeekableSource,
+    SqliteCheckpointStore,
+)
 from conveyor.core.context import NO_ITEM, ErrorRecord, PipelineContext
 from conveyor.core.events import Event, EventBus, EventHandler, EventType
 from conveyor.core.hooks import Hook, HookName, RunEvents, StageEvent, call_hooks
@@ -46,6 +53,9 @@ __all__ = [
     "BatchStage",
     "BranchStage",
     "ChainedStage",
+    "Checkpoint",
+    "CheckpointInterval",
+    "CheckpointStore",
     "DeadLetterBudget",
     "ErrorRecord",
     "Event",
@@ -76,7 +86,9 @@ __all__ = [
     "RunMode",
     "RunOptions",
     "RunStatus",
+    "SeekableSource",
     "Sink",
+    "SqliteCheckpointStore",
     "StageEvent",
     "StageKind",
     "StageOptions",

@@ -23,18 +23,20 @@ import hashlib
 import json
 import os
 import re
-import sqlite3
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from conveyor.core._faults import fault_point
 from conveyor.core.kinds import flatten_stages, stage_kind
 from conveyor.errors import CheckpointError, PipelineDefinitionError
+
+if TYPE_CHECKING:
+    pass
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -142,7 +144,10 @@ def _describe(stage: Any) -> list[Any]:
     branches = getattr(stage, "branches", None)
     if isinstance(branches, Mapping):
         described.append(
-            {arm: [_describe(s) for s in flatten_stages([chain])] for arm, chain in branches.items()}
+            {
+                arm: [_describe(s) for s in flatten_stages([chain])]
+                for arm, chain in branches.items()
+            }
         )
     return described
 
@@ -417,6 +422,9 @@ class SqliteCheckpointStore(CheckpointStore):
     """
 
     def __init__(self, path: str | os.PathLike[str], *, timeout: float = 30.0) -> None:
+        import sqlite3  # when a run keeps checkpoints, not when conveyor is imported
+
+        self._sqlite = sqlite3
         self._path = Path(path)
         self._table = CheckpointTable("qmark")
         self._lock = threading.Lock()
@@ -434,8 +442,9 @@ class SqliteCheckpointStore(CheckpointStore):
         except sqlite3.Error as exc:
             self._conn.close()
             raise CheckpointError(
-                str(self._path), f"is not a usable SQLite database ({exc}); move it away or "
-                "restore it, then run with --fresh to start from the beginning"
+                str(self._path),
+                f"is not a usable SQLite database ({exc}); move it away or "
+                "restore it, then run with --fresh to start from the beginning",
             ) from exc
 
     @property
@@ -458,7 +467,7 @@ class SqliteCheckpointStore(CheckpointStore):
         with self._lock:
             try:
                 return self._table.load(self._conn.cursor(), pipeline, self.description)
-            except sqlite3.Error as exc:
+            except self._sqlite.Error as exc:
                 raise CheckpointError(
                     self.description, f"cannot be read ({exc}); the file is damaged"
                 ) from exc
@@ -471,10 +480,10 @@ class SqliteCheckpointStore(CheckpointStore):
                     self._table.save(self._conn.cursor(), checkpoint)
                     self._conn.execute("COMMIT")
                 except BaseException:
-                    with contextlib.suppress(sqlite3.Error):
+                    with contextlib.suppress(self._sqlite.Error):
                         self._conn.execute("ROLLBACK")
                     raise
-            except sqlite3.Error as exc:
+            except self._sqlite.Error as exc:
                 raise CheckpointError(self.description, f"cannot be written: {exc}") from exc
 
     def close(self) -> None:

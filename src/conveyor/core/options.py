@@ -277,7 +277,9 @@ class RunOptions:
 
     def __post_init__(self) -> None:
         _positive_int("batch_size", self.batch_size, "")
-        object.__setattr__(self, "checkpoint_every", CheckpointInterval.parse(self.checkpoint_every))
+        object.__setattr__(
+            self, "checkpoint_every", CheckpointInterval.parse(self.checkpoint_every)
+        )
         if self.resume not in (None, True, False):
             raise PipelineDefinitionError(
                 f"resume must be True, False or None, got {self.resume!r}"

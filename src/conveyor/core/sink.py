@@ -68,6 +68,13 @@ class RunInfo:
         """Whether this run replays dead letters (the sink already holds earlier output)."""
         return self.mode == "replay"
 
+    @property
+    def appends(self) -> bool:
+        """Whether the sink already holds output this run continues: a replay of dead
+        letters, or a resume from a checkpoint. A sink that starts a fresh file per run
+        must not start afresh then."""
+        return self.mode == "replay" or self.resume_from is not None
+
 
 class Sink(ABC):
     """Base class of sinks; subclass it and implement :meth:`write`.

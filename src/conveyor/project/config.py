@@ -18,8 +18,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from conveyor.core.options import DeadLetterBudget
 from conveyor.core.checkpoint import CheckpointInterval
+from conveyor.core.options import DeadLetterBudget
 from conveyor.errors import ConfigError, PipelineDefinitionError
 
 __all__ = [

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from conveyor.contracts._base import Contract
+from conveyor.core._faults import fault_point
 from conveyor.core._render import format_traceback
 from conveyor.core.context import PipelineContext
 from conveyor.core.kinds import StageKind
@@ -194,6 +195,7 @@ async def settle_sink(sink: SinkRuntime, records: list[Any], box: LetterBox) -> 
 
     async def write(batch: list[Any]) -> ChunkOutcome:
         async def attempt() -> ChunkOutcome:
+            fault_point("before_sink_write")  # test hook: a crash before the write
             try:
                 await sink.executor.call(sink.sink.write, batch)
             except Exception as exc:

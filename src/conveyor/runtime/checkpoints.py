@@ -99,7 +99,7 @@ class Checkpointer:
         own = sink.sink.checkpoint_store()
         self.store: CheckpointStore = own or open_checkpoint_store(options.checkpoint)
         self._own = own is not None  # the sink writes checkpoints in its own transaction
-        self._owns_store = own is None and not isinstance(options.checkpoint, CheckpointStore)
+        self._owns_store = own is not None or not isinstance(options.checkpoint, CheckpointStore)
         self.resume_from: Checkpoint | None = None
         self.abandoned: Checkpoint | None = None  # an unfinished chain a fresh run replaces
         self.last: Checkpoint | None = None
@@ -192,6 +192,9 @@ class Checkpointer:
         if tracker.pending(self._touched):
             return None
         read, now = self._reader()
+        base = self.resume_from
+        if base is not None and read < base.position:  # stopped while reading past done ones
+            read, now = base.position, base.offset
         position, offset, done = tracker.coverage(read, now)
         previous = self.last
         assert previous is not None
@@ -208,9 +211,13 @@ class Checkpointer:
             },
             finished=finished and position >= read and not done,
         )
-        state = await self._with_retries("commit", lambda: sink.executor.call(
-            sink.sink.commit, checkpoint  # type: ignore[arg-type]
-        ))
+        state = await self._with_retries(
+            "commit",
+            lambda: sink.executor.call(
+                sink.sink.commit,
+                checkpoint,  # type: ignore[arg-type]
+            ),
+        )
         fault_point("after_sink_commit")
         if state is not None:
             checkpoint = checkpoint.stamped(sink=state)
@@ -254,4 +261,3 @@ def _ranges(value: Any) -> bool:
         and bool(value)
         and all(isinstance(r, list) and len(r) == 2 for r in value)
     )
-

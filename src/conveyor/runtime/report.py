@@ -335,18 +335,24 @@ class RunReport:
         if self.failure:
             line += f"\n{self.failure}"
         line += self._resume_lines()
-        if self.checkpoint is not None and not self.checkpoint.finished:
-            line += (
-                f"\nthe last checkpoint ({self.checkpoint_store}) is at source position "
-                f"{self.checkpoint.position}: continue with `conveyor run --resume` "
-                "(resume=True in code)"
-            )
-        elif self.status is RunStatus.ABORTED or self.unfinished:
+        cp = self.checkpoint
+        resume = (
+            f"the last checkpoint ({self.checkpoint_store}) is at source position "
+            f"{cp.position}: continue with `conveyor run --resume` (resume=True in code)"
+            if cp is not None and not cp.finished
+            else ""
+        )
+        if self.status is RunStatus.ABORTED or self.unfinished:
             line += (
                 f"\n{self.in_flight_records} records were still in flight and did not finish; "
-                f"read the source again from offset {self.low_watermark!r} (the low "
-                "watermark: every record before it has left the pipeline)"
+                + (
+                    resume
+                    or f"read the source again from offset {self.low_watermark!r} (the low "
+                    "watermark: every record before it has left the pipeline)"
+                )
             )
+        elif resume:
+            line += f"\n{resume}"
         return line
 
 

@@ -30,7 +30,6 @@ from typing import Any
 
 from conveyor.contracts._check import ContractCheck
 from conveyor.core.checkpoint import (
-    Checkpoint,
     PipelineIdentity,
     SeekableSource,
     pipeline_fingerprint,
@@ -490,7 +489,7 @@ class StreamRunner:
             if not records:
                 return
             if seekable:
-                self._next_token = source.offset  # type: ignore[union-attr]
+                self._next_token = source.offset  # type: ignore[attr-defined]
             await self._emit_source(records, out, token)
 
     async def _skip_sync(self, iterator: Any, count: int) -> None:
@@ -507,7 +506,8 @@ class StreamRunner:
 
     def _source_shorter(self) -> None:
         resume = self._resume
-        assert resume is not None and self._checkpointer is not None
+        assert resume is not None
+        assert self._checkpointer is not None
         raise CheckpointError(
             self._checkpointer.store.description,
             f"the source ended at position {self._read_count}, before the records the "
