@@ -271,3 +271,36 @@ def test_resume_on_a_persisting_project_says_why_not(tmp_path: Path) -> None:
     done = conveyor("run", str(root), "--resume", cwd=tmp_path)
     assert done.returncode == 1
     assert "persist datasets" in flat(done.stderr)
+
+
+@pytest.mark.timeout(180)
+def test_sigterm_drains_with_a_final_checkpoint_and_a_resume_keeps_every_letter(
+    tmp_path: Path,
+) -> None:
+    root = make(tmp_path, SQLITE, count=20_000)
+    process = start(root)
+    deadline = time.monotonic() + 60
+    while len(sqlite_ids(root / "data" / "out.db")) < 2_000:
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    out, _ = process.communicate(timeout=60)
+    assert process.returncode == 130, out
+    text = flat(out)
+    assert "nums interrupted:" in text and "conveyor run --resume" in text
+    written = int(text.split("nums interrupted: ")[1].split(" in, ")[1].split(" out")[0])
+    assert len(sqlite_ids(root / "data" / "out.db")) == written  # all committed at the stop
+
+    resumed = conveyor("run", str(root), "--resume", cwd=tmp_path, timeout=150)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "0 records replayed" in flat(resumed.stdout)
+    s, q = sqlite_ids(root / "data" / "out.db"), letter_ids(root)
+    assert len(s) == len(set(s)) and len(q) == len(set(q)) and not set(s) & set(q)
+    assert set(s) | set(q) == set(range(20_000))
+
+
+def test_resume_with_nothing_to_resume_says_so(tmp_path: Path) -> None:
+    root = make(tmp_path, SQLITE)
+    done = conveyor("run", str(root), "--resume", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "nothing to resume (no checkpoint of this pipeline yet)" in flat(done.stdout)

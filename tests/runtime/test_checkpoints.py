@@ -380,3 +380,33 @@ def test_checkpoint_round_trip_and_damage() -> None:
     assert not cp.covers(10, 19)
     with pytest.raises(CheckpointError, match="truncated"):
         Checkpoint.from_json(text[: len(text) // 2], "store.db")
+
+
+async def test_a_dead_letter_store_that_fails_holds_the_checkpoint_back(tmp_path: Path) -> None:
+    from conveyor import DeadLetterStoreError, MemoryDeadLetterStore
+
+    class Failing(MemoryDeadLetterStore):
+        writes = 0
+
+        def write(self, letters: Any) -> None:
+            Failing.writes += 1
+            if Failing.writes == 6:  # the sixth batch with a bad record cannot be stored
+                raise DeadLetterStoreError("memory", "disk full")
+            super().write(letters)
+
+    store = SqliteCheckpointStore(tmp_path / "cp.db")
+    sink = SqliteSink(tmp_path / "out.db", "out")
+    with pytest.raises(DeadLetterStoreError, match="disk full"):
+        await run_until(
+            pipeline(),
+            ids(),
+            sink,
+            options(tmp_path, dead_letters=Failing(), checkpoint=store, checkpoint_every="1r"),
+            None,
+        )
+    cp = SqliteSink(tmp_path / "out.db", "out").checkpoint_store().load("cp")
+    assert cp is not None and not cp.finished
+    # bad records 13, 110, 207, 304, 401+498 (one batch), 595: the sixth write is batch
+    # 500-599's, which is not covered, and none of its rows were committed
+    assert cp.position <= 500 and not cp.covers(500, 599)
+    assert max(sink_ids(tmp_path / "out.db")) < 500

@@ -185,7 +185,12 @@ class _ByteFileSink(Sink):
     all-or-nothing writes, its committed length returned by :meth:`commit`."""
 
     exactly_once: ClassVar[bool] = True
+    """The committed length is in every checkpoint; a resume truncates back to it."""
     idempotent: ClassVar[bool] = True
+    """Not an upsert, but as good for the runner: a write is all or nothing (the batch is
+    serialised before a byte is written; an :class:`OSError` mid-write truncates back), so
+    writing the halves of a failed batch again writes no record twice. Do not give the
+    sink a ``timeout``: a write that timed out could still finish in its thread."""
 
     def __init__(self, path: str | os.PathLike[str], *, name: str = "sink") -> None:
         self.path = Path(path)
@@ -677,7 +682,12 @@ class ParquetSink(Sink):
     """
 
     exactly_once: ClassVar[bool] = True
+    """The committed shards are in every checkpoint; a resume deletes any other."""
     idempotent: ClassVar[bool] = True
+    """A write is all or nothing: the batch is cast before it is buffered, and a shard
+    that fails to be written is deleted with the batch's rows taken back, so writing the
+    halves of a failed batch again writes no record twice (no ``timeout``, as for
+    :class:`JsonlSink`)."""
 
     class Config(_Options):
         """The options of a ``parquet`` sink (``sink: {connector: parquet, path: ...}``)."""

@@ -39,6 +39,10 @@ class PipelineSpec:
     stage_options: Mapping[str, StageOptions] = field(default_factory=dict)
     hooks: Mapping[str, tuple[Hook, ...]] = field(default_factory=dict)
     event_bus: EventBus | None = None
+    identity: Any = None
+    """What else tells this pipeline's results apart for checkpoints (JSON-able), beside
+    its stage list: a project's stage parameters. A checkpoint of a pipeline whose stage
+    list or ``identity`` differs is refused."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stages", tuple(self.stages))

@@ -352,12 +352,16 @@ async def execute_plan(
         handle_signals=extra.handle_signals, sink=plan.sink is project.sink_stage
     )
     options = _checkpoint_options(project, plan, options, extra.resume, persisting=bool(writers))
+    spec = dataclasses.replace(pipeline.spec(), identity=_identity(project, plan))
     runner = StreamRunner(
-        pipeline.spec(), plan.sink, options, mode=plan.mode, on_done=on_done, depth=plan.depth
+        spec, plan.sink, options, mode=plan.mode, on_done=on_done, depth=plan.depth
     )
     ticker = asyncio.create_task(_tick(runner, extra)) if extra.progress else None
+    records: Any = plan.records
+    if options.checkpointing:
+        records = _identified(records, _source_identity(project, plan))
     try:
-        report = await runner.run(plan.records)
+        report = await runner.run(records)
     except (KeyboardInterrupt, SystemExit) as stop:
         # Stage code stopped the run after it drained: settle like an interrupted run.
         stopped: RunReport | None = getattr(stop, "report", None)
@@ -378,6 +382,48 @@ async def execute_plan(
     if extra.progress is not None:
         extra.progress(runner)
     return report
+
+
+def _identity(project: Project, plan: RunPlan) -> dict[str, Any]:
+    """What identifies a project run's results besides its stage list: each stage's
+    parameters, and the sink's (a resumed run must not mix two configurations)."""
+    return {
+        "params": {s.name: s.section.params for s in plan.stages},
+        "sink": project.config.config.sink,
+    }
+
+
+def _source_identity(project: Project, plan: RunPlan) -> str:
+    """The Source's content digest when it declares what its records depend on (a resume
+    after the input changed is refused), else where the records come from."""
+    known = known_source(project) if plan.input_path is None else None
+    if known is not None:
+        return f"source:{known}"
+    return f"dataset:{plan.input_path}" if plan.input_path else f"source:{project.name}"
+
+
+class _Identified:
+    """A project's records with the identity of where they come from (for checkpoints)."""
+
+    def __init__(self, records: Any, identity: str) -> None:
+        self.records = records
+        self.identity = identity
+
+
+class _IdentifiedIterable(_Identified):
+    def __iter__(self) -> Any:
+        return iter(self.records)
+
+
+class _IdentifiedAsyncIterable(_Identified):
+    def __aiter__(self) -> Any:
+        return aiter(self.records)
+
+
+def _identified(records: Any, identity: str) -> _Identified:
+    if isinstance(records, AsyncIterable):
+        return _IdentifiedAsyncIterable(records, identity)
+    return _IdentifiedIterable(records, identity)
 
 
 def _checkpoint_options(

@@ -110,6 +110,7 @@ class Checkpointer:
         self._next_at = 0.0
         self._touched: set[int] = set()
         self.commits = 0
+        self.note = ""  # what the report should say about the start (resume asked, none)
 
     # -- before the run --------------------------------------------------------------------
 
@@ -124,6 +125,14 @@ class Checkpointer:
                 raise
             found = None  # --fresh: the damaged checkpoint is replaced
             logger.warning("%s: the damaged checkpoint is replaced (--fresh)", where)
+        if self._resume and (found is None or found.finished):
+            self.note = (
+                "nothing to resume (the last run of this pipeline finished): started from "
+                "the beginning"
+                if found is not None
+                else "nothing to resume (no checkpoint of this pipeline yet): started from "
+                "the beginning"
+            )
         if found is not None and not found.finished:
             if self._resume is None:
                 raise ResumeRequired(
@@ -213,10 +222,7 @@ class Checkpointer:
         )
         state = await self._with_retries(
             "commit",
-            lambda: sink.executor.call(
-                sink.sink.commit,
-                checkpoint,  # type: ignore[arg-type]
-            ),
+            lambda: sink.executor.call(sink.sink.commit, checkpoint),
         )
         fault_point("after_sink_commit")
         if state is not None:

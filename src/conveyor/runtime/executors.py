@@ -117,8 +117,8 @@ class StageExecutor:
         """Process one micro-batch."""
         return await apply_stage(stage, records, context)
 
-    async def call(self, fn: Callable[[list[Any]], Any], records: list[Any]) -> Any:
-        """Call ``fn(records)`` here (a sink's write), awaiting it when it is async."""
+    async def call(self, fn: Callable[[Any], Any], records: Any) -> Any:
+        """Call ``fn(records)`` here (a sink's write or commit), awaiting it when async."""
         return await call_maybe_async(fn, records)
 
     async def ready(self) -> None:
@@ -188,7 +188,7 @@ class ThreadExecutor(StageExecutor):
             ChunkOutcome, await self._in_worker(lambda: apply_stage(stage, records, context))
         )
 
-    async def call(self, fn: Callable[[list[Any]], Any], records: list[Any]) -> Any:
+    async def call(self, fn: Callable[[Any], Any], records: Any) -> Any:
         return await self._in_worker(lambda: call_maybe_async(fn, records))
 
     async def _in_worker(self, make: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
@@ -387,7 +387,7 @@ class ProcessExecutor(StageExecutor):
                     raise
                 # The pool was replaced after another batch's timeout: run again there.
 
-    async def call(self, fn: Callable[[list[Any]], Any], records: list[Any]) -> Any:
+    async def call(self, fn: Callable[[Any], Any], records: Any) -> Any:
         raise PipelineDefinitionError(
             "a sink cannot run on the process executor (it holds connections and files of "
             "this process); use executor='thread' for a sink that blocks"

@@ -53,6 +53,8 @@ class OffsetTracker:
         self.completed_records = 0
         self.last_completed_offset: Any = None
         self._done_above: list[tuple[int, int]] = []
+        self.checkpointing = False
+        """Track what a checkpoint needs (done ranges, ties); off, nothing of it is kept."""
 
     def open(self, first: Any, last: Any, records: int, token: Any = None) -> int:
         """Register a new source batch; return its id (held once by its micro-batch).
@@ -72,7 +74,7 @@ class OffsetTracker:
         if times:
             for batch_id in lineage:
                 pending[batch_id].refs += times
-        if not isinstance(lineage, tuple) or len(lineage) < 2:
+        if not self.checkpointing or not isinstance(lineage, tuple) or len(lineage) < 2:
             return
         tie: set[int] = set()  # one micro-batch joins these: they are done together
         for batch_id in lineage:
@@ -100,7 +102,7 @@ class OffsetTracker:
         del pending[batch_id]
         self.completed_records += batch.records
         self.last_completed_offset = batch.last
-        if pending and isinstance(batch.first, int):
+        if self.checkpointing and pending and isinstance(batch.first, int):
             for oldest in pending.values():
                 if oldest.first < batch.first:  # done out of order: above the watermark
                     self._done_above.append((batch.first, batch.last))

@@ -275,8 +275,9 @@ class StreamRunner:
         """Open the checkpoint store; refuse, resume or start afresh (see RunOptions)."""
         if not self.options.checkpointing or self.info.mode != "run":
             return
+        extra = [self.spec.identity, self.options.contracts, self.options.sample_rate]
         identity = PipelineIdentity(
-            self.name, pipeline_fingerprint(self.spec.leaves), source_identity(source)
+            self.name, pipeline_fingerprint(self.spec.leaves, extra), source_identity(source)
         )
         cp = self._checkpointer = Checkpointer(
             self.options,
@@ -287,6 +288,7 @@ class StreamRunner:
             lambda: (self._read_count, self._next_token),
         )
         resume = cp.prepare()
+        self._tracker.checkpointing = True
         stages = [rt.name for rt in self._all_runtimes()] + [self._sink.name]
         superseded = cp.supersede_letters(self._store, stages)
         self.info = replace(self.info, checkpointing=True, resume_from=resume)
@@ -405,6 +407,7 @@ class StreamRunner:
             report.checkpoint_store = cp.store.description
             report.checkpoints_written = cp.commits
             report.resume = self._resume
+            report.checkpoint_note = cp.note
             report.sink_guarantee = "exactly-once" if self.sink.exactly_once else "at-least-once"
             resumed = cp.resume_from
             if resumed is not None:
