@@ -72,7 +72,10 @@ class DeadLetter:
         run_id: id of the run that produced the letter.
         created_at: when the letter was made, a timezone-aware UTC datetime (an aware
             datetime in another zone is converted to UTC; a naive one is refused).
-        source_offset: the source offset the record came from, if known (JSON-able).
+        source_offset: where the record came from in the source, if known (JSON-able); a
+            streaming run stores the ``[first, last]`` source positions of the micro-batch(es)
+            its record came from, which tell a resumed run whether its checkpoint covers
+            the letter.
         records: how many records the letter holds, at least 1: a group of ``n`` records
             that failed together (a ``BatchStage``'s batch) counts ``n``.
         output: for an output-contract violation, the stage's output that violated the

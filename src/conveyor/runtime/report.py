@@ -305,7 +305,7 @@ class RunReport:
         how = (
             f"seeked to offset {resume.offset!r}"
             if resume.seeked
-            else f"re-read the source and skipped {resume.position} records (it cannot seek)"
+            else "the source cannot seek: read again from its start"
             if resume.position
             else "read the source from its start"
         )
