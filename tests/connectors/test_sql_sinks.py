@@ -160,7 +160,7 @@ def test_sqlite_checkpoint_is_in_the_same_transaction(tmp_path: Path) -> None:
     store = sink.checkpoint_store()
     sink.open(RunInfo("r1", "p", checkpointing=True))
     sink.write([{"id": 1}])
-    assert sqlite_rows(path, "SELECT name FROM sqlite_master WHERE name = 't'") == []  # not yet
+    assert sqlite_rows(path, "SELECT count(*) FROM t") == [(0,)]  # the row is not committed yet
     cp = Checkpoint(PipelineIdentity("p", "f", "s"), "r1", ("r1",), position=1, read=1)
     sink.commit(cp)
     assert sqlite_rows(path, "SELECT count(*) FROM t") == [(1,)]
@@ -279,10 +279,34 @@ def test_postgres_unreachable_is_a_clear_error(tmp_path: Path) -> None:
     from conveyor import RetryPolicy, StageOptions
 
     sink = PostgresSink("host=127.0.0.1 port=1 user=postgres dbname=test", "t", connect_timeout=1)
-    with pytest.raises(SinkUnavailableError, match=r"cannot connect to postgres 127\.0\.0\.1:1/test"):
+    where = r"cannot connect to postgres 127\.0\.0\.1:1/test"
+    with pytest.raises(SinkUnavailableError, match=where):
         run(
             [{"id": 1}],
             sink,
             tmp_path,
             stage_options={"sink": StageOptions(retry=RetryPolicy(attempts=2, backoff=0.01))},
         )
+
+
+def test_postgres_bad_record_inside_a_checkpoint_interval_keeps_the_earlier_batches(
+    tmp_path: Path, pg_dsn: str, pg_table: str
+) -> None:
+    """The server aborts the whole transaction on a bad row: the batches written before it
+    in the same checkpoint interval are written again, the bad record isolated."""
+    records: list[Any] = [{"id": i, "v": float(i)} for i in range(500)]
+    records[333] = {"id": "x", "v": 1.0}
+    report = run(
+        records,
+        PostgresSink(pg_dsn, pg_table),
+        tmp_path,
+        name=pg_table,
+        batch_size=50,
+        checkpoint=tmp_path / "cp.db",
+        checkpoint_every=60.0,
+    )
+    assert report.dead_lettered == 1 and report.records_out == 499
+    got = sorted(r[0] for r in pg_rows(pg_dsn, f'SELECT id FROM "{pg_table}"'))
+    assert got == [i for i in range(500) if i != 333]
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("DELETE FROM conveyor_checkpoints WHERE pipeline = %s", (pg_table,))

@@ -38,8 +38,9 @@ def row_of(record: Any) -> dict[str, Any]:
 
 
 def rows_of(records: Sequence[Any]) -> list[dict[str, Any]]:
-    """Every record of a micro-batch as a row (see :func:`row_of`)."""
-    return [row_of(record) for record in records]
+    """Every record of a micro-batch as a row (see :func:`row_of`); a plain dict is used
+    as it is (sinks only read rows)."""
+    return [record if type(record) is dict else row_of(record) for record in records]
 
 
 def columns_of(model: Any, rows: Sequence[Mapping[str, Any]]) -> list[str]:

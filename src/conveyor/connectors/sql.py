@@ -24,11 +24,13 @@ import contextlib
 import dataclasses
 import datetime as dt
 import decimal
+import itertools
 import json
+import operator
 import sqlite3
 import uuid
 from abc import abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Self, get_args, get_origin
 
@@ -45,6 +47,10 @@ __all__ = ["PostgresSink", "SqliteSink"]
 
 SINK_RETRY = RetryPolicy(attempts=8, backoff=0.2, multiplier=2.0, max_backoff=5.0)
 """The SQL sinks' default retries: about 20 s of back-off before a run fails on an outage."""
+
+
+_CAREFUL_WRITES = 64
+"""After a failed batch, how many writes use savepoints (the bisection of that batch)."""
 
 
 class _SqlConfig(BaseModel):
@@ -84,12 +90,20 @@ class _SqlSink(Sink):
         self._conn: Any = None
         self._columns: list[str] | None = None
         self._checkpointing = False
-        self._uncommitted: list[list[dict[str, Any]]] = []  # batches of the open transaction
+        self._uncommitted: list[list[tuple[Any, ...]]] = []  # batches of the open transaction
         self._in_transaction = False
         self._broken = False
+        self._careful = 0  # writes left that use savepoints after a failed batch
         self._checkpoints = CheckpointTable(self._paramstyle)
 
     _paramstyle: ClassVar[Any] = "qmark"
+    _savepoints: ClassVar[bool] = True  # a failed batch rolls back alone (else: redo the rest)
+    _native: ClassVar[frozenset[type]] = frozenset()  # bound by the driver as they are
+
+    @staticmethod
+    def _convert(value: Any) -> Any:
+        """A value the driver cannot bind as it is, in a form it can."""
+        return value
 
     # -- the driver's part -----------------------------------------------------------------
 
@@ -111,8 +125,8 @@ class _SqlSink(Sink):
         """Create the table with ``columns`` typed by the ``sample`` rows (or the model)."""
 
     @abstractmethod
-    def _insert(self, cursor: Any, columns: list[str], rows: list[dict[str, Any]]) -> None:
-        """Insert (or upsert, with a key) ``rows``."""
+    def _insert(self, cursor: Any, columns: list[str], values: list[tuple[Any, ...]]) -> None:
+        """Insert (or upsert, with a key) ``values`` (tuples in column order)."""
 
     @abstractmethod
     def _unavailable(self, exc: BaseException) -> bool:
@@ -131,8 +145,8 @@ class _SqlSink(Sink):
                 ) from exc
             self._broken = False
             self._in_transaction = False
-            for rows in self._uncommitted:  # the transaction was lost with it: redo it
-                self._write_rows(rows)
+            for values in self._uncommitted:  # the transaction was lost with it: redo it
+                self._write_values(values)
         return self._conn
 
     def _drop_connection(self) -> None:
@@ -151,33 +165,55 @@ class _SqlSink(Sink):
         self._connection()
 
     def write(self, records: list[Any]) -> None:
-        """Write one micro-batch inside a savepoint: all of it, or nothing."""
+        """Write one micro-batch: all of it, or nothing."""
         rows = rows_of(records)
         self._connection()
-        self._write_rows(rows)
+        values = self._write_rows(rows)
         if self._checkpointing:
-            self._uncommitted.append(rows)
+            self._uncommitted.append(values)
         else:
             self._commit_now()
 
-    def _write_rows(self, rows: list[dict[str, Any]]) -> None:
-        conn = self._conn
+    def _write_rows(self, rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
         try:
-            cursor = conn.cursor()
-            self._begin(cursor)
-            columns = self._columns if self._columns is not None else self._prepare(cursor, rows)
-            _check_keys(rows, columns, self.where)
-            cursor.execute("SAVEPOINT conveyor_write")
-            try:
-                self._insert(cursor, columns, rows)
-            except BaseException:
-                cursor.execute("ROLLBACK TO SAVEPOINT conveyor_write")
-                raise
-            cursor.execute("RELEASE SAVEPOINT conveyor_write")
+            columns = self._columns if self._columns is not None else self._prepare(rows)
+            _check_keys(rows, columns, self)
+            values = _values(rows, columns, self._native, self._convert)
+            self._write_values(values)
         except Exception as exc:
             if self._unavailable(exc):
                 self._lose_transaction()
                 raise SinkUnavailableError(self.name, f"{self.where}: {exc}") from exc
+            raise
+        return values
+
+    def _write_values(self, values: list[tuple[Any, ...]]) -> None:
+        """Insert ``values`` into the open transaction, all or nothing."""
+        assert self._columns is not None
+        cursor = self._conn.cursor()
+        self._begin(cursor)
+        if self._savepoints or self._careful:
+            self._careful = max(0, self._careful - 1)
+            cursor.execute("SAVEPOINT conveyor_write")
+            try:
+                self._insert(cursor, self._columns, values)
+            except BaseException:
+                cursor.execute("ROLLBACK TO SAVEPOINT conveyor_write")
+                raise
+            cursor.execute("RELEASE SAVEPOINT conveyor_write")
+            return
+        try:
+            self._insert(cursor, self._columns, values)
+        except Exception as exc:
+            if self._unavailable(exc):
+                raise
+            # The server aborted the whole transaction: write its earlier batches again, and
+            # use savepoints while the runner bisects this batch.
+            self._careful = _CAREFUL_WRITES
+            self._conn.rollback()
+            self._in_transaction = False
+            for earlier in self._uncommitted:
+                self._write_values(earlier)
             raise
 
     def _begin(self, cursor: Any) -> None:
@@ -185,7 +221,9 @@ class _SqlSink(Sink):
             cursor.execute("BEGIN IMMEDIATE")  # SQLite: take the write lock now
             self._in_transaction = True
 
-    def _prepare(self, cursor: Any, rows: list[dict[str, Any]]) -> list[str]:
+    def _prepare(self, rows: list[dict[str, Any]]) -> list[str]:
+        """Find the table's columns, or create it (committed at once, before any rows)."""
+        cursor = self._conn.cursor()
         existing = self._existing_columns(cursor)
         if existing is None:
             columns = columns_of(self.model, rows)
@@ -194,7 +232,11 @@ class _SqlSink(Sink):
                 raise PipelineDefinitionError(
                     f"{self.where}: key column(s) {missing} are not among the columns {columns}"
                 )
-            self._create(cursor, columns, rows)
+            if not self._in_transaction:
+                self._create(cursor, columns, rows)
+                self._conn.commit()
+            else:  # (after a checkpoint's row, in the same transaction)
+                self._create(cursor, columns, rows)
             existing = columns
         self._columns = existing
         return existing
@@ -300,15 +342,39 @@ class _SinkCheckpointStore(CheckpointStore):
         self._sink._drop_connection()
 
 
-def _check_keys(rows: list[dict[str, Any]], columns: list[str], where: str) -> None:
+def _check_keys(rows: list[dict[str, Any]], columns: list[str], sink: _SqlSink) -> None:
     known = set(columns)
+    if known.issuperset(itertools.chain.from_iterable(rows)):
+        return
     for row in rows:
         if not known.issuperset(row):
             unknown = sorted(set(row) - known)
             raise ValueError(
-                f"{where} has no column(s) {', '.join(map(repr, unknown))}; its columns: "
+                f"{sink.where} has no column(s) {', '.join(map(repr, unknown))}; its columns: "
                 f"{', '.join(columns)}"
             )
+
+
+def _values(
+    rows: list[dict[str, Any]],
+    columns: list[str],
+    native: frozenset[type],
+    convert: Callable[[Any], Any],
+) -> list[tuple[Any, ...]]:
+    """The rows as tuples in column order (a missing key is NULL), converted where the
+    driver cannot bind a value as it is (checked per batch at C speed)."""
+    getter = operator.itemgetter(*columns)
+    values: list[tuple[Any, ...]]
+    try:
+        if len(columns) == 1:
+            values = [(getter(row),) for row in rows]
+        else:
+            values = [getter(row) for row in rows]
+    except KeyError:
+        values = [tuple(row.get(c) for c in columns) for row in rows]
+    if set(map(type, itertools.chain.from_iterable(values))) <= native:
+        return values
+    return [tuple(map(convert, value)) for value in values]
 
 
 def _sample_types(
@@ -405,6 +471,10 @@ class SqliteSink(_SqlSink):
         super().__init__(table, key=key, model=model, name=name)
         self.path = Path(path)
         self.timeout = timeout
+        self._statement: str | None = None
+
+    _native = frozenset({type(None), int, float, str, bytes, bool})
+    _convert = staticmethod(_sqlite_value)
 
     @classmethod
     def from_config(cls, config: SqliteSink.Config, root: Path) -> Self:
@@ -440,20 +510,22 @@ class SqliteSink(_SqlSink):
             f"CREATE TABLE IF NOT EXISTS {_sqlite_quote(self.table)} ({', '.join(defs)})"
         )
 
-    def _insert(self, cursor: Any, columns: list[str], rows: list[dict[str, Any]]) -> None:
-        names = ", ".join(map(_sqlite_quote, columns))
-        marks = ", ".join("?" * len(columns))
-        sql = f"INSERT INTO {_sqlite_quote(self.table)} ({names}) VALUES ({marks})"
-        others = [c for c in columns if c not in self.key]
-        if self.key:
-            update = (
-                "DO UPDATE SET "
-                + ", ".join(f"{_sqlite_quote(c)} = excluded.{_sqlite_quote(c)}" for c in others)
-                if others
-                else "DO NOTHING"
-            )
-            sql += f" ON CONFLICT ({', '.join(map(_sqlite_quote, self.key))}) {update}"
-        cursor.executemany(sql, [tuple(_sqlite_value(row.get(c)) for c in columns) for row in rows])
+    def _insert(self, cursor: Any, columns: list[str], values: list[tuple[Any, ...]]) -> None:
+        if self._statement is None:
+            names = ", ".join(map(_sqlite_quote, columns))
+            marks = ", ".join("?" * len(columns))
+            sql = f"INSERT INTO {_sqlite_quote(self.table)} ({names}) VALUES ({marks})"
+            others = [c for c in columns if c not in self.key]
+            if self.key:
+                update = (
+                    "DO UPDATE SET "
+                    + ", ".join(f"{_sqlite_quote(c)} = excluded.{_sqlite_quote(c)}" for c in others)
+                    if others
+                    else "DO NOTHING"
+                )
+                sql += f" ON CONFLICT ({', '.join(map(_sqlite_quote, self.key))}) {update}"
+            self._statement = sql
+        cursor.executemany(self._statement, values)
 
     def _unavailable(self, exc: BaseException) -> bool:
         if not isinstance(exc, sqlite3.OperationalError):
@@ -491,6 +563,14 @@ def _is(kind: type | None, base: type) -> bool:
 # -- PostgreSQL ---------------------------------------------------------------------------
 
 
+def _pg_value_of(value: Any) -> Any:
+    if isinstance(value, dict | list):
+        from psycopg.types.json import Jsonb
+
+        return Jsonb(value)
+    return value
+
+
 class PostgresSink(_SqlSink):
     """Rows into a PostgreSQL table with psycopg 3 (the ``postgres`` extra); exactly-once
     with checkpoints (see the module docstring). ``table`` may be ``schema.table``."""
@@ -522,6 +602,27 @@ class PostgresSink(_SqlSink):
         schema, _, bare = table.rpartition(".")
         self._schema = schema or None
         self._bare = bare
+        self._statement: Any = None
+        self._where = f"postgres {_safe_dsn(dsn)} table {table}"
+
+    _savepoints = False  # a savepoint costs two round trips per batch: redo on failure
+    _native = frozenset(
+        {
+            type(None),
+            int,
+            float,
+            str,
+            bytes,
+            bool,
+            decimal.Decimal,
+            uuid.UUID,
+            dt.datetime,
+            dt.date,
+            dt.time,
+            dt.timedelta,
+        }
+    )
+    _convert = staticmethod(_pg_value_of)
 
     @classmethod
     def from_config(cls, config: PostgresSink.Config, root: Path) -> Self:
@@ -530,7 +631,7 @@ class PostgresSink(_SqlSink):
 
     @property
     def where(self) -> str:
-        return f"postgres {_safe_dsn(self.dsn)} table {self.table}"
+        return self._where
 
     def _ident(self) -> Any:
         from psycopg import sql
@@ -581,35 +682,39 @@ class PostgresSink(_SqlSink):
             )
         )
 
-    def _insert(self, cursor: Any, columns: list[str], rows: list[dict[str, Any]]) -> None:
+    def _insert(self, cursor: Any, columns: list[str], values: list[tuple[Any, ...]]) -> None:
         from psycopg import sql
 
-        values = [tuple(_pg_value(row.get(c)) for c in columns) for row in rows]
-        names = sql.SQL(", ").join(map(sql.Identifier, columns))
-        if not self.key:
-            copy = sql.SQL("COPY {} ({}) FROM STDIN").format(self._ident(), names)
-            with cursor.copy(copy) as pipe:
-                for value in values:
-                    pipe.write_row(value)
+        if self._statement is None:
+            names = sql.SQL(", ").join(map(sql.Identifier, columns))
+            if not self.key:
+                self._statement = sql.SQL("COPY {} ({}) FROM STDIN").format(self._ident(), names)
+            else:
+                others = [c for c in columns if c not in self.key]
+                update = (
+                    sql.SQL("DO UPDATE SET ")
+                    + sql.SQL(", ").join(
+                        sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(c), sql.Identifier(c))
+                        for c in others
+                    )
+                    if others
+                    else sql.SQL("DO NOTHING")
+                )
+                self._statement = sql.SQL(
+                    "INSERT INTO {} ({}) VALUES ({}) ON CONFLICT ({}) {}"
+                ).format(
+                    self._ident(),
+                    names,
+                    sql.SQL(", ").join(sql.Placeholder() * len(columns)),
+                    sql.SQL(", ").join(map(sql.Identifier, self.key)),
+                    update,
+                )
+        if self.key:
+            cursor.executemany(self._statement, values)
             return
-        others = [c for c in columns if c not in self.key]
-        update = (
-            sql.SQL("DO UPDATE SET ")
-            + sql.SQL(", ").join(
-                sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(c), sql.Identifier(c))
-                for c in others
-            )
-            if others
-            else sql.SQL("DO NOTHING")
-        )
-        statement = sql.SQL("INSERT INTO {} ({}) VALUES ({}) ON CONFLICT ({}) {}").format(
-            self._ident(),
-            names,
-            sql.SQL(", ").join(sql.Placeholder() * len(columns)),
-            sql.SQL(", ").join(map(sql.Identifier, self.key)),
-            update,
-        )
-        cursor.executemany(statement, values)
+        with cursor.copy(self._statement) as pipe:
+            for value in values:
+                pipe.write_row(value)
 
     def _unavailable(self, exc: BaseException) -> bool:
         import psycopg
@@ -633,14 +738,6 @@ _PG_TYPES: list[tuple[type, str]] = [
 
 def _pg_type(kind: type | None) -> str:
     return next((t for base, t in _PG_TYPES if _is(kind, base)), "text")
-
-
-def _pg_value(value: Any) -> Any:
-    if isinstance(value, dict | list):
-        from psycopg.types.json import Jsonb
-
-        return Jsonb(value)
-    return value
 
 
 def _safe_dsn(dsn: str) -> str:
