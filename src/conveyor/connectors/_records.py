@@ -40,6 +40,8 @@ def row_of(record: Any) -> dict[str, Any]:
 def rows_of(records: Sequence[Any]) -> list[dict[str, Any]]:
     """Every record of a micro-batch as a row (see :func:`row_of`); a plain dict is used
     as it is (sinks only read rows)."""
+    if set(map(type, records)) <= {dict}:
+        return records  # type: ignore[return-value]
     return [record if type(record) is dict else row_of(record) for record in records]
 
 

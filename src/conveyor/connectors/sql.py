@@ -177,8 +177,7 @@ class _SqlSink(Sink):
     def _write_rows(self, rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
         try:
             columns = self._columns if self._columns is not None else self._prepare(rows)
-            _check_keys(rows, columns, self)
-            values = _values(rows, columns, self._native, self._convert)
+            values = _values(rows, columns, self._native, self._convert, self)
             self._write_values(values)
         except Exception as exc:
             if self._unavailable(exc):
@@ -342,7 +341,8 @@ class _SinkCheckpointStore(CheckpointStore):
         self._sink._drop_connection()
 
 
-def _check_keys(rows: list[dict[str, Any]], columns: list[str], sink: _SqlSink) -> None:
+def _unknown_keys(rows: list[dict[str, Any]], columns: list[str], sink: _SqlSink) -> None:
+    """Refuse the first row with a key the table has no column for."""
     known = set(columns)
     if known.issuperset(itertools.chain.from_iterable(rows)):
         return
@@ -360,9 +360,11 @@ def _values(
     columns: list[str],
     native: frozenset[type],
     convert: Callable[[Any], Any],
+    sink: _SqlSink,
 ) -> list[tuple[Any, ...]]:
-    """The rows as tuples in column order (a missing key is NULL), converted where the
-    driver cannot bind a value as it is (checked per batch at C speed)."""
+    """The rows as tuples in column order (a missing key is NULL; a key without a column is
+    refused), converted where the driver cannot bind a value as it is. The checks run at C
+    speed, once per batch: a row with every column and as many keys has no other key."""
     getter = operator.itemgetter(*columns)
     values: list[tuple[Any, ...]]
     try:
@@ -370,8 +372,12 @@ def _values(
             values = [(getter(row),) for row in rows]
         else:
             values = [getter(row) for row in rows]
+        exact = set(map(len, rows)) == {len(columns)}
     except KeyError:
         values = [tuple(row.get(c) for c in columns) for row in rows]
+        exact = False
+    if not exact:
+        _unknown_keys(rows, columns, sink)
     if set(map(type, itertools.chain.from_iterable(values))) <= native:
         return values
     return [tuple(map(convert, value)) for value in values]
