@@ -281,8 +281,21 @@ class SinkUnavailableError(ConveyorError, ConnectionError):
 
     Attributes:
         sink: the sink's name.
+        retryable: ``False`` when waiting cannot help (the sink lost writes it cannot redo):
+            the run fails at once.
     """
 
-    def __init__(self, sink: str, detail: str) -> None:
+    def __init__(self, sink: str, detail: str, *, retryable: bool = True) -> None:
         self.sink = sink
+        self.retryable = retryable
         super().__init__(f"sink {sink!r} is unavailable: {detail}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_unavailable, (self.sink, self.args[0], self.retryable))
+
+
+def _rebuild_unavailable(sink: str, message: str, retryable: bool) -> SinkUnavailableError:
+    error = SinkUnavailableError.__new__(SinkUnavailableError)
+    Exception.__init__(error, message)
+    error.sink, error.retryable = sink, retryable
+    return error

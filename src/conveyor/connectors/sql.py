@@ -94,10 +94,14 @@ class _SqlSink(Sink):
         self._in_transaction = False
         self._broken = False
         self._careful = 0  # writes left that use savepoints after a failed batch
+        self._pending = 0  # writes in the open transaction
+        self._lost = False  # a transaction with writes was lost and cannot be redone
+        self._committing: Checkpoint | None = None  # the checkpoint of a commit under way
         self._checkpoints = CheckpointTable(self._paramstyle)
 
     _paramstyle: ClassVar[Any] = "qmark"
     _savepoints: ClassVar[bool] = True  # a failed batch rolls back alone (else: redo the rest)
+    _redo: ClassVar[bool] = True  # keep the open transaction's batches to write them again
     _native: ClassVar[frozenset[type]] = frozenset()  # bound by the driver as they are
 
     @staticmethod
@@ -135,19 +139,50 @@ class _SqlSink(Sink):
     # -- lifecycle -------------------------------------------------------------------------
 
     def _connection(self) -> Any:
-        if self._conn is None or self._broken:
-            self._drop_connection()
-            try:
-                self._conn = self._connect()
-            except Exception as exc:
-                raise SinkUnavailableError(
-                    self.name, f"cannot connect to {self.where}: {exc}"
-                ) from exc
-            self._broken = False
-            self._in_transaction = False
-            for values in self._uncommitted:  # the transaction was lost with it: redo it
-                self._write_values(values)
+        if not self._lost and (self._conn is None or self._broken):
+            self._reconnect()
+            if self._committing is not None:
+                self._settle_commit()
+            if not self._lost:
+                for values in self._uncommitted:  # the transaction was lost: redo it
+                    self._write_values(values)
+        if self._lost:
+            raise SinkUnavailableError(
+                self.name,
+                f"{self.where}: the transaction since the last checkpoint was lost; the run "
+                "stops (its checkpoint is consistent: resume it with --resume)",
+                retryable=False,
+            )
         return self._conn
+
+    def _reconnect(self) -> None:
+        self._drop_connection()
+        try:
+            self._conn = self._connect()
+        except Exception as exc:
+            self._broken = True
+            raise SinkUnavailableError(self.name, f"cannot connect to {self.where}: {exc}") from exc
+        self._broken = False
+        self._in_transaction = False
+
+    def _settle_commit(self) -> None:
+        """The connection broke during a commit: the server may have committed before the
+        answer was lost. If the checkpoint row is there, the transaction landed (its rows
+        must not be written again); otherwise it is lost like any other."""
+        checkpoint, self._committing = self._committing, None
+        assert checkpoint is not None
+        try:
+            cursor = self._conn.cursor()
+            landed = self._checkpoints.load(cursor, checkpoint.identity.name, self._store_name)
+            self._conn.commit()
+        except Exception as exc:
+            self._lose_transaction()
+            self._committing = checkpoint  # decide again after the next reconnect
+            raise SinkUnavailableError(self.name, f"{self.where}: {exc}") from exc
+        if landed is not None and landed.to_json() == checkpoint.to_json():
+            self._uncommitted, self._pending, self._lost = [], 0, False
+        elif self._pending and not self._redo:
+            self._lost = True
 
     def _drop_connection(self) -> None:
         if self._conn is not None:
@@ -170,7 +205,9 @@ class _SqlSink(Sink):
         self._connection()
         values = self._write_rows(rows)
         if self._checkpointing:
-            self._uncommitted.append(values)
+            self._pending += 1
+            if self._redo:
+                self._uncommitted.append(values)
         else:
             self._commit_now()
 
@@ -245,6 +282,8 @@ class _SqlSink(Sink):
             self._conn.rollback()
         self._broken = True
         self._in_transaction = False
+        if self._pending and not self._redo and self._committing is None:
+            self._lost = True
 
     def _commit_now(self) -> None:
         try:
@@ -256,6 +295,7 @@ class _SqlSink(Sink):
             raise
         self._in_transaction = False
         self._uncommitted = []
+        self._pending = 0
 
     def commit(self, checkpoint: Checkpoint) -> None:
         """Write ``checkpoint`` into this database and commit it with the rows written since
@@ -271,7 +311,9 @@ class _SqlSink(Sink):
                 self._lose_transaction()
                 raise SinkUnavailableError(self.name, f"{self.where}: {exc}") from exc
             raise
+        self._committing = checkpoint  # if the answer to COMMIT is lost, look for it
         self._commit_now()
+        self._committing = None
 
     def close(self, status: RunStatus) -> None:
         """Without checkpoints, everything written was committed by its write. With them,
@@ -479,6 +521,10 @@ class SqliteSink(_SqlSink):
         self.timeout = timeout
         self._statement: str | None = None
 
+    # The write lock is taken when a transaction begins (BEGIN IMMEDIATE) and held to its
+    # commit: another writer makes it wait there, before anything is written, so nothing
+    # needs redoing; a transaction lost midway (an I/O error) stops the run instead.
+    _redo = False
     _native = frozenset({type(None), int, float, str, bytes, bool})
     _convert = staticmethod(_sqlite_value)
 

@@ -85,8 +85,9 @@ class RetryPolicy:
             )
 
     def is_transient(self, error: BaseException) -> bool:
-        """Whether ``error`` may be retried."""
-        return isinstance(error, self.retry_on)
+        """Whether ``error`` may be retried (an error that says ``retryable = False``
+        never is)."""
+        return isinstance(error, self.retry_on) and getattr(error, "retryable", True) is not False
 
     def delay(self, retry: int) -> float:
         """Seconds to wait before retry number ``retry`` (1-based)."""
