@@ -11,12 +11,13 @@ EXAMPLE := examples/digits
 export DVC_NO_ANALYTICS := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run run-user-import test lint format typecheck imports pytest bench clean help
+.PHONY: run run-user-import test lint format typecheck imports pytest faults bench clean help
 
 help:
 	@echo "make run   - set up .venv and run the main job (the digits dataset pipeline)"
 	@echo "make run-user-import - the user-import example of the stage algebra"
 	@echo "make test  - set up .venv and run every gate (format, lint, mypy, imports, pytest)"
+	@echo "make faults - the fault tests (SIGKILL, SIGTERM, outages, damage) at full size (slow)"
 	@echo "make bench - run the benchmarks under bench/ (slow, on demand)"
 
 $(STAMP): pyproject.toml
@@ -48,6 +49,11 @@ pytest: $(STAMP)
 	$(BIN)/python -m pytest --cov --cov-report=term
 
 test: format lint typecheck imports pytest
+
+# tests/faults at full size (1,000,000-record runs, 20 kill points per sink); `make test` runs
+# them at reduced size. CONVEYOR_FAULTS_REPORT=path collects their figures as JSON lines.
+faults: $(STAMP)
+	CONVEYOR_FAULTS=full $(BIN)/python -m pytest tests/faults -q -p no:cacheprovider
 
 # Results go to bench/results/ (untracked); the tracked BENCHMARKS.md is rewritten only with
 # `make bench BENCH_ARGS=--update-benchmarks-md`.
