@@ -328,12 +328,6 @@ def test_100_random_damages_are_all_refused(tmp_path: Path) -> None:
 TRUNCATIONS = 20
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a checkpoint file truncated to 0 bytes, or cut inside its last page (the "
-    "primary-key index of conveyor_checkpoints), opens as a store without the checkpoint, "
-    "and resume=True starts from zero; see RELIABILITY.md",
-)
 def test_truncated_store_file_is_refused(tmp_path: Path) -> None:
     seed = random.SystemRandom().randrange(2**32)
     rng = random.Random(seed)

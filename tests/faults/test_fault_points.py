@@ -78,12 +78,6 @@ def test_crash_at_a_fault_point_then_resume(tmp_path: Path, point: str, sink: st
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: report.replayed counts only what was in flight when the last checkpoint "
-    "was taken, not what the crashed run wrote after it; the summary's 'up to N of them may "
-    "now be in it twice' understates an at-least-once sink's duplicates; see RELIABILITY.md",
-)
 def test_at_least_once_report_bounds_its_duplicates(tmp_path: Path) -> None:
     """The resumed run's report says an at-least-once sink may hold up to ``replayed``
     records twice: after a crash right after a commit it holds a whole interval twice."""

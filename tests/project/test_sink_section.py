@@ -281,13 +281,15 @@ def test_sigterm_drains_with_a_final_checkpoint_and_a_resume_keeps_every_letter(
     process = start(root)
     deadline = time.monotonic() + 60
     while len(sqlite_ids(root / "data" / "out.db")) < 2_000:
-        assert process.poll() is None and time.monotonic() < deadline
+        assert process.poll() is None
+        assert time.monotonic() < deadline
         time.sleep(0.02)
     process.send_signal(signal.SIGTERM)
     out, _ = process.communicate(timeout=60)
     assert process.returncode == 130, out
     text = flat(out)
-    assert "nums interrupted:" in text and "conveyor run --resume" in text
+    assert "nums interrupted:" in text
+    assert "conveyor run --resume" in text
     written = int(text.split("nums interrupted: ")[1].split(" in, ")[1].split(" out")[0])
     assert len(sqlite_ids(root / "data" / "out.db")) == written  # all committed at the stop
 
@@ -295,7 +297,9 @@ def test_sigterm_drains_with_a_final_checkpoint_and_a_resume_keeps_every_letter(
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "0 records replayed" in flat(resumed.stdout)
     s, q = sqlite_ids(root / "data" / "out.db"), letter_ids(root)
-    assert len(s) == len(set(s)) and len(q) == len(set(q)) and not set(s) & set(q)
+    assert len(s) == len(set(s))
+    assert len(q) == len(set(q))
+    assert not set(s) & set(q)
     assert set(s) | set(q) == set(range(20_000))
 
 

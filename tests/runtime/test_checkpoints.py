@@ -405,8 +405,25 @@ async def test_a_dead_letter_store_that_fails_holds_the_checkpoint_back(tmp_path
             None,
         )
     cp = SqliteSink(tmp_path / "out.db", "out").checkpoint_store().load("cp")
-    assert cp is not None and not cp.finished
+    assert cp is not None
+    assert not cp.finished
     # bad records 13, 110, 207, 304, 401+498 (one batch), 595: the sixth write is batch
     # 500-599's, which is not covered, and none of its rows were committed
-    assert cp.position <= 500 and not cp.covers(500, 599)
+    assert cp.position <= 500
+    assert not cp.covers(500, 599)
     assert max(sink_ids(tmp_path / "out.db")) < 500
+
+
+async def test_resume_after_a_finished_run_is_refused(tmp_path: Path) -> None:
+    sink = SqliteSink(tmp_path / "out.db", "out")
+    done = await run_until(pipeline(), ids(), sink, options(tmp_path), None)
+    assert done.checkpoint is not None and done.checkpoint.finished
+    with pytest.raises(ResumeRequired, match="nothing to resume"):
+        await run_until(
+            pipeline(),
+            ids(),
+            SqliteSink(tmp_path / "out.db", "out"),
+            options(tmp_path, resume=True),
+            None,
+        )
+    assert_exactly_once(tmp_path)  # nothing was written again

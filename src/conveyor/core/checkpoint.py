@@ -285,7 +285,9 @@ class Checkpoint:
         if hashlib.sha256(_canonical(body).encode()).hexdigest() != digest:
             raise refuse("damaged (its checksum does not match its content)")
         version = body.get("format")
-        if not isinstance(version, int) or version > CHECKPOINT_FORMAT:
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise refuse("damaged (its format version is missing)")
+        if version > CHECKPOINT_FORMAT:
             raise CheckpointError(
                 store,
                 f"the checkpoint has format version {version!r}, newer than this Conveyor's "
@@ -428,6 +430,13 @@ class SqliteCheckpointStore(CheckpointStore):
         self._path = Path(path)
         self._table = CheckpointTable("qmark")
         self._lock = threading.Lock()
+        existed = self._path.exists()
+        if existed and self._path.stat().st_size == 0:
+            raise CheckpointError(
+                str(self._path),
+                "the file is empty (truncated); it was not used. Move it away or restore it, "
+                "then run with --fresh to start from the beginning",
+            )
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(
@@ -436,6 +445,10 @@ class SqliteCheckpointStore(CheckpointStore):
         except (OSError, sqlite3.Error) as exc:
             raise CheckpointError(str(self._path), f"cannot be opened: {exc}") from exc
         try:
+            if existed:  # a truncated or corrupted file is refused, not read as empty
+                (verdict,) = self._conn.execute("PRAGMA integrity_check").fetchone()
+                if verdict != "ok":
+                    raise sqlite3.DatabaseError(f"integrity check: {verdict}")
             self._conn.execute("PRAGMA journal_mode = WAL")
             self._conn.execute("PRAGMA synchronous = FULL")
             self._conn.execute(self._table.create_sql)

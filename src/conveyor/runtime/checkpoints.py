@@ -13,6 +13,8 @@ lost. At the end of a drained run a final checkpoint is taken the same way.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import logging
 import os
 import time
@@ -111,6 +113,10 @@ class Checkpointer:
         self._touched: set[int] = set()
         self.commits = 0
         self.note = ""  # what the report should say about the start (resume asked, none)
+        self.tracks_delivery = False  # an at-least-once sink: note how far it was given
+        self.previous_delivery = -1  # the furthest position the resumed runs delivered
+        self._delivered = -1
+        self._delivery_fd: int | None = None
 
     # -- before the run --------------------------------------------------------------------
 
@@ -125,13 +131,16 @@ class Checkpointer:
                 raise
             found = None  # --fresh: the damaged checkpoint is replaced
             logger.warning("%s: the damaged checkpoint is replaced (--fresh)", where)
-        if self._resume and (found is None or found.finished):
+        if self._resume and found is not None and found.finished:
+            raise ResumeRequired(
+                where,
+                f"the last run of pipeline {self.identity.name!r} (run {found.run_id}) "
+                f"finished at {found.written_at}: there is nothing to resume; run without "
+                "--resume (resume=None in code) to run the pipeline again",
+            )
+        if self._resume and found is None:
             self.note = (
-                "nothing to resume (the last run of this pipeline finished): started from "
-                "the beginning"
-                if found is not None
-                else "nothing to resume (no checkpoint of this pipeline yet): started from "
-                "the beginning"
+                "nothing to resume (no checkpoint of this pipeline yet): started from the beginning"
             )
         if found is not None and not found.finished:
             if self._resume is None:
@@ -159,8 +168,38 @@ class Checkpointer:
         )
         self.store.save(begin)  # this run is known before it writes anything
         self.last = begin
+        self._open_delivery()
         self._next_at = time.monotonic() + (self.interval.seconds or 0.0)
         return self.resume_from
+
+    def _open_delivery(self) -> None:
+        """For an at-least-once sink beside a checkpoint file: a small file that says how
+        far the sink was given records, rewritten in place after each write (not synced:
+        it survives a killed process, which is what it is for), so that a resume can count
+        the records it gives the sink a second time."""
+        path = getattr(self.store, "path", None)
+        if self._sink.sink.exactly_once or not isinstance(path, Path):
+            return
+        digest = hashlib.sha256(self.identity.name.encode()).hexdigest()[:12]
+        where = path.with_name(f"{path.name}.{digest}.delivered")
+        try:
+            fd = os.open(where, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            return  # only the count of replays is lost
+        resumed = self.resume_from
+        text = os.pread(fd, 64, 0).decode("ascii", "replace").split()
+        if resumed is not None and len(text) == 2 and text[0] in resumed.runs:
+            with contextlib.suppress(ValueError):
+                self.previous_delivery = int(text[1])
+        self._delivery_fd, self.tracks_delivery = fd, True
+
+    def delivered(self, ranges: list[list[int]]) -> None:
+        """The sink was just given records of these source positions."""
+        last = max((r[1] for r in ranges), default=-1)
+        if last > self._delivered and self._delivery_fd is not None:
+            self._delivered = last
+            with contextlib.suppress(OSError):
+                os.pwrite(self._delivery_fd, f"{self.run_id} {last:020d}\n".encode(), 0)
 
     def supersede_letters(self, store: DeadLetterStore, stages: list[str]) -> int:
         """Retire the dead letters that the resumed run will make again: those of the
@@ -257,6 +296,9 @@ class Checkpointer:
 
     def close(self) -> None:
         """Release the store if this run opened it."""
+        if self._delivery_fd is not None:
+            os.close(self._delivery_fd)
+            self._delivery_fd = None
         if self._owns_store:
             self.store.close()
 

@@ -504,6 +504,8 @@ class Flow:
                 await self.box.send(sink, settled.dead, chunk.lineage)
             stats.emitted += len(settled.outputs)
             stats.records_out += sink.weigh_in(settled.outputs)
+            if checkpointer is not None and checkpointer.tracks_delivery:
+                checkpointer.delivered(self.tracker.ranges(chunk.lineage))
             self.tracker.release(chunk.lineage)
             if checkpointer is not None:
                 await checkpointer.after_write(chunk.lineage, weight)

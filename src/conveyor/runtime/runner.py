@@ -411,7 +411,8 @@ class StreamRunner:
             report.sink_guarantee = "exactly-once" if self.sink.exactly_once else "at-least-once"
             resumed = cp.resume_from
             if resumed is not None:
-                redone = min(self._read_count, resumed.read) - resumed.position
+                reached = max(resumed.read, cp.previous_delivery + 1)  # what it had read
+                redone = min(self._read_count, reached) - resumed.position
                 redone -= sum(b - a + 1 for a, b in resumed.done)
                 report.replayed = max(0, redone)
         if self._stop.error is not None and report.status is RunStatus.COMPLETED:
