@@ -308,3 +308,17 @@ def test_resume_with_nothing_to_resume_says_so(tmp_path: Path) -> None:
     done = conveyor("run", str(root), "--resume", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "nothing to resume (no checkpoint of this pipeline yet)" in flat(done.stdout)
+
+
+@pytest.mark.timeout(180)
+def test_a_plain_run_after_a_resumed_chain_retires_every_letter_of_the_chain(
+    tmp_path: Path,
+) -> None:
+    root = make(
+        tmp_path, "{connector: sqlite, path: data/out.db, table: squares, key: [id]}", count=20_000
+    )
+    kill_when(root, start(root), rows=3_000)
+    assert conveyor("run", str(root), "--resume", cwd=tmp_path, timeout=150).returncode == 0
+    assert conveyor("run", str(root), cwd=tmp_path, timeout=150).returncode == 0
+    q = letter_ids(root)
+    assert len(q) == len(set(q)) == 20_000 // 50  # one letter per bad record, not per run

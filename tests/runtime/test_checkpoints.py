@@ -19,7 +19,7 @@ from conveyor.connectors import SqliteSink
 from conveyor.core.checkpoint import Checkpoint, SqliteCheckpointStore
 from conveyor.core.result import RunStatus
 from conveyor.dlq import open_dead_letter_store
-from conveyor.errors import CheckpointError, ResumeRequired
+from conveyor.errors import CheckpointError, ResumeRequired, SinkUnavailableError
 from conveyor.runtime.runner import StreamRunner
 
 N = 5_000
@@ -383,15 +383,15 @@ def test_checkpoint_round_trip_and_damage() -> None:
 
 
 async def test_a_dead_letter_store_that_fails_holds_the_checkpoint_back(tmp_path: Path) -> None:
-    from conveyor import DeadLetterStoreError, MemoryDeadLetterStore
+    from conveyor import DeadLetterStoreError, SqliteDeadLetterStore
 
-    class Failing(MemoryDeadLetterStore):
+    class Failing(SqliteDeadLetterStore):
         writes = 0
 
         def write(self, letters: Any) -> None:
             Failing.writes += 1
             if Failing.writes == 6:  # the sixth batch with a bad record cannot be stored
-                raise DeadLetterStoreError("memory", "disk full")
+                raise DeadLetterStoreError("dl.db", "disk full")
             super().write(letters)
 
     store = SqliteCheckpointStore(tmp_path / "cp.db")
@@ -401,7 +401,12 @@ async def test_a_dead_letter_store_that_fails_holds_the_checkpoint_back(tmp_path
             pipeline(),
             ids(),
             sink,
-            options(tmp_path, dead_letters=Failing(), checkpoint=store, checkpoint_every="1r"),
+            options(
+                tmp_path,
+                dead_letters=Failing(tmp_path / "failing.db"),
+                checkpoint=store,
+                checkpoint_every="1r",
+            ),
             None,
         )
     cp = SqliteSink(tmp_path / "out.db", "out").checkpoint_store().load("cp")
@@ -417,7 +422,8 @@ async def test_a_dead_letter_store_that_fails_holds_the_checkpoint_back(tmp_path
 async def test_resume_after_a_finished_run_is_refused(tmp_path: Path) -> None:
     sink = SqliteSink(tmp_path / "out.db", "out")
     done = await run_until(pipeline(), ids(), sink, options(tmp_path), None)
-    assert done.checkpoint is not None and done.checkpoint.finished
+    assert done.checkpoint is not None
+    assert done.checkpoint.finished
     with pytest.raises(ResumeRequired, match="nothing to resume"):
         await run_until(
             pipeline(),
@@ -427,3 +433,155 @@ async def test_resume_after_a_finished_run_is_refused(tmp_path: Path) -> None:
             None,
         )
     assert_exactly_once(tmp_path)  # nothing was written again
+
+
+async def test_checkpoints_refuse_a_dead_letter_store_in_memory(tmp_path: Path) -> None:
+    from conveyor import PipelineDefinitionError
+
+    with pytest.raises(PipelineDefinitionError, match="durable dead-letter store"):
+        await run_until(
+            pipeline(),
+            ids(),
+            SqliteSink(tmp_path / "out.db", "out"),
+            options(tmp_path, dead_letters="memory"),
+            None,
+        )
+
+
+# -- regressions from a review: offsets after a stop or a skip, async offsets, a failing
+# source, letters of branch arms ------------------------------------------------------------
+
+
+class AsyncLines(Lines):
+    """The async form of :class:`Lines` (it reads ahead of the run: the pump)."""
+
+    def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        return self._records()
+
+    async def _records(self) -> AsyncIterator[dict[str, Any]]:
+        while self.offset < self.n:
+            i = self.offset
+            self.offset += 1
+            if i % 50 == 0:
+                await asyncio.sleep(0)
+            yield {"id": i, "v": 0.0}
+
+
+Lines.__aiter__ = None  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("make", [Lines, AsyncLines], ids=["sync", "async"])
+async def test_stops_with_a_full_channel_resume_a_seekable_source_exactly_once(
+    tmp_path: Path, make: Any
+) -> None:
+    """A stop while the reader waits to send: the batch it held is not read; a resume
+    seeks to the offset that goes with the checkpoint's position."""
+
+    async def slow(record: dict[str, Any]) -> dict[str, Any]:
+        await asyncio.sleep(0.0005)
+        return record
+
+    p = pipeline("cp", MapStage(slow, name="slow"))
+    box: list[StreamRunner] = []
+
+    def watch(record: dict[str, Any]) -> dict[str, Any]:
+        if record["id"] in (1_234, 3_456):
+            box[-1].stop_intake()
+        return record
+
+    spec = p.spec()
+    spec = spec.with_stages([*spec.stages, MapStage(watch, name="watch")])
+    for resume in (None, True, True):
+        runner = StreamRunner(
+            spec,
+            SqliteSink(tmp_path / "out.db", "out"),
+            options(tmp_path, resume=resume, batch_size=50, capacity=1, checkpoint_every=0.001),
+        )
+        box.append(runner)
+        report = await runner.run(make(N))
+    assert report.status is RunStatus.COMPLETED
+    assert report.resume is not None
+    assert report.resume.seeked
+    assert_exactly_once(tmp_path)
+
+
+async def test_a_seekable_resume_that_skips_done_ranges_keeps_its_offsets(tmp_path: Path) -> None:
+    """Batches done out of order are skipped on resume; the offsets after a skip are the
+    source's, so a later checkpoint seeks to the right record."""
+    slow_id = {"id": 0}
+
+    async def work(record: dict[str, Any]) -> dict[str, Any]:
+        if record["id"] == slow_id["id"]:
+            await asyncio.sleep(0.3)
+        return record
+
+    unordered = {"work": StageOptions(concurrency=2, ordered=False)}
+    p = pipeline("cp", MapStage(work, name="work"))
+    for slow, abort_at, resume in ((0, 60, None), (120, 180, True), (None, None, True)):
+        slow_id["id"] = slow
+        await run_until(
+            p,
+            Lines(300),
+            SqliteSink(tmp_path / "out.db", "out"),
+            options(
+                tmp_path,
+                resume=resume,
+                batch_size=10,
+                capacity=4,
+                checkpoint_every=0.001,
+                stage_options=unordered,
+            ),
+            abort_at,
+        )
+    assert_exactly_once(tmp_path, 300)
+
+
+async def test_a_failing_source_leaves_an_unfinished_checkpoint(tmp_path: Path) -> None:
+    def broken() -> Iterator[dict[str, Any]]:
+        for record in ids():
+            if record["id"] == 2_500:
+                raise OSError("the file went away")
+            yield record
+
+    with pytest.raises(OSError, match="went away"):
+        await run_until(
+            pipeline(), broken(), SqliteSink(tmp_path / "out.db", "out"), options(tmp_path), None
+        )
+    cp = SqliteSink(tmp_path / "out.db", "out").checkpoint_store().load("cp")
+    assert cp is not None
+    assert not cp.finished
+    report = await run_until(
+        pipeline(),
+        (r for r in ids()),
+        SqliteSink(tmp_path / "out.db", "out"),
+        options(tmp_path, resume=True),
+        None,
+    )
+    assert report.status is RunStatus.COMPLETED
+    assert_exactly_once(tmp_path)
+
+
+async def test_letters_of_a_branch_arm_are_retired_on_resume(tmp_path: Path) -> None:
+    from conveyor import AggregateStage, BranchStage
+
+    def check(record: dict[str, Any]) -> dict[str, Any]:
+        if record["id"] % 10 == 3:
+            raise ValueError("bad")
+        return record
+
+    arm = MapStage(check, name="check") >> AggregateStage(len, name="count")
+    p = Pipeline[Any, Any]("cp").add_stage(BranchStage({"a": arm}, name="branch"))
+    outage = {"on": True}
+
+    def sink(batch: list[Any]) -> None:
+        if outage["on"]:
+            raise SinkUnavailableError("sink", "outage", retryable=False)
+
+    with pytest.raises(SinkUnavailableError):
+        await p.arun(ids(1_000), sink, options(tmp_path))
+    outage["on"] = False
+    report = await p.arun(ids(1_000), sink, options(tmp_path, resume=True))
+    assert report.resume is not None
+    assert report.resume.superseded_letters == 100
+    letters = letter_ids(tmp_path / "dl.db")
+    assert len(letters) == len(set(letters)) == 100

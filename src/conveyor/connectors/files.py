@@ -202,6 +202,11 @@ class _ByteFileSink(Sink):
         self._checkpointing = False
         self._broken: BaseException | None = None
 
+    @property
+    def identity(self) -> str:
+        """The file (folder) it writes, for checkpoints."""
+        return str(self.path.absolute())
+
     # -- the lifecycle ---------------------------------------------------------------------
 
     def open(self, run: RunInfo) -> None:
@@ -763,6 +768,11 @@ class ParquetSink(Sink):
     def shards(self) -> list[str]:
         """The names of the shards written so far (kept ones first)."""
         return list(self._shards)
+
+    @property
+    def identity(self) -> str:
+        """The file (folder) it writes, for checkpoints."""
+        return str(self.path.absolute())
 
     # -- the lifecycle ---------------------------------------------------------------------
 

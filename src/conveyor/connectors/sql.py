@@ -144,8 +144,14 @@ class _SqlSink(Sink):
             if self._committing is not None:
                 self._settle_commit()
             if not self._lost:
-                for values in self._uncommitted:  # the transaction was lost: redo it
-                    self._write_values(values)
+                try:
+                    for values in self._uncommitted:  # the transaction was lost: redo it
+                        self._write_values(values)
+                except Exception as exc:
+                    if self._unavailable(exc):
+                        self._lose_transaction()
+                        raise SinkUnavailableError(self.name, f"{self.where}: {exc}") from exc
+                    raise
         if self._lost:
             raise SinkUnavailableError(
                 self.name,
@@ -189,6 +195,12 @@ class _SqlSink(Sink):
             with contextlib.suppress(Exception):
                 self._conn.close()
             self._conn = None
+
+    @property
+    def identity(self) -> str:
+        """The table: the checkpoint lives in the same database, so a copy of the database
+        (a restored backup) carries its checkpoint along."""
+        return f"table {self.table}"
 
     def checkpoint_store(self) -> CheckpointStore:
         """The checkpoints live in ``conveyor_checkpoints`` of this sink's database."""
@@ -243,13 +255,14 @@ class _SqlSink(Sink):
         except Exception as exc:
             if self._unavailable(exc):
                 raise
-            # The server aborted the whole transaction: write its earlier batches again, and
-            # use savepoints while the runner bisects this batch.
-            self._careful = _CAREFUL_WRITES
+            # The server aborted the whole transaction: write its earlier batches again
+            # (plainly), then use savepoints while the runner bisects this batch.
             self._conn.rollback()
             self._in_transaction = False
+            self._careful = 0
             for earlier in self._uncommitted:
                 self._write_values(earlier)
+            self._careful = _CAREFUL_WRITES
             raise
 
     def _begin(self, cursor: Any) -> None:

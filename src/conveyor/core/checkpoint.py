@@ -322,7 +322,8 @@ class Checkpoint:
         elif mine.fingerprint != identity.fingerprint:
             cause = (
                 f"of a different stage list (fingerprint {mine.fingerprint}, now "
-                f"{identity.fingerprint}): stages were added, removed, renamed or changed"
+                f"{identity.fingerprint}): stages were added, removed, renamed or changed, "
+                "or the sink writes elsewhere"
             )
         elif mine.source != identity.source:
             cause = f"of another source ({mine.source!r}, now {identity.source!r})"

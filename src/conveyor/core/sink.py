@@ -100,6 +100,12 @@ class Sink(ABC):
     returns the place it truncates back to on resume (a file's length). Otherwise it is
     at-least-once, and the report counts the records replayed into it."""
 
+    @property
+    def identity(self) -> str:
+        """Where this sink writes (a table, a file), for checkpoints: a checkpoint of the
+        same pipeline into another place is refused. By default its class."""
+        return f"{type(self).__module__}.{type(self).__qualname__}"
+
     def open(self, run: RunInfo) -> Any:  # noqa: B027 - an optional hook, not abstract
         """Called once before the first write (may be ``async``). When ``run.resume_from``
         is set, go back to the place its ``sink`` field records."""

@@ -466,8 +466,12 @@ def _retire_earlier_letters(project: Project, plan: RunPlan, report: RunReport) 
         return
     settings = project.config.config.pipeline
     ledger = RunLedger(project.path(settings.state_dir))
-    earlier = [run for run in ledger.runs_of(source) if run != report.run_id]
-    ledger.record(report.run_id, source)
+    # The runs this one resumed (a chain of checkpoints) read the same records up to the
+    # checkpoint and never again: their letters stand; the runner retired the rest.
+    chain = list(report.checkpoint.runs) if report.checkpoint is not None else []
+    earlier = [r for r in ledger.runs_of(source) if r != report.run_id and r not in chain]
+    for run in dict.fromkeys([*chain, report.run_id]):  # a later run retires the chain
+        ledger.record(run, source)
     with open_dead_letter_store(project.path(settings.dead_letters)) as store:
         store.supersede(report.stage_names(), runs=earlier)
 

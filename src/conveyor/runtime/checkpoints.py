@@ -161,16 +161,20 @@ class Checkpointer:
                 self._base_written = found.records.get("written", 0)
             else:
                 self.abandoned = found
+        return self.resume_from
+
+    def begin(self) -> None:
+        """Register this run in the store before it writes anything (after the letters
+        of the runs it replaces were retired: a crash in between loses no chain)."""
         begin = (
             self.resume_from.stamped(run_id=self.run_id, runs=self._runs)
             if self.resume_from is not None
             else Checkpoint(self.identity, self.run_id, self._runs).stamped()
         )
-        self.store.save(begin)  # this run is known before it writes anything
+        self.store.save(begin)
         self.last = begin
         self._open_delivery()
         self._next_at = time.monotonic() + (self.interval.seconds or 0.0)
-        return self.resume_from
 
     def _open_delivery(self) -> None:
         """For an at-least-once sink beside a checkpoint file: a small file that says how

@@ -38,10 +38,13 @@ __all__ = ["Chunk", "Flow", "StopRequest"]
 
 @dataclass(slots=True)
 class Chunk:
-    """A micro-batch and the ids of the source batches its records came from."""
+    """A micro-batch and the ids of the source batches its records came from (the
+    references it holds); ``origin`` names them for a chunk that holds none (a branch arm's:
+    the branch holds them), so that its dead letters still say where they came from."""
 
     records: list[Any]
     lineage: tuple[int, ...]
+    origin: tuple[int, ...] = ()
 
 
 class StopRequest:
@@ -199,7 +202,7 @@ class Flow:
             )
         stats.busy_seconds += time.perf_counter() - t0
         if dead:
-            await self.box.send(rt, dead, chunk.lineage)
+            await self.box.send(rt, dead, chunk.lineage or chunk.origin)
         stats.filtered += filtered
         stats.emitted += len(outputs)
         out_weight = rt.weigh_out(outputs)
@@ -219,7 +222,7 @@ class Flow:
         if not outputs:
             self.tracker.release(chunk.lineage)
             return None
-        return Chunk(outputs, chunk.lineage)
+        return Chunk(outputs, chunk.lineage, chunk.origin)
 
     async def _settle(self, rt: StageRuntime, records: list[Any]) -> Settled:
         dead: list[DeadLetter] = []
@@ -434,7 +437,7 @@ class Flow:
                 held.append(chunk.lineage)
                 for arm, feed in feeds.items():  # arm chunks hold no lineage: the branch does
                     try:
-                        await feed.send(Chunk(chunk.records, ()))
+                        await feed.send(Chunk(chunk.records, (), chunk.lineage))
                     except ChannelClosed:
                         await arms[arm]  # raises the arm's error
                         raise

@@ -99,7 +99,7 @@ class LetterBox:
         holds the checkpoint back: their records are not released). ``lineage`` gives each
         letter the source positions its records came from (``source_offset``), which tell
         a resumed run whether the checkpoint covers the letter."""
-        if lineage and self.tracker is not None:
+        if lineage and self.tracker is not None and self.tracker.checkpointing:
             ranges = self.tracker.ranges(lineage)
             for letter in letters:
                 if letter.source_offset is None:

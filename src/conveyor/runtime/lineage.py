@@ -29,7 +29,15 @@ class _SourceBatch:
     records: int
     refs: int
     token: Any = None  # the source's own offset at ``first`` (seekable sources)
-    tie: set[int] | None = None  # batches done together with this one (shared set)
+    tie: _Tie | None = None  # batches done together with this one (shared)
+
+
+@dataclass(slots=True)
+class _Tie:
+    """Source batches joined in one micro-batch: done together, when none is referenced."""
+
+    members: set[int]
+    waiting: int  # members still referenced
 
 
 class OffsetTracker:
@@ -76,12 +84,20 @@ class OffsetTracker:
                 pending[batch_id].refs += times
         if not self.checkpointing or not isinstance(lineage, tuple) or len(lineage) < 2:
             return
-        tie: set[int] = set()  # one micro-batch joins these: they are done together
+        ties: dict[int, _Tie] = {}  # one micro-batch joins these: they are done together
         for batch_id in lineage:
             batch = pending[batch_id]
-            tie.update(batch.tie or (batch_id,))
-        for batch_id in tie:
-            pending[batch_id].tie = tie
+            if batch.tie is None:
+                batch.tie = _Tie({batch_id}, 1 if batch.refs else 0)
+            ties[id(batch.tie)] = batch.tie
+        if len(ties) < 2:
+            return
+        big, *others = sorted(ties.values(), key=lambda t: len(t.members), reverse=True)
+        for tie in others:  # the smaller ties join the biggest (n log n over a run)
+            for batch_id in tie.members:
+                pending[batch_id].tie = big
+            big.members |= tie.members
+            big.waiting += tie.waiting
 
     def release(self, lineage: Iterable[int]) -> None:
         """Drop one reference to each source batch in ``lineage``."""
@@ -91,10 +107,13 @@ class OffsetTracker:
             batch.refs -= 1
             if batch.refs:
                 continue
-            if batch.tie is None:
+            tie = batch.tie
+            if tie is None:
                 self._finish(batch_id, batch)
-            elif all(pending[i].refs == 0 for i in batch.tie):
-                for i in sorted(batch.tie):
+                continue
+            tie.waiting -= 1
+            if not tie.waiting:
+                for i in sorted(tie.members):
                     self._finish(i, pending[i])
 
     def _finish(self, batch_id: int, batch: _SourceBatch) -> None:
@@ -120,9 +139,11 @@ class OffsetTracker:
         return any(batch_id in pending for batch_id in batch_ids)
 
     def ranges(self, lineage: Iterable[int]) -> list[list[int]]:
-        """The ``[first, last]`` positions of the source batches in ``lineage`` (in flight)."""
+        """The ``[first, last]`` positions of the source batches in ``lineage`` (in flight),
+        adjacent ones merged."""
         pending = self._pending
-        return [[pending[i].first, pending[i].last] for i in lineage if i in pending]
+        found = sorted((pending[i].first, pending[i].last) for i in lineage if i in pending)
+        return [list(r) for r in _merged(found)]
 
     def coverage(self, read: int, token: Any) -> tuple[int, Any, list[tuple[int, int]]]:
         """What is done, for a checkpoint: the low watermark (``read``, the positions read,
@@ -132,8 +153,9 @@ class OffsetTracker:
         for oldest in self._pending.values():
             position, at = oldest.first, oldest.token
             break
-        self._done_above = above = [r for r in self._done_above if r[1] >= position]
-        return position, at, sorted(above)
+        above = _merged(sorted(r for r in self._done_above if r[1] >= position))
+        self._done_above = above
+        return position, at, list(above)
 
     @property
     def in_flight_batches(self) -> int:
@@ -151,3 +173,15 @@ class OffsetTracker:
         for batch in self._pending.values():
             return batch.first
         return None
+
+
+def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted ``(first, last)`` ranges with adjacent and overlapping ones joined."""
+    out: list[tuple[int, int]] = []
+    for first, last in ranges:
+        if out and first <= out[-1][1] + 1:
+            if last > out[-1][1]:
+                out[-1] = (out[-1][0], last)
+        else:
+            out.append((first, last))
+    return out

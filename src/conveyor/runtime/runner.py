@@ -151,6 +151,7 @@ class StreamRunner:
         self._skips: deque[tuple[int, int]] = deque()  # positions a resumed run reads past
         self._next_token: Any = None  # the source's offset of the next element to read
         self._sink_opened = False
+        self._source_exhausted = False
 
     # -- building --------------------------------------------------------------------------
 
@@ -275,7 +276,21 @@ class StreamRunner:
         """Open the checkpoint store; refuse, resume or start afresh (see RunOptions)."""
         if not self.options.checkpointing or self.info.mode != "run":
             return
-        extra = [self.spec.identity, self.options.contracts, self.options.sample_rate]
+        from conveyor.dlq import MemoryDeadLetterStore
+
+        if isinstance(self._store, MemoryDeadLetterStore):
+            raise PipelineDefinitionError(
+                "a run with checkpoints needs a durable dead-letter store: a checkpoint "
+                "counts a dead-lettered record as done, and a crash would lose the letters "
+                "kept in memory; drop dead_letters='memory' (the default is "
+                ".conveyor/dead_letters.db) or give a path"
+            )
+        extra = [
+            self.spec.identity,
+            self.options.contracts,
+            self.options.sample_rate,
+            self.sink.identity,
+        ]
         identity = PipelineIdentity(
             self.name, pipeline_fingerprint(self.spec.leaves, extra), source_identity(source)
         )
@@ -291,10 +306,13 @@ class StreamRunner:
         self._tracker.checkpointing = True
         stages = [rt.name for rt in self._all_runtimes()] + [self._sink.name]
         superseded = cp.supersede_letters(self._store, stages)
+        cp.begin()
         self.info = replace(self.info, checkpointing=True, resume_from=resume)
         self._flow.checkpointer = cp
         self._flow.source_finished = lambda: (
-            self._status is RunStatus.COMPLETED and self._stop.error is None
+            self._source_exhausted
+            and self._status is RunStatus.COMPLETED
+            and self._stop.error is None
         )
         if resume is None:
             return
@@ -451,6 +469,7 @@ class StreamRunner:
                     f"source must be an iterable or async iterable of records, "
                     f"got {type(source).__name__}"
                 )
+            self._source_exhausted = True  # read to its end (not stopped, not failed)
         finally:
             out.close()
 
@@ -484,7 +503,7 @@ class StreamRunner:
             if skips:
                 first, last = skips[0]
                 if self._read_count >= first:
-                    await self._skip_sync(iterator, last - self._read_count + 1)
+                    await self._skip_sync(source, iterator, last - self._read_count + 1)
                     skips.popleft()
                     continue
                 n = min(n, first - self._read_count)
@@ -492,17 +511,19 @@ class StreamRunner:
             records = list(itertools.islice(iterator, n))
             if not records:
                 return
-            if seekable:
-                self._next_token = source.offset  # type: ignore[attr-defined]
+            after = source.offset if seekable else None  # type: ignore[attr-defined]
             await self._emit_source(records, out, token)
+            self._next_token = after  # (not before: a batch cancelled in the send is unread)
 
-    async def _skip_sync(self, iterator: Any, count: int) -> None:
+    async def _skip_sync(self, source: Any, iterator: Any, count: int) -> None:
         """Read past ``count`` elements that a resumed run does not process again."""
-        left = count
+        left, seekable = count, isinstance(source, SeekableSource)
         while left > 0:
             step = min(left, 10_000)
             got = sum(1 for _ in itertools.islice(iterator, step))
             self._read_count += got
+            if seekable:
+                self._next_token = source.offset
             left -= got
             if got < step:
                 self._source_shorter()
@@ -521,8 +542,11 @@ class StreamRunner:
         )
 
     async def _read_async(self, source: AsyncIterable[Any], out: Channel[Chunk]) -> None:
-        # Entries: (_ITEM, record, its offset), (_SKIP, positions read past, None), (_END, ...).
-        queue: asyncio.Queue[tuple[int, Any, Any]] = asyncio.Queue(maxsize=self.options.batch_size)
+        # Entries: (_ITEM, record, its offset, the offset after it), (_SKIP, positions read
+        # past, None, the offset after them), (_END, None, None, None).
+        queue: asyncio.Queue[tuple[int, Any, Any, Any]] = asyncio.Queue(
+            maxsize=self.options.batch_size
+        )
         seekable, skips = isinstance(source, SeekableSource), self._skips
 
         async def pump() -> None:
@@ -537,29 +561,30 @@ class StreamRunner:
                         skipped += 1
                         if position > skips[0][1]:
                             skips.popleft()
-                            await queue.put((_SKIP, skipped, None))
+                            await queue.put((_SKIP, skipped, None, token))
                             skipped = 0
                         continue
-                    await queue.put((_ITEM, item, at))
+                    await queue.put((_ITEM, item, at, token))
                 if skips:
                     self._read_count = position
                     self._source_shorter()
             except Exception:
-                await queue.put((_END, None, None))  # wake the reader; the error surfaces below
+                await queue.put((_END, None, None, None))  # wake the reader; raised below
                 raise
-            await queue.put((_END, None, None))
+            await queue.put((_END, None, None, None))
 
         pump_task = asyncio.create_task(pump())
         try:
             kind = _ITEM
             while kind != _END:
-                kind, item, token = await queue.get()
+                kind, item, token, after = await queue.get()
                 if kind == _SKIP:
                     self._read_count += item
+                    self._next_token = after
                     continue
                 if kind == _END:
                     break
-                records, skipped = [item], 0
+                records, skipped, skip_after = [item], 0, None
                 deadline = time.monotonic() + self.options.linger
                 while len(records) < self.options.batch_size:
                     remaining = deadline - time.monotonic()
@@ -569,17 +594,21 @@ class StreamRunner:
                     # cancellation (stop_intake, an abort) when the get completes at once.
                     try:
                         async with asyncio.timeout(max(remaining, 0)):
-                            kind, item, _ = await queue.get()
+                            kind, item, _, next_after = await queue.get()
                     except TimeoutError:
                         break
                     if kind == _SKIP:  # a batch holds consecutive positions only
-                        skipped = item
+                        skipped, skip_after = item, next_after
                         break
                     if kind == _END:
                         break
                     records.append(item)
+                    after = next_after
                 await self._emit_source(records, out, token)
-                self._read_count += skipped
+                self._next_token = after
+                if skipped:
+                    self._read_count += skipped
+                    self._next_token = skip_after
             await pump_task  # surfaces a source error
         finally:
             pump_task.cancel()
