@@ -200,8 +200,14 @@ def run(
 
 
 def _rerun_hint(path: Path, overrides: Sequence[str], exc: BaseException) -> str:
-    from conveyor.errors import PipelineDefinitionError, ProjectError
+    from conveyor.errors import PipelineDefinitionError, ProjectError, SinkUnavailableError
 
+    if isinstance(exc, SinkUnavailableError):
+        return (
+            "nothing was dead-lettered and the last checkpoint is consistent: once the sink "
+            f"is reachable, continue with: conveyor run {path} --resume (a project whose "
+            "stages persist datasets keeps no checkpoints: run it again)"
+        )
     if isinstance(exc, ProjectError | PipelineDefinitionError):
         return ""  # the project is wrong: re-running the same command cannot help
     stage = next((o for o in overrides if o.startswith("stage=") and len(o) > 6), None)

@@ -377,15 +377,20 @@ class Chain:
         payload = self._checkpoint_payload()
         return None if payload is None else json.loads(payload)["checkpoint"]
 
+    @property
+    def _row_pattern(self) -> str:
+        return self.pipeline if self.sink not in ("pg", "sqlite") else f"{self.pipeline} -> %"
+
     def _checkpoint_payload(self) -> str | None:
-        sql = "SELECT payload FROM conveyor_checkpoints WHERE pipeline = "
+        # SQL sinks key the row by pipeline and table ("NAME -> TABLE"), the file store by name
+        sql = "SELECT payload FROM conveyor_checkpoints WHERE pipeline LIKE "
         if self.sink == "pg":
             if self._pg is None:  # one connection for the many polls of a chain
                 self._pg = pg_connect(autocommit=True)
             import psycopg
 
             try:
-                row = self._pg.execute(sql + "%s", (self.pipeline,)).fetchone()
+                row = self._pg.execute(sql + "%s", (self._row_pattern,)).fetchone()
             except psycopg.errors.UndefinedTable:
                 return None
             return None if row is None else str(row[0])
@@ -394,7 +399,7 @@ class Chain:
             return None
         conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
         try:
-            row = conn.execute(sql + "?", (self.pipeline,)).fetchone()
+            row = conn.execute(sql + "?", (self._row_pattern,)).fetchone()
         except sqlite3.OperationalError:  # the table is not created yet
             return None
         finally:
@@ -452,7 +457,9 @@ class Chain:
             return
         with contextlib.suppress(Exception), pg_connect() as conn:
             conn.execute(f'DROP TABLE IF EXISTS "{self.table}"')
-            conn.execute("DELETE FROM conveyor_checkpoints WHERE pipeline = %s", (self.pipeline,))
+            conn.execute(
+                "DELETE FROM conveyor_checkpoints WHERE pipeline LIKE %s", (self._row_pattern,)
+            )
             conn.commit()
 
     # -- the check ----------------------------------------------------------------------------

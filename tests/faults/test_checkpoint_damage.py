@@ -99,7 +99,7 @@ class Store:
     def payload(self) -> str:
         with sqlite3.connect(self.db) as conn:
             (text,) = conn.execute(
-                "SELECT payload FROM conveyor_checkpoints WHERE pipeline = ?", (NAME,)
+                "SELECT payload FROM conveyor_checkpoints WHERE pipeline LIKE ?", (f"{NAME}%",)
             ).fetchone()
         conn.close()
         return str(text)
@@ -108,7 +108,8 @@ class Store:
         conn = sqlite3.connect(self.db)
         with conn:
             conn.execute(
-                "UPDATE conveyor_checkpoints SET payload = ? WHERE pipeline = ?", (value, NAME)
+                "UPDATE conveyor_checkpoints SET payload = ? WHERE pipeline LIKE ?",
+                (value, f"{NAME}%"),
             )
         conn.close()
 

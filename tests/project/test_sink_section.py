@@ -303,11 +303,14 @@ def test_sigterm_drains_with_a_final_checkpoint_and_a_resume_keeps_every_letter(
     assert set(s) | set(q) == set(range(20_000))
 
 
-def test_resume_with_nothing_to_resume_says_so(tmp_path: Path) -> None:
+def test_resume_with_nothing_to_resume_is_refused(tmp_path: Path) -> None:
     root = make(tmp_path, SQLITE)
     done = conveyor("run", str(root), "--resume", cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
-    assert "nothing to resume (no checkpoint of this pipeline yet)" in flat(done.stdout)
+    assert done.returncode == 1
+    text = flat(done.stderr)
+    assert "there is no checkpoint of pipeline 'nums' here: there is nothing to resume" in text
+    assert "run without --resume" in text
+    assert not (root / "data" / "out.db").exists() or sqlite_ids(root / "data" / "out.db") == []
 
 
 @pytest.mark.timeout(180)

@@ -424,7 +424,7 @@ async def test_resume_after_a_finished_run_is_refused(tmp_path: Path) -> None:
     done = await run_until(pipeline(), ids(), sink, options(tmp_path), None)
     assert done.checkpoint is not None
     assert done.checkpoint.finished
-    with pytest.raises(ResumeRequired, match="nothing to resume"):
+    with pytest.raises(CheckpointError, match="nothing to resume"):
         await run_until(
             pipeline(),
             ids(),

@@ -49,10 +49,6 @@ SINK_RETRY = RetryPolicy(attempts=8, backoff=0.2, multiplier=2.0, max_backoff=5.
 """The SQL sinks' default retries: about 20 s of back-off before a run fails on an outage."""
 
 
-_CAREFUL_WRITES = 64
-"""After a failed batch, how many writes use savepoints (the bisection of that batch)."""
-
-
 class _SqlConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -93,7 +89,7 @@ class _SqlSink(Sink):
         self._uncommitted: list[list[tuple[Any, ...]]] = []  # batches of the open transaction
         self._in_transaction = False
         self._broken = False
-        self._careful = 0  # writes left that use savepoints after a failed batch
+        self._careful = False  # a batch failed: savepoints from now on (no more redo)
         self._pending = 0  # writes in the open transaction
         self._lost = False  # a transaction with writes was lost and cannot be redone
         self._committing: Checkpoint | None = None  # the checkpoint of a commit under way
@@ -179,7 +175,8 @@ class _SqlSink(Sink):
         assert checkpoint is not None
         try:
             cursor = self._conn.cursor()
-            landed = self._checkpoints.load(cursor, checkpoint.identity.name, self._store_name)
+            key = self._row_key(checkpoint.identity.name)
+            landed = self._checkpoints.load(cursor, key, self._store_name)
             self._conn.commit()
         except Exception as exc:
             self._lose_transaction()
@@ -241,7 +238,6 @@ class _SqlSink(Sink):
         cursor = self._conn.cursor()
         self._begin(cursor)
         if self._savepoints or self._careful:
-            self._careful = max(0, self._careful - 1)
             cursor.execute("SAVEPOINT conveyor_write")
             try:
                 self._insert(cursor, self._columns, values)
@@ -255,14 +251,14 @@ class _SqlSink(Sink):
         except Exception as exc:
             if self._unavailable(exc):
                 raise
-            # The server aborted the whole transaction: write its earlier batches again
-            # (plainly), then use savepoints while the runner bisects this batch.
+            # The server aborted the whole transaction: write its earlier batches again,
+            # then use savepoints for the rest of the run (the bisection of this batch, and
+            # later bad records, cost two round trips a batch instead of a redo each).
             self._conn.rollback()
             self._in_transaction = False
-            self._careful = 0
             for earlier in self._uncommitted:
                 self._write_values(earlier)
-            self._careful = _CAREFUL_WRITES
+            self._careful = True  # bad records come in bunches: isolate them cheaply
             raise
 
     def _begin(self, cursor: Any) -> None:
@@ -318,7 +314,7 @@ class _SqlSink(Sink):
             cursor = self._conn.cursor()
             self._begin(cursor)
             cursor.execute(CheckpointTable.create_sql)
-            self._checkpoints.save(cursor, checkpoint)
+            self._checkpoints.save(cursor, checkpoint, self._row_key(checkpoint.identity.name))
         except Exception as exc:
             if self._unavailable(exc):
                 self._lose_transaction()
@@ -346,7 +342,7 @@ class _SqlSink(Sink):
         try:
             cursor = conn.cursor()
             cursor.execute(CheckpointTable.create_sql)
-            found = self._checkpoints.load(cursor, pipeline, self._store_name)
+            found = self._checkpoints.load(cursor, self._row_key(pipeline), self._store_name)
             conn.commit()
         except CheckpointError:
             with contextlib.suppress(Exception):
@@ -363,12 +359,17 @@ class _SqlSink(Sink):
         try:
             cursor = conn.cursor()
             cursor.execute(CheckpointTable.create_sql)
-            self._checkpoints.save(cursor, checkpoint)
+            self._checkpoints.save(cursor, checkpoint, self._row_key(checkpoint.identity.name))
             conn.commit()
         except Exception as exc:
             with contextlib.suppress(Exception):
                 conn.rollback()
             raise CheckpointError(self._store_name, f"cannot be written: {exc}") from exc
+
+    def _row_key(self, pipeline: str) -> str:
+        """The checkpoint row's key: the pipeline and the table (two pipelines of the same
+        name writing to two tables of one database keep two checkpoints)."""
+        return f"{pipeline} -> {self.table}"
 
     @property
     def _store_name(self) -> str:

@@ -271,7 +271,7 @@ class Checkpoint:
             return CheckpointError(
                 store,
                 f"the checkpoint is {cause}; it was not used (the run did not start from "
-                "zero on its own). Run with --fresh (fresh=True in code, resume=False) to "
+                "zero on its own). Run with --fresh (resume=False in code) to "
                 "start again from the beginning, or restore the store from a backup",
             )
 
@@ -392,7 +392,7 @@ class CheckpointTable:
         )
 
     def load(self, cursor: Any, pipeline: str, store: str) -> Checkpoint | None:
-        """Read ``pipeline``'s checkpoint with ``cursor`` (``None`` if it has none)."""
+        """Read the checkpoint in row ``pipeline`` with ``cursor`` (``None``: none)."""
         cursor.execute(self.select_sql, (pipeline,))
         row = cursor.fetchone()
         if row is None:
@@ -404,9 +404,11 @@ class CheckpointTable:
             raise CheckpointError(store, "the checkpoint is damaged (its payload is not text)")
         return Checkpoint.from_json(payload, store)
 
-    def save(self, cursor: Any, checkpoint: Checkpoint) -> None:
-        """Write ``checkpoint`` with ``cursor``, inside the caller's transaction."""
-        cursor.execute(self.upsert_sql, (checkpoint.identity.name, checkpoint.to_json()))
+    def save(self, cursor: Any, checkpoint: Checkpoint, key: str | None = None) -> None:
+        """Write ``checkpoint`` with ``cursor``, inside the caller's transaction, in the row
+        ``key`` (default: the pipeline's name)."""
+        row = checkpoint.identity.name if key is None else key
+        cursor.execute(self.upsert_sql, (row, checkpoint.to_json()))
         fault_point("checkpoint_write")  # test hook: a crash after the write, before commit
 
 

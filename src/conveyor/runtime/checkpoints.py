@@ -112,7 +112,6 @@ class Checkpointer:
         self._next_at = 0.0
         self._touched: set[int] = set()
         self.commits = 0
-        self.note = ""  # what the report should say about the start (resume asked, none)
         self.tracks_delivery = False  # an at-least-once sink: note how far it was given
         self.previous_delivery = -1  # the furthest position the resumed runs delivered
         self._delivered = -1
@@ -131,16 +130,18 @@ class Checkpointer:
                 raise
             found = None  # --fresh: the damaged checkpoint is replaced
             logger.warning("%s: the damaged checkpoint is replaced (--fresh)", where)
-        if self._resume and found is not None and found.finished:
-            raise ResumeRequired(
-                where,
-                f"the last run of pipeline {self.identity.name!r} (run {found.run_id}) "
-                f"finished at {found.written_at}: there is nothing to resume; run without "
-                "--resume (resume=None in code) to run the pipeline again",
+        if self._resume and (found is None or found.finished):
+            what = (
+                f"there is no checkpoint of pipeline {self.identity.name!r} here"
+                if found is None
+                else f"the last run of pipeline {self.identity.name!r} (run {found.run_id}) "
+                f"finished at {found.written_at}"
             )
-        if self._resume and found is None:
-            self.note = (
-                "nothing to resume (no checkpoint of this pipeline yet): started from the beginning"
+            raise CheckpointError(
+                where,
+                f"{what}: there is nothing to resume (a resume never starts from zero on its "
+                "own: was the pipeline renamed, or its sink moved?); run without --resume "
+                "(resume=None in code) to run the pipeline from the beginning",
             )
         if found is not None and not found.finished:
             if self._resume is None:
@@ -149,9 +150,11 @@ class Checkpointer:
                     f"pipeline {self.identity.name!r} has an unfinished checkpoint (run "
                     f"{found.run_id}, written {found.written_at}: {found.position} source "
                     f"records done, {found.read} read). Run `conveyor run --resume` to "
-                    "continue from it, or `conveyor run --fresh` to start from the "
-                    "beginning (resume=True / resume=False in code); a plain run stops "
-                    "rather than write records a second time",
+                    "continue from it (exactly once), or `conveyor run --fresh` to start "
+                    "again from the beginning: that writes every record again, and a table "
+                    "sink without a key keeps the rows the unfinished run committed "
+                    "(resume=True / resume=False in code). A plain run stops rather than "
+                    "write records a second time",
                 )
             if self._resume:
                 found.check_identity(self.identity, where)

@@ -172,8 +172,6 @@ class RunReport:
     replayed: int = 0
     """Records a resumed run processed again that the crashed run had already read: an
     at-least-once sink may hold up to this many twice (an exactly-once sink never does)."""
-    checkpoint_note: str = ""
-    """A word on how the checkpoints started (``--resume`` with nothing to resume)."""
     sink_guarantee: str = ""
     """``exactly-once`` or ``at-least-once`` across a crash (runs with checkpoints)."""
 
@@ -301,7 +299,7 @@ class RunReport:
     def _resume_lines(self) -> str:
         resume = self.resume
         if resume is None:
-            return f"\n{self.checkpoint_note}" if self.checkpoint_note else ""
+            return ""
         how = (
             f"seeked to offset {resume.offset!r}"
             if resume.seeked

@@ -425,7 +425,6 @@ class StreamRunner:
             report.checkpoint_store = cp.store.description
             report.checkpoints_written = cp.commits
             report.resume = self._resume
-            report.checkpoint_note = cp.note
             report.sink_guarantee = "exactly-once" if self.sink.exactly_once else "at-least-once"
             resumed = cp.resume_from
             if resumed is not None:
