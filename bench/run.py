@@ -2,16 +2,21 @@
 
 Usage (after ``bash bench/setup.sh``)::
 
-    bench/.venv/bin/python bench/run.py [--workload W1|...|W6|IMPORT|all] [--runs N] [--quick]
+    bench/.venv/bin/python bench/run.py [--workload W1|...|W9|IMPORT|all] [--runs N] [--quick]
                                         [--output FILE] [--update-benchmarks-md] [--no-write]
 
 Workloads: W1 per-record overhead, W2 async I/O, W3 CPU in 2 processes, W4 memory under a
 slow sink (Conveyor against a hand-written baseline, pypeln and Bytewax); W5 the cost of a
 pydantic input contract checked on every record (``contracts="all"`` against ``"off"``);
 W6 the extra cost per dead letter (every record fails into a SQLite store, against the same
-run succeeding); IMPORT the time of ``import conveyor`` in a fresh interpreter (median of
-10, ``python -c "import conveyor"`` minus ``python -c pass``) and the top 10 modules of
-``python -X importtime``.
+run succeeding); W7 the cost of checkpoints (W1 and W4 with ``checkpoint=`` a temp file at
+the default 1 s interval, against the same runs without); W8 the ``PostgresSink`` against a
+hand-written psycopg 3 COPY loop and W9 the ``SqliteSink`` against a hand-written sqlite3
+``executemany`` loop (same batch size, same commit cadence: checkpoints every 1 s against a
+commit every second, no checkpoints against a commit per batch); IMPORT the time of
+``import conveyor`` in a fresh interpreter (median of 10, ``python -c "import conveyor"``
+minus ``python -c pass``) and the top 10 modules of ``python -X importtime``.
+``bench/profile_w1.py`` and ``bench/profile_sql.py`` say where W1's and W8/W9's time goes.
 
 Method. Every measurement runs in a fresh interpreter (``run.py --child ...``), so no
 contender inherits another's heap, threads or pools. The contenders of a workload are
@@ -77,6 +82,9 @@ class Variant:
     role: str  # "baseline", "conveyor" or "peer"
     params: dict[str, Any] = field(default_factory=dict)
     requires: str | None = None
+    versus: str | None = None
+    """The key of the contender this one is compared with (default: the workload's first
+    baseline); workloads made of pairs (W7-W9) give every contender its own."""
 
 
 @dataclass(frozen=True)
@@ -435,6 +443,213 @@ WORKLOADS: dict[str, Workload] = {
             ),
         ),
     ),
+    "W7": Workload(
+        name="W7",
+        title="W7 — checkpoints (W1 and W4, checkpoints on against off)",
+        description=(
+            "W1's pipeline and sink (1,000,000 records, validate → enrich → keep even) and "
+            "W4's (MapStage → async sink sleeping 1 ms every 1,000 records), each run with "
+            "checkpoints on, `checkpoint=<fresh temp dir>/checkpoints.db` at the default "
+            "interval (`checkpoint_every=1.0`: after a write, once a second has passed and "
+            "the batches the sink holds are done, a checkpoint is saved to the SQLite file, "
+            "WAL + `synchronous=FULL`, plus one at the start and a final one), against the "
+            "same run with checkpoints off, in the same rounds. Creating and opening the "
+            "checkpoint file is inside the timed region. Verified: W1's/W4's closed forms, "
+            "and with checkpoints on a final checkpoint that is `finished` at position n "
+            "(off: none)."
+        ),
+        sizes=(1_000_000,),
+        quick_sizes=(50_000,),
+        target="Conveyor with checkpoints on ≥ 0.9x the throughput of the same run with "
+        "checkpoints off (W1 and W4 each)",
+        target_ratio=0.9,
+        variants=(
+            Variant(
+                "w1-off",
+                CONVEYOR,
+                "W1, checkpoints off, batch_size=1000 (baseline)",
+                "w7_conveyor",
+                "baseline",
+                {"shape": "W1", "checkpoint": False},
+            ),
+            Variant(
+                "w1-on",
+                CONVEYOR,
+                "W1, checkpoints on (temp SQLite file, every 1 s), batch_size=1000",
+                "w7_conveyor",
+                "conveyor",
+                {"shape": "W1", "checkpoint": True},
+                versus="w1-off",
+            ),
+            Variant(
+                "w4-off",
+                CONVEYOR,
+                "W4, checkpoints off, batch_size=1000 (baseline)",
+                "w7_conveyor",
+                "baseline",
+                {"shape": "W4", "checkpoint": False},
+            ),
+            Variant(
+                "w4-on",
+                CONVEYOR,
+                "W4, checkpoints on (temp SQLite file, every 1 s), batch_size=1000",
+                "w7_conveyor",
+                "conveyor",
+                {"shape": "W4", "checkpoint": True},
+                versus="w4-off",
+            ),
+        ),
+    ),
+    "W8": Workload(
+        name="W8",
+        title="W8 — PostgreSQL sink against a hand-written psycopg 3 loop",
+        description=(
+            'Rows `{"id": i, "v": i * 0.5, "name": f"user{i}"}` (built from a generator of '
+            "ids by every contender: Conveyor in one `MapStage`) into PostgreSQL 127.0.0.1 "
+            "(`PostgresSink(dsn, table)`: no key, so it writes with `COPY … FROM STDIN`, one "
+            "per micro-batch of 1,000, each in a savepoint) against a hand-written psycopg 3 "
+            "loop doing one `COPY` per batch of 1,000 into the same table, with the same "
+            "durability, in two pairs: checkpoints on (default interval 1 s: one transaction "
+            "per checkpoint, the checkpoint row committed with the rows) against the loop "
+            "committing once a second; checkpoints off (each write its own transaction) "
+            'against the loop committing every batch. A reference pair with `key=["id"]`: '
+            "the sink then upserts (`executemany` of `INSERT … ON CONFLICT (id) DO UPDATE`), "
+            "against the loop doing the same `executemany`. Before each run (untimed) the "
+            "table is created if missing (as the sink would), truncated, and the benchmark "
+            "pipeline's checkpoint row deleted; connecting is timed for everyone. Verified: "
+            "count, sum of ids, sum of `v` and total name length read back from the table; "
+            "with checkpoints, the stored checkpoint row is `finished`."
+        ),
+        sizes=(200_000,),
+        quick_sizes=(20_000,),
+        target="`postgres` sink ≥ 0.8x the hand-written psycopg 3 COPY loop (same batch size, "
+        "same commit cadence)",
+        target_ratio=0.8,
+        variants=(
+            Variant(
+                "copy-1s",
+                "psycopg 3 loop",
+                "COPY per batch of 1000, commit every 1 s (baseline)",
+                "w8_hand",
+                "baseline",
+                {"commit": "1s"},
+                requires="psycopg",
+            ),
+            Variant(
+                "sink-cp",
+                CONVEYOR,
+                "`PostgresSink` (COPY), checkpoints on (every 1 s), batch_size=1000; vs "
+                "COPY, commit every 1 s",
+                "w8_conveyor",
+                "conveyor",
+                {"checkpoint": True},
+                requires="psycopg",
+                versus="copy-1s",
+            ),
+            Variant(
+                "copy-batch",
+                "psycopg 3 loop",
+                "COPY per batch of 1000, commit every batch (baseline)",
+                "w8_hand",
+                "baseline",
+                {"commit": "batch"},
+                requires="psycopg",
+            ),
+            Variant(
+                "sink-nocp",
+                CONVEYOR,
+                "`PostgresSink` (COPY), checkpoints off (a commit per write), "
+                "batch_size=1000; vs COPY, commit every batch",
+                "w8_conveyor",
+                "conveyor",
+                {"checkpoint": False},
+                requires="psycopg",
+                versus="copy-batch",
+            ),
+            Variant(
+                "upsert-1s",
+                "psycopg 3 loop",
+                "`executemany` upsert per batch of 1000, commit every 1 s (reference baseline)",
+                "w8_hand",
+                "baseline",
+                {"commit": "1s", "keyed": True},
+                requires="psycopg",
+            ),
+            Variant(
+                "sink-upsert-cp",
+                CONVEYOR,
+                '`PostgresSink(key=["id"])` (upsert), checkpoints on (every 1 s), '
+                "batch_size=1000 (reference); vs executemany upsert, commit every 1 s",
+                "w8_conveyor",
+                "reference",
+                {"checkpoint": True, "keyed": True},
+                requires="psycopg",
+                versus="upsert-1s",
+            ),
+        ),
+    ),
+    "W9": Workload(
+        name="W9",
+        title="W9 — SQLite sink against a hand-written sqlite3 loop",
+        description=(
+            "W8's rows (200,000, built in a `MapStage` for Conveyor, in the loop for the "
+            'baseline) into a SQLite file: `SqliteSink(path, table, key=["id"])` (WAL, '
+            "`synchronous=FULL`, one `executemany` of `INSERT … ON CONFLICT (id) DO UPDATE` "
+            "per micro-batch of 1,000, each in a savepoint) against a hand-written sqlite3 "
+            "loop with WAL + `synchronous=FULL` doing the same `executemany` per batch of "
+            "1,000, in two pairs with the same commit cadence: checkpoints on (default "
+            "interval 1 s; the checkpoint row committed with the rows) against the loop "
+            "committing once a second; checkpoints off (a transaction per write) against the "
+            "loop committing every batch. Each run gets a fresh database in a temporary "
+            "directory with the table already created (untimed, the schema the sink would "
+            "create); connecting is timed for everyone. Verified: count, sum of ids, sum of "
+            "`v` and total name length read back; WAL in force; with checkpoints, the stored "
+            "checkpoint row is `finished`."
+        ),
+        sizes=(200_000,),
+        quick_sizes=(20_000,),
+        target="`sqlite` sink ≥ 0.8x the hand-written sqlite3 executemany loop (same batch "
+        "size, WAL + synchronous=FULL, same commit cadence)",
+        target_ratio=0.8,
+        variants=(
+            Variant(
+                "executemany-1s",
+                "sqlite3 loop",
+                "executemany upsert per batch of 1000, commit every 1 s (baseline)",
+                "w9_hand",
+                "baseline",
+                {"commit": "1s"},
+            ),
+            Variant(
+                "sink-cp",
+                CONVEYOR,
+                '`SqliteSink(key=["id"])`, checkpoints on (every 1 s), batch_size=1000; vs '
+                "executemany, commit every 1 s",
+                "w9_conveyor",
+                "conveyor",
+                {"checkpoint": True},
+                versus="executemany-1s",
+            ),
+            Variant(
+                "executemany-batch",
+                "sqlite3 loop",
+                "executemany upsert per batch of 1000, commit every batch (baseline)",
+                "w9_hand",
+                "baseline",
+                {"commit": "batch"},
+            ),
+            Variant(
+                "sink-nocp",
+                CONVEYOR,
+                '`SqliteSink(key=["id"])`, checkpoints off (a commit per write), '
+                "batch_size=1000; vs executemany, commit every batch",
+                "w9_conveyor",
+                "conveyor",
+                {"checkpoint": False},
+                versus="executemany-batch",
+            ),
+        ),
+    ),
     "IMPORT": Workload(
         name="IMPORT",
         title="IMPORT — `import conveyor` in a fresh interpreter",
@@ -722,8 +937,65 @@ def failed_cell(row: Row) -> str:
     return "ERROR: " + (row.errors[0] if row.errors else "no result")[:300].replace("|", "/")
 
 
+def paired(wl: Workload) -> bool:
+    """Whether the workload is made of pairs (each contender with its own baseline)."""
+    return any(v.versus for v in wl.variants)
+
+
+def comparator(o: Outcome, row: Row) -> Row:
+    """The row ``row`` is compared with: its ``versus``, itself if it is a baseline of a
+    paired workload, else the workload's first baseline (same size)."""
+    v = row.variant
+    if v.versus:
+        return next(r for r in o.rows if r.variant.key == v.versus and r.n == row.n)
+    if v.role == "baseline" and paired(o.workload):
+        return row
+    return next(r for r in o.rows if r.variant.role == "baseline")
+
+
+def pairs_verdicts(o: Outcome) -> list[str]:
+    """W7-W9: one verdict per Conveyor contender against its own baseline."""
+    wl = o.workload
+    target = wl.target_ratio or 0.0
+    verdicts = []
+    for row in o.rows:
+        if row.variant.role != "conveyor":
+            continue
+        base = comparator(o, row)
+        if not (row.ok and base.ok):
+            broken = base if row.ok else row
+            verdicts.append(
+                f"**FAIL**: {row.variant.key}: {broken.variant.key} gave no valid time "
+                f"({failed_cell(broken)})."
+            )
+            continue
+        ratio = base.median / row.median
+        per_round = [
+            sb.seconds / sa.seconds
+            for sa, sb in zip(row.samples, base.samples, strict=False)
+            if sa.seconds and sb.seconds
+        ]
+        spread = (
+            f"; paired by round {min(per_round):.2f}x-{max(per_round):.2f}x" if per_round else ""
+        )
+        verdicts.append(
+            f"**{'PASS' if ratio >= target else 'FAIL'}** {row.variant.key} "
+            f"({row.variant.setting.split('; vs ')[0]}): {fmt_ratio(ratio, target)} "
+            f"{base.variant.key} ({base.variant.setting}){spread}; target ≥ {target}x."
+        )
+    for row in o.rows:
+        if row.variant.role == "reference" and row.variant.versus and row.ok:
+            base = comparator(o, row)
+            if base.ok:
+                verdicts.append(
+                    f"Reference {row.variant.key}: {base.median / row.median:.2f}x "
+                    f"{base.variant.key} (no target)."
+                )
+    return verdicts
+
+
 def speed_section(o: Outcome) -> tuple[list[str], list[str]]:
-    """Table lines and verdict lines of W1-W3 and W5."""
+    """Table lines and verdict lines of W1-W3, W5 and the paired W7-W9."""
     wl = o.workload
     baseline = next(r for r in o.rows if r.variant.role == "baseline")
     lines, verdicts = [], []
@@ -735,8 +1007,9 @@ def speed_section(o: Outcome) -> tuple[list[str], list[str]]:
             continue
         spread = f"{min(row.times):.3f}-{max(row.times):.3f}"
         ratio_cell, verdict = "", ""
-        if baseline.ok:
-            ratio = baseline.median / row.median
+        versus = comparator(o, row)
+        if versus.ok:
+            ratio = versus.median / row.median
             ratio_cell = fmt_ratio(ratio, wl.target_ratio)
             if v.role == "conveyor" and wl.target_ratio is not None:
                 passed = ratio >= wl.target_ratio
@@ -755,6 +1028,10 @@ def speed_section(o: Outcome) -> tuple[list[str], list[str]]:
             ]
         )
     conveyor_rows = [r for r in o.rows if r.variant.role == "conveyor"]
+    header = ["contender", "setting", "median s", "min-max s", "records/s", "vs baseline", "target"]
+    if paired(wl):
+        header[5] = "vs its baseline"
+        return table(header, lines), pairs_verdicts(o)
     if not baseline.ok:
         verdicts.append(f"**FAIL**: the baseline gave no valid time ({failed_cell(baseline)}).")
     elif best is None:
@@ -774,7 +1051,6 @@ def speed_section(o: Outcome) -> tuple[list[str], list[str]]:
                 f"With the first configuration listed ({first.variant.setting}): "
                 f"{fmt_ratio(f_ratio, wl.target_ratio)} ({f_status})."
             )
-    header = ["contender", "setting", "median s", "min-max s", "records/s", "vs baseline", "target"]
     return table(header, lines), verdicts
 
 
@@ -1013,13 +1289,40 @@ def section(o: Outcome) -> str:
                 f'Checking every record costs {per:.2f} µs per record (median `"all"` - '
                 'median `"off"`, over n).'
             )
+    if paired(wl):
+        lines += checkpoint_notes(o)
     if wl.kind == "speed":
         lines += [
             "",
             '"vs baseline" is the throughput ratio, baseline median time / contender median '
-            "time (higher is better, 1.00x = as fast as the baseline).",
+            "time (higher is better, 1.00x = as fast as the baseline)"
+            + (
+                "; each Conveyor contender is compared with the baseline its setting names, "
+                "measured in the same rounds; a baseline's own row shows 1.00x."
+                if paired(wl)
+                else "."
+            ),
         ]
     return "\n".join(lines) + "\n"
+
+
+def checkpoint_notes(o: Outcome) -> list[str]:
+    """W7-W9: checkpoints the runs wrote (median) and, for W4's shape, peak RSS."""
+    notes = []
+    for row in o.rows:
+        samples = [s for s in row.samples if s.seconds is not None]
+        if not samples:
+            continue
+        cps = [s.info["checkpoints"] for s in samples if "checkpoints" in s.info]
+        if cps and max(cps):
+            notes.append(
+                f"{row.variant.key}: {statistics.median(cps):g} checkpoints per run (median; "
+                "each interval's and the final one; the start's is not counted)"
+            )
+        rss = [s.info["peak_rss_mb"] for s in samples if "peak_rss_mb" in s.info]
+        if rss:
+            notes.append(f"{row.variant.key}: peak RSS {statistics.median(rss):.1f} MB (median)")
+    return ["", "Checkpoints and memory: " + "; ".join(notes) + "."] if notes else []
 
 
 def print_section(text: str) -> None:
@@ -1032,11 +1335,12 @@ HEADER = """\
 
 Conveyor's streaming mode (`Pipeline.run`) against a hand-written baseline and two peers,
 [pypeln](https://pypi.org/project/pypeln/) and [Bytewax](https://pypi.org/project/bytewax/),
-on four workloads, plus the cost of contracts (W5), of dead letters (W6) and of
+on four workloads, plus the cost of contracts (W5), of dead letters (W6), of checkpoints
+(W7), the SQL sinks against hand-written driver loops (W8 PostgreSQL, W9 SQLite) and of
 `import conveyor`. Produced by `bench/run.py` (see its docstring for the method); rerun with
 
 ```sh
-bash bench/setup.sh                       # bench/.venv: conveyor (editable) + pypeln + bytewax
+bash bench/setup.sh                       # bench/.venv: conveyor[postgres,parquet], peers
 bench/.venv/bin/python bench/run.py --workload all --runs 5
 ```
 
@@ -1182,7 +1486,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--workload",
         default="all",
-        help="W1, W2, W3, W4, W5, W6, IMPORT, a comma-separated list, or all",
+        help="W1, W2, W3, W4, W5, W6, W7, W8, W9, IMPORT, a comma-separated list, or all",
     )
     parser.add_argument("--runs", type=int, default=5, help="rounds per workload (median)")
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")

@@ -180,6 +180,15 @@ def verify(workload: str, n: int, measured: Measured) -> None:
             count, values = expected_all(n)
             want = (count, 2 * values, ids_all)
             got = (t.count, t.total, t.ids)
+    elif workload == "W7":  # W1's or W4's expectation, as the contender says
+        shape = t.extra.get("shape")
+        if shape not in ("W1", "W4"):
+            raise VerificationError(f"W7: unknown shape {shape!r}")
+        verify(shape, n, measured)
+        return
+    elif workload in ("W8", "W9"):  # what the table holds, read back after the run
+        want = expected_sql(n)
+        got = (t.count, t.ids, t.extra.get("v2"), t.extra.get("chars"))
     else:
         raise ValueError(workload)
     if got != want:
@@ -631,11 +640,16 @@ def _w4(go: Callable[[], Tally]) -> Measured:
     return measured
 
 
+def w4_pipeline(c: Any) -> Any:
+    """W4's Conveyor pipeline: one fast MapStage (enrich)."""
+    return c.Pipeline("w4").add_stage(c.MapStage(enrich, name="enrich"))
+
+
 def w4_conveyor(n: int, batch_size: int = 1000, **_: Any) -> Measured:
     """Conveyor: one fast MapStage into an async slow sink. The sink awaits its sleep, so the
     source and the stage are free to run ahead: only the bounded channels hold them back."""
     c = _conveyor()
-    pipeline = c.Pipeline("w4").add_stage(c.MapStage(enrich, name="enrich"))
+    pipeline = w4_pipeline(c)
 
     def go() -> Tally:
         tally = SlowTally()
@@ -864,6 +878,378 @@ def w6_conveyor(n: int, fails: bool = False, store: str = "sqlite", **_: Any) ->
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+# -- W7: checkpoints -------------------------------------------------------------------
+
+
+def w7_conveyor(
+    n: int, shape: str = "W1", checkpoint: bool = False, batch_size: int = 1000, **_: Any
+) -> Measured:
+    """W1's or W4's Conveyor contender (``shape``), the same pipeline and sink, with
+    checkpoints on (``checkpoint=<fresh temp dir>/checkpoints.db``, the default interval
+    ``checkpoint_every=1.0``) or off. Opening and creating the checkpoint file is inside the
+    timed region: a run with checkpoints pays for it. Both write dead letters to a SQLite
+    file (a run with checkpoints needs a durable store; none is written here)."""
+    import shutil
+    import tempfile
+
+    c = _conveyor()
+    pipeline = w1_pipeline(c) if shape == "W1" else w4_pipeline(c)
+    tmp = tempfile.mkdtemp(prefix="conveyor-bench-w7-")
+    path = os.path.join(tmp, "checkpoints.db") if checkpoint else None
+    try:
+
+        def go() -> Tally:
+            tally: Tally
+            if shape == "W1":
+                tally = Tally()
+
+                def sink(batch: list[Record]) -> None:
+                    tally.add(batch, "double")
+
+                write: Any = sink
+            else:
+                slow = tally = SlowTally()
+
+                async def write(batch: list[Record]) -> None:
+                    due = slow.add_slow(batch, "double")
+                    if due:
+                        await asyncio.sleep(IO_SECONDS * due)
+
+            report = pipeline.run(
+                records(n),
+                write,
+                batch_size=batch_size,
+                # a durable store for both (a run with checkpoints refuses "memory")
+                dead_letters=os.path.join(tmp, "dead_letters.db"),
+                handle_signals=False,
+                checkpoint=path,
+            )
+            if report.records_in != n or report.dead_lettered or report.status != "completed":
+                raise VerificationError(
+                    f"report: {report.status}, {report.records_in} in, {report.dead_lettered} dead"
+                )
+            tally.extra["checkpoints"] = report.checkpoints_written
+            if checkpoint:  # the run really checkpointed, up to the end of the source
+                cp = report.checkpoint
+                if cp is None or not cp.finished or cp.position != n or not os.path.exists(path):
+                    raise VerificationError(f"W7: checkpoints on, final checkpoint {cp!r}")
+            elif report.checkpoint is not None or report.checkpoints_written:
+                raise VerificationError("W7: checkpoints off, yet the run checkpointed")
+            return tally
+
+        measured = _timed(go)
+        measured.tally.extra["shape"] = shape
+        measured.info["checkpoints"] = measured.tally.extra["checkpoints"]
+        if shape == "W4":
+            measured.info["peak_rss_mb"] = peak_rss_mb()
+        return measured
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# -- W8 and W9: SQL sinks -------------------------------------------------------------------
+
+PG_DSN = os.environ.get(
+    "CONVEYOR_BENCH_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=test"
+)
+"""W8's database (PostgreSQL on loopback, trust auth); ``CONVEYOR_BENCH_PG_DSN`` overrides."""
+
+COMMIT_EVERY = 1.0
+"""W8/W9: the hand-written loops' commit interval, the runs' default ``checkpoint_every``."""
+
+SQL_PIPELINE = "sqlbench"
+CHECKPOINTS_TABLE = "conveyor_checkpoints"
+SQL_ROW = f"{SQL_PIPELINE} -> %"  # a SQL sink keys its checkpoint row by pipeline and table
+
+
+def sql_ids(n: int) -> Iterator[int]:
+    """W8/W9's source: the ids, generated lazily (the same for everyone)."""
+    yield from range(n)
+
+
+def sql_row(i: int) -> Record:
+    """W8/W9's per-record work, done by every contender: the row of id ``i``."""
+    return {"id": i, "v": i * 0.5, "name": f"user{i}"}
+
+
+def expected_sql(n: int) -> tuple[int, int, int, int]:
+    """Rows, sum of ids, sum of ``2 * v`` (= sum of ids) and total length of the names."""
+    ids = n * (n - 1) // 2
+    chars, digits, low = 4 * n, 1, 0
+    while low < n:
+        high = min(n, 10**digits)
+        chars += (high - low) * digits
+        low, digits = high, digits + 1
+    return n, ids, ids, chars
+
+
+def _sql_tally(count: Any, ids: Any, vsum: Any, chars: Any) -> Tally:
+    tally = Tally(count=int(count), ids=int(ids or 0))
+    tally.extra["v2"] = round(float(vsum or 0) * 2)
+    tally.extra["chars"] = int(chars or 0)
+    return tally
+
+
+SQL_CHECK = "SELECT count(*), sum(id), sum(v), sum(length(name)) FROM {table}"
+
+
+def _commit_due(cadence: str, next_at: float) -> bool:
+    return cadence == "batch" or time.monotonic() >= next_at
+
+
+def _conveyor_sql(
+    c: Any, n: int, sink: Any, checkpoint: bool, batch_size: int
+) -> tuple[Any, Measured]:
+    """Run ``sql_ids(n)`` → ``MapStage(sql_row)`` → ``sink`` (timed); check the report."""
+    import tempfile
+
+    pipeline = c.Pipeline(SQL_PIPELINE).add_stage(c.MapStage(sql_row, name="row"))
+    letters = os.path.join(tempfile.mkdtemp(prefix="conveyor-bench-sql-"), "dead_letters.db")
+
+    def go() -> Tally:
+        report = pipeline.run(
+            sql_ids(n),
+            sink,
+            batch_size=batch_size,
+            dead_letters=letters,  # durable: a run with checkpoints refuses "memory"
+            handle_signals=False,
+            checkpoint=True if checkpoint else None,
+        )
+        if report.records_in != n or report.dead_lettered or report.status != "completed":
+            raise VerificationError(
+                f"report: {report.status}, {report.records_in} in, {report.dead_lettered} dead"
+            )
+        tally = Tally()
+        tally.extra["report"] = report
+        return tally
+
+    measured = _timed(go)
+    measured.info["peak_rss_mb"] = peak_rss_mb()
+    report = measured.tally.extra.pop("report")
+    measured.info["checkpoints"] = report.checkpoints_written
+    if checkpoint and (report.checkpoint is None or not report.checkpoint.finished):
+        raise VerificationError(f"final checkpoint {report.checkpoint!r} is not finished")
+    return report, measured
+
+
+def _finished_checkpoint(payload: Any, where: str) -> None:
+    """The checkpoint row a SQL sink wrote in its own database says the run finished."""
+    import json
+
+    if payload is None:
+        raise VerificationError(f"{where}: no checkpoint row in {CHECKPOINTS_TABLE}")
+    body = json.loads(bytes(payload).decode() if isinstance(payload, bytes) else payload)
+    if not body["checkpoint"]["finished"]:
+        raise VerificationError(f"{where}: the stored checkpoint is not finished")
+
+
+# W8: PostgreSQL
+
+
+def _pg_table(keyed: bool) -> str:
+    return "bench_w8_upsert" if keyed else "bench_w8_copy"
+
+
+def _pg_reset(table: str, keyed: bool) -> None:
+    """Outside the timed region: the table exists (as the sink would create it), empty, and
+    no checkpoint of the benchmark's pipeline is left from an earlier run."""
+    import psycopg
+
+    pk = ", PRIMARY KEY (id)" if keyed else ""
+    with psycopg.connect(PG_DSN, autocommit=True) as conn:
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {table} (id bigint, v double precision, name text{pk})"
+        )
+        conn.execute(f"TRUNCATE {table}")
+        found = conn.execute("SELECT to_regclass(%s)", (CHECKPOINTS_TABLE,)).fetchone()
+        if found and found[0] is not None:  # the sink creates it; the benchmark never does
+            conn.execute(f"DELETE FROM {CHECKPOINTS_TABLE} WHERE pipeline LIKE %s", (SQL_ROW,))
+
+
+def _pg_result(table: str, checkpointed: bool) -> Tally:
+    import psycopg
+
+    with psycopg.connect(PG_DSN, autocommit=True) as conn:
+        row = conn.execute(SQL_CHECK.format(table=table)).fetchone()
+        assert row is not None
+        if checkpointed:
+            found = conn.execute(
+                f"SELECT payload FROM {CHECKPOINTS_TABLE} WHERE pipeline LIKE %s", (SQL_ROW,)
+            ).fetchone()
+            _finished_checkpoint(found[0] if found else None, table)
+    return _sql_tally(*row)
+
+
+def w8_hand(
+    n: int, commit: str = "1s", keyed: bool = False, batch_size: int = 1000, **_: Any
+) -> Measured:
+    """Hand-written psycopg 3: batches of ``batch_size`` rows, one ``COPY … FROM STDIN``
+    per batch (``keyed``: one ``executemany`` of ``INSERT … ON CONFLICT (id) DO UPDATE``,
+    the statement the sink uses with a key); commit once per second (``commit="1s"``, when
+    a batch ends after the interval, and at the end) or after every batch (``"batch"``)."""
+    import psycopg
+
+    table = _pg_table(keyed)
+    _pg_reset(table, keyed)
+    copy_sql = f"COPY {table} (id, v, name) FROM STDIN"
+    upsert_sql = (
+        f"INSERT INTO {table} (id, v, name) VALUES (%s, %s, %s) "
+        "ON CONFLICT (id) DO UPDATE SET v = EXCLUDED.v, name = EXCLUDED.name"
+    )
+
+    def go() -> Tally:
+        with psycopg.connect(PG_DSN) as conn:
+            cur = conn.cursor()
+
+            def flush(batch: list[Record]) -> None:
+                if keyed:
+                    cur.executemany(upsert_sql, [(r["id"], r["v"], r["name"]) for r in batch])
+                    return
+                with cur.copy(copy_sql) as copy:
+                    for r in batch:
+                        copy.write_row((r["id"], r["v"], r["name"]))
+
+            next_at = time.monotonic() + COMMIT_EVERY
+            batch: list[Record] = []
+            for i in sql_ids(n):
+                batch.append(sql_row(i))
+                if len(batch) >= batch_size:
+                    flush(batch)
+                    batch = []
+                    if _commit_due(commit, next_at):
+                        conn.commit()
+                        next_at = time.monotonic() + COMMIT_EVERY
+            if batch:
+                flush(batch)
+            conn.commit()
+        return Tally()
+
+    measured = _timed(go)
+    measured.info["peak_rss_mb"] = peak_rss_mb()
+    measured.tally = _pg_result(table, checkpointed=False)
+    return measured
+
+
+def w8_conveyor(
+    n: int, checkpoint: bool = True, keyed: bool = False, batch_size: int = 1000, **_: Any
+) -> Measured:
+    """``PostgresSink(PG_DSN, table)`` (``keyed``: ``key=["id"]``, rows upserted; else
+    COPY) after ``MapStage(sql_row)``, with checkpoints (default interval 1 s: one
+    transaction per checkpoint, each batch in a savepoint, the checkpoint row committed
+    with the rows) or without (each write its own transaction)."""
+    c = _conveyor()
+    from conveyor.connectors import PostgresSink
+
+    table = _pg_table(keyed)
+    _pg_reset(table, keyed)
+    sink = PostgresSink(PG_DSN, table, key=["id"] if keyed else ())
+    _, measured = _conveyor_sql(c, n, sink, checkpoint, batch_size)
+    measured.tally = _pg_result(table, checkpointed=checkpoint)
+    return measured
+
+
+# W9: SQLite
+
+W9_TABLE = "bench_w9"
+W9_SCHEMA = f'CREATE TABLE {W9_TABLE} ("id" INTEGER, "v" REAL, "name" TEXT, PRIMARY KEY ("id"))'
+"""The table as ``SqliteSink(key=["id"])`` would create it from W9's rows."""
+W9_UPSERT = (
+    f'INSERT INTO {W9_TABLE} ("id", "v", "name") VALUES (?, ?, ?) '
+    'ON CONFLICT ("id") DO UPDATE SET "v" = excluded."v", "name" = excluded."name"'
+)
+
+
+def _w9_database() -> tuple[str, str]:
+    """A fresh temporary directory and in it the database with W9's empty table (WAL)."""
+    import sqlite3
+    import tempfile
+
+    tmp = tempfile.mkdtemp(prefix="conveyor-bench-w9-")
+    path = os.path.join(tmp, "out.db")
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute(W9_SCHEMA)
+    conn.commit()
+    conn.close()
+    return tmp, path
+
+
+def _w9_result(path: str, checkpointed: bool) -> Tally:
+    import sqlite3
+
+    conn = sqlite3.connect(path)
+    try:
+        row = conn.execute(SQL_CHECK.format(table=W9_TABLE)).fetchone()
+        if checkpointed:
+            found = conn.execute(
+                f"SELECT payload FROM {CHECKPOINTS_TABLE} WHERE pipeline LIKE ?", (SQL_ROW,)
+            ).fetchone()
+            _finished_checkpoint(found[0] if found else None, path)
+        (mode,) = conn.execute("PRAGMA journal_mode").fetchone()
+        if mode != "wal":
+            raise VerificationError(f"W9: journal_mode {mode}, expected wal")
+    finally:
+        conn.close()
+    return _sql_tally(*row)
+
+
+def w9_hand(n: int, commit: str = "1s", batch_size: int = 1000, **_: Any) -> Measured:
+    """Hand-written sqlite3: WAL and ``synchronous=FULL``, batches of ``batch_size`` rows,
+    one ``executemany`` of the sink's upsert per batch; commit once per second (``"1s"``,
+    when a batch ends after the interval, and at the end) or after every batch."""
+    import shutil
+    import sqlite3
+
+    tmp, path = _w9_database()
+    try:
+
+        def go() -> Tally:
+            conn = sqlite3.connect(path)
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            next_at = time.monotonic() + COMMIT_EVERY
+            batch: list[Record] = []
+            for i in sql_ids(n):
+                batch.append(sql_row(i))
+                if len(batch) >= batch_size:
+                    conn.executemany(W9_UPSERT, [(r["id"], r["v"], r["name"]) for r in batch])
+                    batch = []
+                    if _commit_due(commit, next_at):
+                        conn.commit()
+                        next_at = time.monotonic() + COMMIT_EVERY
+            if batch:
+                conn.executemany(W9_UPSERT, [(r["id"], r["v"], r["name"]) for r in batch])
+            conn.commit()
+            conn.close()
+            return Tally()
+
+        measured = _timed(go)
+        measured.info["peak_rss_mb"] = peak_rss_mb()
+        measured.tally = _w9_result(path, checkpointed=False)
+        return measured
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def w9_conveyor(n: int, checkpoint: bool = True, batch_size: int = 1000, **_: Any) -> Measured:
+    """``SqliteSink(path, table, key=["id"])`` after ``MapStage(sql_row)`` (the sink sets
+    WAL and ``synchronous=FULL`` itself), with checkpoints (default interval 1 s) or
+    without (each write its own transaction)."""
+    import shutil
+
+    c = _conveyor()
+    from conveyor.connectors import SqliteSink
+
+    tmp, path = _w9_database()
+    try:
+        sink = SqliteSink(path, W9_TABLE, key=["id"])
+        _, measured = _conveyor_sql(c, n, sink, checkpoint, batch_size)
+        measured.tally = _w9_result(path, checkpointed=checkpoint)
+        return measured
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 CONTENDERS: dict[str, Callable[..., Measured]] = {
     "w1_generators": w1_generators,
     "w1_conveyor": w1_conveyor,
@@ -884,6 +1270,11 @@ CONTENDERS: dict[str, Callable[..., Measured]] = {
     "w4_bytewax": w4_bytewax,
     "w5_conveyor": w5_conveyor,
     "w6_conveyor": w6_conveyor,
+    "w7_conveyor": w7_conveyor,
+    "w8_hand": w8_hand,
+    "w8_conveyor": w8_conveyor,
+    "w9_hand": w9_hand,
+    "w9_conveyor": w9_conveyor,
 }
 
 # Anything a peer might send home stays home (bytewax's dataflow API web server is off

@@ -123,17 +123,34 @@ if cfg.get("handle_signals"):
 t0 = time.monotonic()
 out = {"pid": os.getpid()}
 code = 0
-try:
-    report = Pipeline(cfg["pipeline"]).add_stage(MapStage(work, name="work")).run(
+
+
+def go(resume):
+    return Pipeline(cfg["pipeline"]).add_stage(MapStage(work, name="work")).run(
         source(),
         sink,
         dead_letters=cfg["dlq"],
         checkpoint=cfg.get("checkpoint", True),
         checkpoint_every=cfg.get("every", "5000r"),
-        resume=cfg.get("resume"),
+        resume=resume,
         batch_size=cfg.get("batch_size", 1000),
         **options,
     )
+
+
+def resumed():
+    # resume=True, or a plain run when there is nothing to resume (a run killed before it
+    # registered in the checkpoint store wrote nothing: a resume is refused, never guessed)
+    try:
+        return go(cfg.get("resume"))
+    except CheckpointError as exc:
+        if not cfg.get("resume") or "nothing to resume" not in str(exc):
+            raise
+        return go(None)
+
+
+try:
+    report = resumed()
 except ResumeRequired as exc:
     out.update(error="ResumeRequired", message=str(exc))
     code = 4

@@ -93,7 +93,7 @@ class Store:
             checkpoint=self.root / "checkpoints.db",
             checkpoint_every="500r",
             batch_size=100,
-            resume=True,
+            resume=None if fail_at is not None else True,  # the base run starts afresh
         )
 
     def payload(self) -> str:

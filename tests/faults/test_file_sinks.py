@@ -102,12 +102,19 @@ else:
 options = {}
 if spec.get("sink_thread"):
     options["stage_options"] = {"sink": StageOptions(executor="thread")}
-try:
-    report = Pipeline("p").add_stage(MapStage(fn, name="m")).run(
+def go(resume):
+    return Pipeline("p").add_stage(MapStage(fn, name="m")).run(
         [record(i) for i in range(n)], sink, dead_letters=spec["dl"], checkpoint=spec["cp"],
-        checkpoint_every=spec["every"], batch_size=spec["batch"], resume=spec["resume"],
+        checkpoint_every=spec["every"], batch_size=spec["batch"], resume=resume,
         **options,
     )
+try:
+    try:
+        report = go(spec["resume"])
+    except Exception as exc:  # nothing to resume: the killed run wrote nothing, run plainly
+        if not spec["resume"] or "nothing to resume" not in str(exc):
+            raise
+        report = go(None)
 except Exception as exc:
     print(json.dumps({"error": type(exc).__name__, "message": str(exc)}))
     sys.exit(3)
