@@ -39,7 +39,6 @@ import codecs
 import csv
 import dataclasses
 import enum
-import importlib
 import io
 import json
 import os
@@ -56,6 +55,7 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from conveyor.connectors._records import columns_of, row_of
+from conveyor.core._lazy import pyarrow_modules
 from conveyor.core.result import RunStatus
 from conveyor.core.sink import RunInfo, Sink
 from conveyor.errors import (
@@ -162,15 +162,7 @@ def _resolve(path: str, root: Path) -> Path:
 
 def _pyarrow() -> tuple[Any, Any]:
     """``pyarrow`` and ``pyarrow.parquet``, imported on first use, with the fix if absent."""
-    try:
-        pa = importlib.import_module("pyarrow")
-        pq = importlib.import_module("pyarrow.parquet")
-    except ImportError as exc:
-        raise ImportError(
-            "the parquet sink needs pyarrow, which is not installed: "
-            "pip install 'conveyor[parquet]' (or use the jsonl or csv sink)"
-        ) from exc
-    return pa, pq
+    return pyarrow_modules("the parquet sink", "the jsonl or csv sink")
 
 
 class _Options(BaseModel):

@@ -28,3 +28,22 @@ def lazy_attributes(
         return value
 
     return __getattr__
+
+
+def pyarrow_modules(needs: str, instead: str) -> tuple[Any, Any]:
+    """``pyarrow`` and ``pyarrow.parquet``, imported on first use; if absent, an
+    ``ImportError`` saying that ``needs`` it, how to install it, and what to use ``instead``.
+
+    >>> pa, pq = pyarrow_modules("this doctest", "nothing")
+    >>> pq.__name__
+    'pyarrow.parquet'
+    """
+    try:
+        pa = importlib.import_module("pyarrow")
+        pq = importlib.import_module("pyarrow.parquet")
+    except ImportError as exc:
+        raise ImportError(
+            f"{needs} needs pyarrow, which is not installed: pip install 'conveyor[parquet]' "
+            f"(or use {instead})"
+        ) from exc
+    return pa, pq

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib
 import json
 import os
 import shutil
@@ -45,6 +44,7 @@ from types import TracebackType
 from typing import IO, Any, Final, Literal, TypeGuard, get_args
 
 from conveyor.contracts._base import Contract
+from conveyor.core._lazy import pyarrow_modules
 from conveyor.errors import ContractViolation, ConveyorError, UsageError
 
 __all__ = [
@@ -123,16 +123,8 @@ class DatasetManifest:
 
 
 def _pyarrow() -> tuple[Any, Any]:
-    """Import ``pyarrow`` and ``pyarrow.parquet`` lazily, with an actionable error."""
-    try:
-        pa = importlib.import_module("pyarrow")
-        pq = importlib.import_module("pyarrow.parquet")
-    except ImportError as exc:
-        raise ImportError(
-            "Parquet datasets need pyarrow, which is not installed: "
-            "pip install 'conveyor[parquet]' (or use format 'jsonl')"
-        ) from exc
-    return pa, pq
+    """``pyarrow`` and ``pyarrow.parquet``, imported on first use, with the fix if absent."""
+    return pyarrow_modules("Parquet datasets", "format 'jsonl'")
 
 
 # --------------------------------------------------------------------------- writing
