@@ -364,8 +364,7 @@ class Chain:
 
     def resume_to_end(self, limit: int = 3, **changes: Any) -> Child:
         """Resume until the run completes (at most ``limit`` runs). Nothing is run if the
-        last run completed already: resume=True over a *finished* checkpoint starts again
-        from the beginning (by design), which would write everything a second time."""
+        last run completed already (resume=True over a finished checkpoint is refused)."""
         last = self.children[-1] if self.children else None
         stored = self.checkpoint()
         if last is not None and stored is not None and stored["finished"]:

@@ -286,7 +286,7 @@ class Checkpoint:
             raise refuse("damaged (its checksum does not match its content)")
         version = body.get("format")
         if not isinstance(version, int) or isinstance(version, bool):
-            raise refuse("damaged (its format version is missing)")
+            raise refuse("damaged (a field is missing or of the wrong type: format)")
         if version > CHECKPOINT_FORMAT:
             raise CheckpointError(
                 store,
