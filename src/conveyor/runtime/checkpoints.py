@@ -237,12 +237,11 @@ class Checkpointer:
                 return
         elif time.monotonic() < self._next_at:
             return
-        if self._tracker.pending(self._touched):
-            return  # not a clean point: a batch the sink holds part of is still in flight
-        await self.commit(finished=False)
+        await self.commit(finished=False)  # (nothing, unless this is a clean point)
 
     async def commit(self, *, finished: bool) -> Checkpoint | None:
-        """Take a checkpoint now (the caller knows it is a clean point)."""
+        """Take a checkpoint now if this is a clean point: every source batch the sink
+        holds uncommitted rows of has fully left (else ``None``: try after a later write)."""
         tracker, sink = self._tracker, self._sink
         if tracker.pending(self._touched):
             return None

@@ -155,19 +155,19 @@ class StreamRunner:
 
     # -- building --------------------------------------------------------------------------
 
-    def _options_for(self, name: str, *aliases: str) -> StageOptions:
+    def _options_for(
+        self, name: str, *aliases: str, default: StageOptions | None = None
+    ) -> StageOptions:
         for key in (name, *aliases):
             if key in self._stage_options:
                 return self._stage_options[key]
-        return StageOptions()
+        return default or StageOptions()
 
     def _sink_options(self) -> StageOptions:
         """The sink's options; a sink's own ``default_retry`` unless options are given."""
-        for key in (self.sink.name, "sink"):
-            if key in self._stage_options:
-                return self._stage_options[key]
         retry = self.sink.default_retry
-        return StageOptions() if retry is None else StageOptions(retry=retry)
+        own = None if retry is None else StageOptions(retry=retry)
+        return self._options_for(self.sink.name, "sink", default=own)
 
     def _check_names(self) -> None:
         leaves = self.spec.leaves
@@ -429,8 +429,7 @@ class StreamRunner:
             resumed = cp.resume_from
             if resumed is not None:
                 reached = max(resumed.read, cp.previous_delivery + 1)  # what it had read
-                redone = min(self._read_count, reached) - resumed.position
-                redone -= sum(b - a + 1 for a, b in resumed.done)
+                redone = min(self._read_count, reached) - resumed.skipped_positions
                 report.replayed = max(0, redone)
         if self._stop.error is not None and report.status is RunStatus.COMPLETED:
             report.status = RunStatus.INTERRUPTED
