@@ -55,6 +55,7 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from conveyor.connectors._records import columns_of, row_of
+from conveyor.core._durable import fsync_dir
 from conveyor.core._lazy import pyarrow_modules
 from conveyor.core.result import RunStatus
 from conveyor.core.sink import RunInfo, Sink
@@ -127,19 +128,6 @@ def _rows(records: Sequence[Any]) -> list[dict[str, Any]]:
             exc.add_note(f"record {index} of the batch")
             raise
     return rows
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make the entries of directory ``path`` durable (a created file, a rename). Where a
-    directory cannot be opened (Windows) there is nothing to do."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -237,7 +225,7 @@ class _ByteFileSink(Sink):
                 length = self._opened(fd, length)
                 os.fsync(fd)
                 if created:
-                    _fsync_dir(self.path.parent)
+                    fsync_dir(self.path.parent)
             except BaseException:
                 os.close(fd)
                 raise
@@ -802,7 +790,7 @@ class ParquetSink(Sink):
             drop += [n for n in existing if n not in keep]
             for entry in drop:
                 (self.path / entry).unlink(missing_ok=True)
-            _fsync_dir(self.path)
+            fsync_dir(self.path)
             self._schema = None
             if keep:
                 _, pq = _pyarrow()
@@ -860,7 +848,7 @@ class ParquetSink(Sink):
                     if name not in self._committed:
                         (self.path / name).unlink(missing_ok=True)
                 self._shards = list(self._committed)
-                _fsync_dir(self.path)
+                fsync_dir(self.path)
             elif self._pending_rows:
                 self._write_shard(self._pending_rows)
 
@@ -957,7 +945,7 @@ class ParquetSink(Sink):
         self._next += 1
         self._pending = [rest] if rest.num_rows else []
         self._pending_rows = rest.num_rows
-        _fsync_dir(self.path)
+        fsync_dir(self.path)
 
     def __repr__(self) -> str:
         return f"<ParquetSink {self.path}>"

@@ -10,10 +10,10 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -95,20 +95,24 @@ class PipelineSection(_Strict):
     @field_validator("checkpoint_every")
     @classmethod
     def _interval(cls, value: float | str) -> float | str:
-        try:
-            CheckpointInterval.parse(value)
-        except PipelineDefinitionError as exc:
-            raise ValueError(str(exc)) from None
-        return value
+        return _parses(CheckpointInterval.parse, value)
 
     @field_validator("max_dead_letters")
     @classmethod
     def _budget(cls, value: int | str) -> int | str:
-        try:
-            DeadLetterBudget.parse(value)
-        except PipelineDefinitionError as exc:
-            raise ValueError(str(exc)) from None
-        return value
+        return _parses(DeadLetterBudget.parse, value)
+
+
+V = TypeVar("V")
+
+
+def _parses(parse: Callable[[Any], object], value: V) -> V:
+    """``value`` if ``parse`` takes it; its refusal as a validation error otherwise."""
+    try:
+        parse(value)
+    except PipelineDefinitionError as exc:
+        raise ValueError(str(exc)) from None
+    return value
 
 
 class ProjectConfig(_Strict):

@@ -44,6 +44,7 @@ from types import TracebackType
 from typing import IO, Any, Final, Literal, TypeGuard, get_args
 
 from conveyor.contracts._base import Contract
+from conveyor.core._durable import fsync_dir
 from conveyor.core._lazy import pyarrow_modules
 from conveyor.errors import ContractViolation, ConveyorError, UsageError
 
@@ -142,20 +143,6 @@ def _sha256_file(path: Path) -> str:
         while chunk := file.read(_HASH_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    """Best effort: make a rename in ``path`` durable (not possible on every platform)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class DatasetWriter:
@@ -352,11 +339,11 @@ class DatasetWriter:
                 stray.unlink()
         for shard in self._shards:
             (self.tmp_path / shard.name).rename(self.path / shard.name)
-        _fsync_dir(self.path)
+        fsync_dir(self.path, best_effort=True)
         staged = self.path / f".{MANIFEST_NAME}.{uuid.uuid4().hex}.tmp"
         _write_manifest(staged, manifest)
         os.replace(staged, self.path / MANIFEST_NAME)
-        _fsync_dir(self.path)
+        fsync_dir(self.path, best_effort=True)
         shutil.rmtree(self.tmp_path, ignore_errors=True)
 
     def _write_line(self, line: str) -> None:
@@ -437,7 +424,7 @@ class DatasetWriter:
             if old is not None:
                 old.rename(path)
             raise
-        _fsync_dir(parent)
+        fsync_dir(parent, best_effort=True)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
 
