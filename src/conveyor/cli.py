@@ -441,6 +441,37 @@ def dvc(
     console.print(f"wrote {written}; run it with: dvc repro", highlight=False)
 
 
+@app.command()
+def connectors(
+    name: str | None = typer.Argument(None, help="One connector (e.g. csv); default: all."),
+) -> None:
+    """List the source and sink connectors of config.yaml's `source:` and `sink:` sections,
+    with their options and defaults."""
+    from conveyor.connectors import connector, connector_names, describe_connector
+
+    sources, sinks = connector_names()
+    wanted = [("source", n) for n in sources] + [("sink", n) for n in sinks]
+    if name is not None:
+        wanted = [(kind, n) for kind, n in wanted if n == name]
+        if not wanted:
+            known = ", ".join(sorted({*sources, *sinks}))
+            _fail(UsageError(f"no connector {name!r}; connectors: {known}"))
+            return
+    for kind, n in wanted:
+        try:
+            cls = connector(kind, n)
+        except ImportError as exc:
+            console.print(f"{kind} {n}: not available here ({exc})", highlight=False)
+            continue
+        doc = (cls.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+        table = Table(title=f"{kind}: {n}  ({cls.__name__})", title_justify="left", caption=doc)
+        for column in ("option", "type", "default", "description"):
+            table.add_column(column, overflow="fold")
+        for row in describe_connector(cls):
+            table.add_row(row["name"], row["type"], row["default"], row["description"])
+        console.print(table)
+
+
 @contracts_app.command("check")
 def contracts_check(
     path: Path = typer.Argument(Path("."), help="A project, its pipeline folder, or a folder."),

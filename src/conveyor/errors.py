@@ -40,6 +40,8 @@ __all__ = [
     "RecordValidationError",
     "ResumeRequired",
     "SinkUnavailableError",
+    "SourceRecordError",
+    "SourceUnavailableError",
     "StageTimeoutError",
     "UsageError",
 ]
@@ -292,6 +294,44 @@ class SinkUnavailableError(ConveyorError, ConnectionError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (_rebuild_unavailable, (self.sink, self.args[0], self.retryable))
+
+
+class SourceRecordError(ConveyorError, ValueError):
+    """What a source could not turn into a record: a line that does not decode, parse or
+    fit the model, a message delivered too often. Its message reads ``WHERE: reason``
+    (``FILE:LINE: reason`` for a file), as the dead letter shows it.
+
+    Attributes:
+        where: the place (``data/in.csv:17``, ``nats stream ORDERS seq 42``).
+        reason: what was wrong there.
+    """
+
+    def __init__(self, where: str, reason: str) -> None:
+        self.where = where
+        self.reason = reason
+        super().__init__(f"{where}: {reason}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (SourceRecordError, (self.where, self.reason))
+
+
+class SourceUnavailableError(ConveyorError, ConnectionError):
+    """A source cannot reach what it reads (a database, a broker, a server) once its
+    retries are spent: the run stops, its checkpoint consistent for a resume."""
+
+    def __init__(self, source: str, detail: str) -> None:
+        self.source = source
+        super().__init__(f"source {source!r} is unavailable: {detail}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_source_unavailable, (self.source, self.args[0]))
+
+
+def _rebuild_source_unavailable(source: str, message: str) -> SourceUnavailableError:
+    error = SourceUnavailableError.__new__(SourceUnavailableError)
+    Exception.__init__(error, message)
+    error.source = source
+    return error
 
 
 def _rebuild_unavailable(sink: str, message: str, retryable: bool) -> SinkUnavailableError:

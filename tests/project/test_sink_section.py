@@ -147,7 +147,7 @@ def test_a_sink_section_and_a_sink_stage_file_together_are_refused(tmp_path: Pat
         (
             "{connector: sqlit, path: x.db, table: t}",
             "'sqlit' is not a sink connector; did you mean 'sqlite'? (connectors: csv, jsonl, "
-            "parquet, postgres, sqlite)",
+            "parquet, postgres, sqlite; `conveyor connectors` lists their options)",
         ),
         ("{path: x.db, table: t}", "sink.connector is missing"),
         (

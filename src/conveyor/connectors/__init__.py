@@ -16,6 +16,7 @@ Heavy drivers (psycopg, pyarrow) are imported when a sink that needs them is bui
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 from conveyor.core._lazy import lazy_attributes
@@ -30,7 +31,10 @@ __all__ = [
     "ParquetSink",
     "PostgresSink",
     "SqliteSink",
+    "connector",
+    "connector_names",
     "sink_connectors",
+    "source_connectors",
 ]
 
 _WHERE = {
@@ -44,15 +48,71 @@ _WHERE = {
 __getattr__ = lazy_attributes(globals(), _WHERE, __name__)
 
 
+_SINKS = {
+    "csv": "conveyor.connectors.files:CsvSink",
+    "jsonl": "conveyor.connectors.files:JsonlSink",
+    "parquet": "conveyor.connectors.files:ParquetSink",
+    "postgres": "conveyor.connectors.sql:PostgresSink",
+    "sqlite": "conveyor.connectors.sql:SqliteSink",
+}
+
+_SOURCES = {
+    "csv": "conveyor.connectors.file_sources:CsvSource",
+    "http": "conveyor.connectors.http:HttpSource",
+    "jsonl": "conveyor.connectors.file_sources:JsonlSource",
+    "nats": "conveyor.connectors.brokers:NatsSource",
+    "parquet": "conveyor.connectors.file_sources:ParquetSource",
+    "postgres": "conveyor.connectors.sql_sources:PostgresSource",
+    "redis": "conveyor.connectors.brokers:RedisSource",
+    "sqlite": "conveyor.connectors.sql_sources:SqliteSource",
+}
+
+
+def _load(where: str) -> Any:
+    module, _, name = where.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def sink_connectors() -> dict[str, Any]:
     """``{connector name: sink class}`` of every built-in sink connector."""
-    from conveyor.connectors.files import CsvSink, JsonlSink, ParquetSink
-    from conveyor.connectors.sql import PostgresSink, SqliteSink
+    return {name: _load(where) for name, where in _SINKS.items()}
 
-    return {
-        "csv": CsvSink,
-        "jsonl": JsonlSink,
-        "parquet": ParquetSink,
-        "postgres": PostgresSink,
-        "sqlite": SqliteSink,
-    }
+
+def source_connectors() -> dict[str, Any]:
+    """``{connector name: source class}`` of every built-in source connector."""
+    return {name: _load(where) for name, where in _SOURCES.items()}
+
+
+def connector_names() -> tuple[list[str], list[str]]:
+    """The names of the source and of the sink connectors (nothing imported)."""
+    return sorted(_SOURCES), sorted(_SINKS)
+
+
+def connector(kind: str, name: str) -> Any:
+    """The ``kind`` (``"source"`` or ``"sink"``) connector class called ``name``; a
+    ``KeyError`` if there is none."""
+    table = _SOURCES if kind == "source" else _SINKS
+    return _load(table[name])
+
+
+def describe_connector(cls: Any) -> list[dict[str, str]]:
+    """The options of a connector class's ``Config`` model: ``name``, ``type``,
+    ``default`` (``"required"`` when there is none) and ``description``."""
+    from pydantic_core import PydanticUndefined
+
+    rows: list[dict[str, str]] = []
+    for name, field in cls.Config.model_fields.items():
+        kind = field.annotation
+        text = getattr(kind, "__name__", None) if isinstance(kind, type) else None
+        default: Any = field.default
+        if field.default_factory is not None:
+            default = field.default_factory()
+        rows.append(
+            {
+                "name": field.alias or name,
+                "type": text or str(kind).replace("typing.", ""),
+                "default": "required" if default is PydanticUndefined else repr(default),
+                "description": field.description or "",
+            }
+        )
+    return rows

@@ -32,6 +32,7 @@ from conveyor.core.result import (
     StageResult,
 )
 from conveyor.core.sink import FunctionSink, RunInfo, RunMode, Sink, StageSink, as_sink
+from conveyor.core.source import AcknowledgingSource, Rejected, Source
 from conveyor.core.spec import HasSpec, PipelineSpec, spec_of
 from conveyor.core.stage import ChainedStage, PipelineStage, run_stage
 from conveyor.core.stages import (
@@ -49,6 +50,7 @@ from conveyor.core.stages import (
 
 __all__ = [
     "NO_ITEM",
+    "AcknowledgingSource",
     "AggregateStage",
     "BatchStage",
     "BranchStage",
@@ -79,6 +81,7 @@ __all__ = [
     "RecordFailure",
     "RecordOutcome",
     "RecordStage",
+    "Rejected",
     "RetryPolicy",
     "RunChanges",
     "RunEvents",
@@ -88,6 +91,7 @@ __all__ = [
     "RunStatus",
     "SeekableSource",
     "Sink",
+    "Source",
     "SqliteCheckpointStore",
     "StageEvent",
     "StageKind",

@@ -191,6 +191,8 @@ class Checkpoint:
         records: counts over the whole chain: ``done`` (records fully out), ``written``
             (records the sink committed).
         sink: what the sink recorded for its resume (a file's committed length, a shard list).
+        source_state: what an acknowledging source keeps for a resume (the covered messages
+            it had not acknowledged yet when the checkpoint was written).
         finished: the source was read to its end and every record is out: nothing to resume.
         written_at: when it was written (ISO 8601, UTC).
         format: the format version (:data:`CHECKPOINT_FORMAT`).
@@ -205,6 +207,7 @@ class Checkpoint:
     read: int = 0
     records: Mapping[str, int] = field(default_factory=dict)
     sink: Any = None
+    source_state: Any = None
     finished: bool = False
     written_at: str = ""
     format: int = CHECKPOINT_FORMAT
@@ -250,6 +253,7 @@ class Checkpoint:
             "read": self.read,
             "records": dict(self.records),
             "sink": self.sink,
+            "source_state": self.source_state,
             "finished": self.finished,
             "written_at": self.written_at,
         }
@@ -306,6 +310,7 @@ class Checkpoint:
                 read=_nonnegative(body["read"]),
                 records={str(k): _nonnegative(v) for k, v in body["records"].items()},
                 sink=body["sink"],
+                source_state=body.get("source_state"),
                 finished=bool(body["finished"]),
                 written_at=str(body["written_at"]),
                 format=version,

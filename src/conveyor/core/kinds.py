@@ -23,6 +23,7 @@ class StageKind(StrEnum):
     stream into groups (``BatchStage``). ``barrier``: needs its whole input before it
     emits (``barrier = True``, ``AggregateStage``). ``branch``: broadcasts to named
     sub-pipelines (``BranchStage``). ``sink``: where the records leave (not a stage).
+    ``source``: where they come from (a :class:`conveyor.Source`'s row; not a stage).
     """
 
     RECORD = "record"
@@ -31,6 +32,7 @@ class StageKind(StrEnum):
     BARRIER = "barrier"
     BRANCH = "branch"
     SINK = "sink"
+    SOURCE = "source"
 
 
 def stage_kind(stage: PipelineStage[Any, Any]) -> StageKind:

@@ -121,6 +121,9 @@ class ProjectConfig(_Strict):
     pipeline: PipelineSection = PipelineSection()
     stages: dict[str, StageSection] = {}
     branches: dict[str, dict[str, list[str]]] = {}
+    source: dict[str, Any] | None = None
+    """``source: {connector: NAME, …}``: a built-in source instead of a source stage file
+    (its options are validated by the connector's own model, see :func:`connector_source`)."""
     sink: dict[str, Any] | None = None
     """``sink: {connector: NAME, …}``: a built-in sink instead of a sink stage file (its
     options are validated by the connector's own model, see :func:`connector_sink`)."""
@@ -311,30 +314,46 @@ def load_config(
 
 
 def connector_sink(loaded: LoadedConfig, root: Path) -> Any:
-    """The sink that config.yaml's ``sink:`` section describes, or ``None``: its
+    """The sink that config.yaml's ``sink:`` section describes, or ``None``."""
+    return _connector(loaded, root, "sink", loaded.config.sink)
+
+
+def connector_source(loaded: LoadedConfig, root: Path) -> Any:
+    """The source that config.yaml's ``source:`` section describes, or ``None``."""
+    return _connector(loaded, root, "source", loaded.config.source)
+
+
+def _connector(loaded: LoadedConfig, root: Path, kind: str, section: Any) -> Any:
+    """The connector a ``source:`` or ``sink:`` section describes, or ``None``: its
     ``connector`` picks the class, whose ``Config`` model validates the other keys (errors
-    located at file:line:column, with the valid keys and a did-you-mean)."""
-    section = loaded.config.sink
+    located at file:line:column, with the valid keys and a did-you-mean); a path that
+    leaves the project is refused at its key."""
     if section is None:
         return None
-    from conveyor.connectors import sink_connectors
+    from conveyor.connectors import connector, connector_names
+    from conveyor.core._paths import OutsideProject
 
-    connectors = sink_connectors()
-    names = sorted(connectors)
+    sources, sinks = connector_names()
+    names = sources if kind == "source" else sinks
     name = section.get("connector")
-    if not isinstance(name, str) or name not in connectors:
+    if not isinstance(name, str) or name not in names:
         close = difflib.get_close_matches(str(name), names, n=1) if name else []
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        what = "is missing" if name is None else f"{name!r} is not a sink connector"
+        what = "is missing" if name is None else f"{name!r} is not a {kind} connector"
         raise loaded.error(
-            ("sink", "connector") if name is not None else ("sink",),
-            f"sink.connector {what}{hint} (connectors: {', '.join(names)})",
+            (kind, "connector") if name is not None else (kind,),
+            f"{kind}.connector {what}{hint} (connectors: {', '.join(names)}; "
+            "`conveyor connectors` lists their options)",
             names,
         )
-    cls = connectors[name]
+    cls = connector(kind, name)
     options = {k: v for k, v in section.items() if k != "connector"}
-    config = validate_model(cls.Config, options, loaded, ("sink",))
-    return cls.from_config(config, root)
+    config = validate_model(cls.Config, options, loaded, (kind,))
+    try:
+        return cls.from_config(config, root)
+    except OutsideProject as exc:
+        parts = exc.key.split(".")
+        raise loaded.error((kind, *parts[parts[0] == kind :]), str(exc)) from None
 
 
 def validate_model(

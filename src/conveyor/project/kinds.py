@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterable, Iterable
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
 from conveyor.core.sink import Sink as RunSink
+from conveyor.core.source import Source
 
 __all__ = ["Sink", "Source", "StageConfig", "TaskStage"]
 
@@ -23,31 +23,6 @@ class StageConfig(BaseModel):
 
     input_dir: str
     output_dir: str
-
-
-class Source(ABC):
-    """The first stage of a project: ``read()`` yields the records (sync or async).
-
-    A run may skip the persisted stage right after the Source when nothing it reads has
-    changed, so a Source says what its records depend on: :meth:`inputs` (files or folders
-    it reads, relative to the project; their content is hashed), or ``deterministic = True``
-    when its records follow from its code and params alone (a generator, a download pinned
-    by a checksum). A Source that declares neither is read again by every run.
-    """
-
-    name: str
-    Config: ClassVar[type[BaseModel] | None] = None
-    deterministic: ClassVar[bool] = False
-
-    @abstractmethod
-    def read(self) -> Iterable[Any] | AsyncIterable[Any]:
-        """The records, in order."""
-
-    def inputs(self) -> list[str]:
-        """Files or folders (relative to the project) that :meth:`read` reads; they become
-        part of the fingerprint of the stage after the Source, and dependencies in
-        ``conveyor dvc``'s ``dvc.yaml``."""
-        return []
 
 
 class Sink(RunSink):

@@ -28,6 +28,7 @@ from conveyor.project.config import (
     LoadedConfig,
     StageSection,
     connector_sink,
+    connector_source,
     load_config,
     validate_model,
 )
@@ -68,6 +69,8 @@ class Project:
     stages: list[LoadedStage] = field(default_factory=list)
     configured_sink: RunSink | None = None
     """The sink of config.yaml's ``sink:`` section (a connector), if it has one."""
+    configured_source: Source | None = None
+    """The source of config.yaml's ``source:`` section (a connector), if it has one."""
 
     @property
     def name(self) -> str:
@@ -88,14 +91,20 @@ class Project:
 
     @property
     def source(self) -> Source | None:
-        """The first stage when it is a :class:`Source`."""
-        first = self.stages[0].stage
+        """Where the run's records come from: the ``source:`` section's connector, or the
+        first stage when it is a :class:`Source` (a source stage file)."""
+        return self.configured_source or self.source_stage
+
+    @property
+    def source_stage(self) -> Source | None:
+        """The first stage when it is a :class:`Source` (a source stage file)."""
+        first = self.stages[0].stage if self.stages else None
         return first if isinstance(first, Source) else None
 
     @property
     def sink_stage(self) -> Sink | None:
         """The last stage when it is a :class:`Sink` (a sink stage file)."""
-        last = self.stages[-1].stage
+        last = self.stages[-1].stage if self.stages else None
         return last if isinstance(last, Sink) else None
 
     @property
@@ -107,7 +116,7 @@ class Project:
     @property
     def middle(self) -> list[LoadedStage]:
         """The record stages between the source and the sink."""
-        start = 1 if self.source is not None else 0
+        start = 1 if self.source_stage is not None else 0
         end = len(self.stages) - (1 if self.sink_stage is not None else 0)
         return self.stages[start:end]
 
@@ -377,6 +386,16 @@ def load_project(path: Path, overrides: Sequence[str] = ()) -> Project:
                 "where records go; keep one: delete the `sink:` section or the stage file",
             )
         project.configured_sink = connector_sink(config, root)
+    if config.config.source is not None:
+        first = project.stages[0] if project.stages else None
+        if first is not None and isinstance(first.stage, Source):
+            raise config.error(
+                ("source",),
+                f"both a `source:` section and the source stage file {first.file.path.name} "
+                "define where records come from; keep one: delete the `source:` section or "
+                "the stage file",
+            )
+        project.configured_source = connector_source(config, root)
     return project
 
 

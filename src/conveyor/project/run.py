@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
+import json
 from collections.abc import AsyncIterable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from conveyor.core.hooks import Hook, HookName
 from conveyor.core.options import RunOptions
 from conveyor.core.sink import RunMode
 from conveyor.core.sink import Sink as RunSink
+from conveyor.core.source import Source as KnownSource
 from conveyor.errors import ProjectError
 from conveyor.project.discovery import project_root
 from conveyor.project.kinds import TaskStage
@@ -199,11 +201,18 @@ def source_digest(project: Project) -> str:
     from conveyor.project.cache import StageFingerprint
 
     assert project.source is not None
-    source = project.stages[0]
-    made_by = StageFingerprint.compute(
-        source.file.path, {"params": source.section.params}, None, pipeline_dir=project.pipeline_dir
-    )
-    digest = hashlib.sha256(f"{made_by.code_hash}:{made_by.config_hash}".encode())
+    if project.configured_source is not None:  # a connector: its section says it all
+        section = json.dumps(project.config.config.source, sort_keys=True, default=str)
+        digest = hashlib.sha256(f"connector:{section}".encode())
+    else:
+        source = project.stages[0]
+        made_by = StageFingerprint.compute(
+            source.file.path,
+            {"params": source.section.params},
+            None,
+            pipeline_dir=project.pipeline_dir,
+        )
+        digest = hashlib.sha256(f"{made_by.code_hash}:{made_by.config_hash}".encode())
     for name in sorted(project.source.inputs()):  # what it reads, by content
         digest.update(f"\n{name}:{_content_hash(project.path(name))}".encode())
     return digest.hexdigest()
@@ -267,8 +276,10 @@ def _input_at(
     if index == 0:
         if project.source is None:
             raise ProjectError(
-                "the first stage must be a Source (a class with read()) that emits the records",
-                file=project.stages[0].file.path,
+                "the first stage must be a Source (a class with read()) that emits the "
+                "records, or config.yaml needs a `source:` section (e.g. `source: "
+                "{connector: csv, path: data/in.csv}`; `conveyor connectors` lists them)",
+                file=project.stages[0].file.path if project.stages else project.config.file,
             )
         return source_records(project.source), None
     previous = project.middle[index - 1]
@@ -359,7 +370,12 @@ async def execute_plan(
     ticker = asyncio.create_task(_tick(runner, extra)) if extra.progress else None
     records: Any = plan.records
     if options.checkpointing:
-        records = _identified(records, _source_identity(project, plan))
+        if isinstance(records, KnownSource):  # seeks, rejects, acknowledges: kept as it is
+            known = known_source(project) if plan.input_path is None else None
+            if known is not None:
+                records.identity = f"source:{known}"
+        else:
+            records = _identified(records, _source_identity(project, plan))
     try:
         report = await runner.run(records)
     except (KeyboardInterrupt, SystemExit) as stop:

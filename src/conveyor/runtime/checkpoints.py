@@ -19,7 +19,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from conveyor.core.checkpoint import (
     SqliteCheckpointStore,
 )
 from conveyor.core.options import RunOptions
+from conveyor.core.source import AcknowledgingSource
 from conveyor.dlq import DeadLetterStore
 from conveyor.errors import CheckpointError, PipelineDefinitionError, ResumeRequired
 from conveyor.runtime.lineage import OffsetTracker
@@ -90,6 +91,7 @@ class Checkpointer:
         sink: SinkRuntime,
         tracker: OffsetTracker,
         reader: Callable[[], tuple[int, Any]],
+        source: AcknowledgingSource | None = None,
     ) -> None:
         self.identity = identity
         self.run_id = run_id
@@ -98,6 +100,8 @@ class Checkpointer:
         self._sink = sink
         self._tracker = tracker
         self._reader = reader  # (positions read, the source's offset now)
+        self._source = source  # told what each checkpoint covers, to acknowledge it
+        self.source_state: Any = None  # for the source: the last checkpoint's state
         own = sink.sink.checkpoint_store()
         self.store: CheckpointStore = own or open_checkpoint_store(options.checkpoint)
         self._own = own is not None  # the sink writes checkpoints in its own transaction
@@ -143,7 +147,15 @@ class Checkpointer:
                 "own: was the pipeline renamed, or its sink moved?); run without --resume "
                 "(resume=None in code) to run the pipeline from the beginning",
             )
+        if found is not None and self._source is not None and self._resume is not False:
+            # What the last checkpoint covered but may not have acknowledged (also when it
+            # finished: its acknowledgements may have failed).
+            self.source_state = found.source_state
         if found is not None and not found.finished:
+            if self._resume is None and self._source is not None:
+                # A broker keeps what was not acknowledged: a plain run goes on from the
+                # checkpoint (its state says which redeliveries are done already).
+                self._resume = True
             if self._resume is None:
                 raise ResumeRequired(
                     where,
@@ -265,6 +277,10 @@ class Checkpointer:
             },
             finished=finished and position >= read and not done,
         )
+        if self._source is not None:
+            checkpoint = replace(
+                checkpoint, source_state=self._source.pending(position, checkpoint.done)
+            )
         state = await self._with_retries(
             "commit",
             lambda: sink.executor.call(sink.sink.commit, checkpoint),
@@ -279,7 +295,23 @@ class Checkpointer:
         self._touched.clear()
         self._since = 0
         self._next_at = time.monotonic() + (self.interval.seconds or 0.0)
+        if self._source is not None:
+            await self._acknowledge(checkpoint)
         return checkpoint
+
+    async def _acknowledge(self, checkpoint: Checkpoint) -> None:
+        """Tell the source what the stored checkpoint covers. A failed acknowledgement
+        is not fatal: the broker redelivers, and the checkpoint's state says it is done."""
+        assert self._source is not None
+        try:
+            await self._source.acknowledge(checkpoint.position, checkpoint.done)
+        except Exception as exc:
+            logger.warning(
+                "acknowledging the messages of checkpoint %s failed (%s); the broker will "
+                "redeliver them and the next run acknowledges them without processing",
+                checkpoint.position,
+                exc,
+            )
 
     async def _with_retries(self, what: str, call: Any) -> Any:
         retry = self._sink.retry

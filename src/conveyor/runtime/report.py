@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = ["RunReport", "RunStatus", "StageKind", "StageStats"]
 
-_ELEMENT_CHECKED = (StageKind.RECORD, StageKind.SINK)
+_ELEMENT_CHECKED = (StageKind.RECORD, StageKind.SINK, StageKind.SOURCE)
 _RESHAPING = (StageKind.EXPAND, StageKind.BARRIER, StageKind.BRANCH)
 
 

@@ -37,10 +37,12 @@ from conveyor.core.checkpoint import (
 )
 from conveyor.core.context import PipelineContext
 from conveyor.core.hooks import RunEvents, StageEvent
-from conveyor.core.kinds import flatten_stages
+from conveyor.core.kinds import StageKind, flatten_stages
 from conveyor.core.options import RunOptions, StageOptions
 from conveyor.core.result import RunStatus
 from conveyor.core.sink import RunInfo, RunMode, Sink, as_sink, close_sink, open_sink
+from conveyor.core.source import AcknowledgingSource, Rejected
+from conveyor.core.source import Source as KnownSource
 from conveyor.core.spec import PipelineSpec
 from conveyor.core.stages import BranchStage
 from conveyor.dlq import DeadLetterStore, open_dead_letter_store
@@ -50,7 +52,7 @@ from conveyor.runtime.checkpoints import Checkpointer, ResumeInfo
 from conveyor.runtime.flow import Chunk, Flow, StopRequest
 from conveyor.runtime.letters import LetterBox
 from conveyor.runtime.lineage import OffsetTracker
-from conveyor.runtime.parts import SinkRuntime, StageRuntime, weigher
+from conveyor.runtime.parts import Part, SinkRuntime, StageRuntime, weigher
 from conveyor.runtime.report import RunReport, StageStats
 
 __all__ = ["DEFAULT_DEAD_LETTERS", "StreamRunner", "run_stream"]
@@ -152,6 +154,9 @@ class StreamRunner:
         self._next_token: Any = None  # the source's offset of the next element to read
         self._sink_opened = False
         self._source_exhausted = False
+        self._source_part: Part | None = None  # a Source's row (its rejects' letters)
+        self._rejects = False
+        self._opened_source: KnownSource | None = None
 
     # -- building --------------------------------------------------------------------------
 
@@ -222,8 +227,11 @@ class StreamRunner:
 
     def progress(self) -> tuple[list[StageStats], list[Any]]:
         """Live counters of every stage and the sink, and channel statistics."""
-        stats = [rt.stats for rt in self._runtimes] + [self._sink.stats]
-        return stats, [ch.statistics() for ch in self._channels]
+        return self._stage_stats(), [ch.statistics() for ch in self._channels]
+
+    def _stage_stats(self) -> list[StageStats]:
+        head = [] if self._source_part is None else [self._source_part.stats]
+        return head + [rt.stats for rt in self._runtimes] + [self._sink.stats]
 
     # -- the run ---------------------------------------------------------------------------
 
@@ -240,6 +248,7 @@ class StreamRunner:
         loop = asyncio.get_running_loop()
         installed: list[signal.Signals] = []
         try:
+            self._prepare_source(source)
             self._prepare_checkpoints(source)
             await open_sink(self.sink, self.info)
             self._sink_opened = True
@@ -272,6 +281,29 @@ class StreamRunner:
             raise error
         return report
 
+    def _prepare_source(self, source: Source) -> None:
+        """A :class:`conveyor.Source` gets its own row in the report (the stage of its
+        rejects' dead letters); a source that acknowledges what left needs checkpoints."""
+        if isinstance(source, AcknowledgingSource) and not self.options.checkpointing:
+            raise PipelineDefinitionError(
+                f"source {getattr(source, 'name', type(source).__name__)!r} acknowledges "
+                "its messages once their records have left the pipeline, which is what a "
+                "checkpoint records: run it with checkpoints (checkpoint=True in code; "
+                "projects checkpoint by default, pipeline.checkpoints: true)"
+            )
+        if not isinstance(source, KnownSource):
+            return
+        self._opened_source = source
+        names = {rt.name for rt in self._all_runtimes()} | {self.sink.name}
+        if source.name in names:
+            raise PipelineDefinitionError(
+                f"pipeline {self.name!r} has a stage named {source.name!r}, the name of the "
+                "run's source; rename the stage or the source"
+            )
+        part = Part(source.name, StageKind.SOURCE, StageOptions(), 0)
+        part.stats.executor = "source"
+        self._source_part, self._rejects = part, source.rejects
+
     def _prepare_checkpoints(self, source: Source) -> None:
         """Open the checkpoint store; refuse, resume or start afresh (see RunOptions)."""
         if not self.options.checkpointing or self.info.mode != "run":
@@ -301,8 +333,11 @@ class StreamRunner:
             self._sink,
             self._tracker,
             lambda: (self._read_count, self._next_token),
+            source if isinstance(source, AcknowledgingSource) else None,
         )
         resume = cp.prepare()
+        if isinstance(source, AcknowledgingSource):
+            source.restore(cp.source_state)
         self._tracker.checkpointing = True
         stages = [rt.name for rt in self._all_runtimes()] + [self._sink.name]
         superseded = cp.supersede_letters(self._store, stages)
@@ -315,6 +350,20 @@ class StreamRunner:
             and self._stop.error is None
         )
         if resume is None:
+            return
+        if isinstance(source, AcknowledgingSource):
+            # The broker redelivers what was not acknowledged: positions go on from the
+            # checkpoint's, nothing is skipped by position.
+            source.seek(resume.position)
+            self._read_count = self._next_token = resume.position
+            self._resume = ResumeInfo(
+                checkpoint_run=resume.run_id,
+                position=resume.position,
+                offset=resume.position,
+                skipped=0,
+                seeked=True,
+                superseded_letters=superseded,
+            )
             return
         seeked = isinstance(source, SeekableSource) and resume.offset is not None
         if seeked:
@@ -352,6 +401,8 @@ class StreamRunner:
 
     async def _close(self, status: RunStatus) -> None:
         try:
+            if self._opened_source is not None:
+                await asyncio.to_thread(self._opened_source.close)
             # A write cancelled by an abort may still run in a worker thread: the sink is
             # closed after it (waiting at most the grace period).
             await asyncio.to_thread(self._sink.executor.wait_idle, self.options.grace_period)
@@ -398,7 +449,7 @@ class StreamRunner:
             raise error
 
     def _report(self, started: datetime, seconds: float) -> RunReport:
-        stages = [rt.stats for rt in self._runtimes] + [self._sink.stats]
+        stages = self._stage_stats()
         report = RunReport(
             run_id=self.run_id,
             pipeline_name=self.name,
@@ -479,15 +530,43 @@ class StreamRunner:
         self._elements += len(records)
         self._records_in += weight
         batch_id = self._tracker.open(first, self._read_count - 1, weight, token)
+        rejected: list[Rejected] = []
+        if self._rejects:
+            rejected = [r for r in records if type(r) is Rejected]
+            if rejected:
+                records = [r for r in records if type(r) is not Rejected]
+                if records:  # the batch is held for the letters too, until they are durable
+                    self._tracker.acquire((batch_id,))
         try:
-            await out.send(Chunk(records, (batch_id,)))
+            if records or not rejected:
+                await out.send(Chunk(records, (batch_id,)))
         except asyncio.CancelledError:  # intake stopped while waiting: these never entered
             self._read_count = first
-            self._elements -= len(records)
+            self._elements -= len(records) + len(rejected)
             self._records_in -= weight
             self._tracker.forget(batch_id)
             raise
+        part = self._source_part
+        if part is not None:
+            stats = part.stats
+            n = len(records) + len(rejected)
+            stats.received += n
+            stats.records_in += n
+            stats.emitted += len(records)
+            stats.records_out += len(records)
+            stats.batches += 1
+        if rejected:
+            assert part is not None
+            await self._letter_rejects(part, rejected, batch_id)
         await asyncio.sleep(0)  # let the first stage take it while it is hot in the cache
+
+    async def _letter_rejects(self, part: Part, rejected: list[Rejected], batch_id: int) -> None:
+        """Dead letters for what the source could not make into records, durable before
+        their positions count as done."""
+        box = self._flow.box
+        letters = [box.letter(part, r.record, r.error, "", 1) for r in rejected]
+        await box.send(part, letters, (batch_id,))
+        self._tracker.release((batch_id,))
 
     async def _read_sync(self, source: Iterable[Any], out: Channel[Chunk]) -> None:
         iterator = iter(source)
