@@ -106,10 +106,11 @@ def test_missing_file_names_the_path(tmp_path: Path, name: str) -> None:
     assert raised.value.filename == str(tmp_path / name)
 
 
-@pytest.mark.parametrize("spec", ["orders.yaml", "int", Path("schema.proto")])
+@pytest.mark.parametrize("spec", ["orders.yaml", "int", Path("schema.xsd")])
 def test_unknown_file_kinds(spec: object) -> None:
     with pytest.raises(
-        PipelineDefinitionError, match=r"ends with \.json \(JSON Schema\) or \.avsc"
+        PipelineDefinitionError,
+        match=r"ends with \.json \(JSON Schema\), \.avsc \(Avro\) or \.proto \(Protobuf\)",
     ):
         contract_for(spec)
 

@@ -1,7 +1,8 @@
 """Contracts: what a stage takes and gives, checked at its edges.
 
 A stage declares an input and an output contract, as a Python type or a schema file under
-``contracts/``; :func:`contract_for` turns any of those forms into a :class:`Contract`.
+``contracts/`` (JSON Schema ``.json``, Avro ``.avsc``, Protobuf ``.proto``);
+:func:`contract_for` turns any of those forms into a :class:`Contract`.
 The runner asks a :class:`ContractCheck` to check each micro-batch (``"all"`` records, a
 ``"sample"``, or ``"off"``); every violation is a :class:`~conveyor.errors.ContractViolation`
 *value* naming the contract, the failing field path (``"address.zip"``,
@@ -17,7 +18,8 @@ Design:
   original record passes on. (That is why JSON Schema defaults are not filled in.)
 - **The all-valid batch is the fast path.** :class:`TypeContract` validates a whole batch
   as one ``list[T]`` in pydantic's Rust core and looks at records one by one only when
-  that fails; JSON Schema validators are compiled once; fastavro validates in C.
+  that fails; JSON Schema validators are compiled once; fastavro validates in C; a
+  ``.proto`` file is compiled once per content.
 - **One path format.** Dotted field names and list indices, ``""`` for the whole record,
   the same for every contract kind. Each kind documents how it finds the path.
 - **Picklable.** Contracts and violations pickle (violations cross process boundaries
@@ -67,11 +69,13 @@ if TYPE_CHECKING:
         find_contract_versions,
     )
     from conveyor.contracts._jsonschema import JsonSchemaContract
+    from conveyor.contracts._protobuf import ProtobufContract, ProtoFile, compile_proto
     from conveyor.contracts._spec import contract_for
     from conveyor.contracts._typed import TypeContract
 
 # Each name is imported from its module when first used: checking contracts needs pydantic,
-# fastjsonschema or fastavro, and a run without contracts should not pay for importing them.
+# fastjsonschema, fastavro or protobuf, and a run without contracts should not pay for
+# importing them.
 _MODULES = {
     "AvroContract": "_avro",
     "BreakingChange": "_compat",
@@ -82,9 +86,12 @@ _MODULES = {
     "ContractFile": "_compat",
     "Edge": "_check",
     "JsonSchemaContract": "_jsonschema",
+    "ProtoFile": "_protobuf",
+    "ProtobufContract": "_protobuf",
     "TypeContract": "_typed",
     "check_compatibility": "_compat",
     "check_directory": "_compat",
+    "compile_proto": "_protobuf",
     "contract_for": "_spec",
     "find_contract_versions": "_compat",
 }
@@ -99,9 +106,12 @@ __all__ = [
     "ContractFile",
     "Edge",
     "JsonSchemaContract",
+    "ProtoFile",
+    "ProtobufContract",
     "TypeContract",
     "check_compatibility",
     "check_directory",
+    "compile_proto",
     "contract_for",
     "find_contract_versions",
 ]

@@ -85,6 +85,51 @@ Pydantic models (a :class:`~conveyor.contracts.TypeContract`, or a type) are com
 JSON Schema through ``model_json_schema()`` (any other type through pydantic's
 ``TypeAdapter(...).json_schema()``).
 
+Protobuf (``.proto`` files, compiled with grpcio-tools' protoc; protobuf's rules for
+updating a message type, with Conveyor's records in mind: records are dicts keyed by field
+*name*, so a name matters as much as a number). Every message and enum the file defines is
+compared with the one of the same name (relative to the package) in the other version;
+paths name the type (``Order.email``, ``Order.Status.PAID``, ``Order``):
+
+=========================  ================================================================
+rule                       breaks when, and why
+=========================  ================================================================
+``field-removed``          a field is gone and its number or name is not ``reserved``: a
+                           later version could reuse them and misread old data (the
+                           message says what to add: ``reserved 3; reserved "email";``).
+                           A field removed with both reserved is compatible (records still
+                           carrying a reserved name or number pass the contract).
+``reserved-reused``        a new field (or enum value) takes a number or name the old
+                           version reserved.
+``type-changed``           a field keeps its number but changes type outside protobuf's
+                           wire-compatible groups: int32/uint32/int64/uint64/bool,
+                           sint32/sint64, fixed32/sfixed32, fixed64/sfixed64, string/bytes
+                           (for valid UTF-8). Messages and enums must keep their name;
+                           ``map<K, V>`` compares keys and values by the same groups; map
+                           against non-map breaks.
+``field-renamed``          a number keeps its type but changes its name: binary data still
+                           reads, but records, JSON and text format use the name.
+``field-renumbered``       a name moves to another number: old data carries the old one.
+``cardinality-changed``    singular <-> repeated: the record's shape changes (a value or a
+                           list), and packed repeated numbers do not read as singular.
+``required-added``         a proto2 ``required`` field is added, or an existing one becomes
+                           required.
+``oneof-narrowed``         fields that could be set together are moved into one ``oneof``.
+``message-removed``        a message is gone or renamed (its full name is in JSON, Any
+                           type URLs and generated code).
+``enum-removed``           an enum is gone or renamed.
+``enum-value-removed``     an enum value is gone (records holding its name or number are
+                           rejected); reserving it does not help old records.
+``enum-value-renumbered``  an enum value keeps its name under another number.
+``enum-value-renamed``     an enum number keeps its value under another name (records
+                           name values).
+``package-changed``        the package changed: every full name changes.
+=========================  ================================================================
+
+Adding fields, messages, enum values and reservations, and moving a single field into a
+new ``oneof``, are compatible. A ``.proto`` file's version is in its name only
+(``order.v2.proto``).
+
 >>> old = {"title": "order", "type": "object", "properties": {"id": {"type": "integer"}}}
 >>> new = {"title": "order", "type": "object", "required": ["id", "at"],
 ...        "properties": {"id": {"type": "string"}, "at": {"type": "string"}}}
@@ -110,6 +155,14 @@ from typing import Any, Literal, cast
 from conveyor.contracts._avro import AvroContract
 from conveyor.contracts._base import Contract, is_path, load_json, schema_version
 from conveyor.contracts._jsonschema import JsonSchemaContract
+from conveyor.contracts._protobuf import (
+    ProtobufContract,
+    ProtoFile,
+    compile_proto,
+    is_proto_spec,
+    split_proto_spec,
+)
+from conveyor.contracts._protocompat import compare_proto
 from conveyor.contracts._spec import contract_for
 from conveyor.contracts._typed import TypeContract
 from conveyor.errors import PipelineDefinitionError
@@ -122,8 +175,8 @@ __all__ = [
     "find_contract_versions",
 ]
 
-Kind = Literal["json-schema", "avro"]
-_SUFFIXES: dict[str, Kind] = {".json": "json-schema", ".avsc": "avro"}
+Kind = Literal["json-schema", "avro", "protobuf"]
+_SUFFIXES: dict[str, Kind] = {".json": "json-schema", ".avsc": "avro", ".proto": "protobuf"}
 # ``order.v1``, ``order-v2``, ``order_V10``, ``order.1.2.0``
 _VERSION_IN_NAME = (
     re.compile(r"^(?P<name>.+?)[._-][vV](?P<version>\d+(?:\.\d+)*)$"),
@@ -176,9 +229,12 @@ class ContractFile:
             (``order`` for ``order.v2.avsc`` and for ``v2/order.json``).
         version: the version from the file name, else from the schema; ``None`` when
             neither has one.
-        kind: ``"json-schema"`` (``.json``) or ``"avro"`` (``.avsc``).
-        declared_version: the version the schema itself declares, if any.
-        schema: the loaded schema (not compared).
+        kind: ``"json-schema"`` (``.json``), ``"avro"`` (``.avsc``) or ``"protobuf"``
+            (``.proto``).
+        declared_version: the version the schema itself declares, if any (a ``.proto``
+            file declares none: its version is in its name).
+        schema: the loaded schema, or the compiled :class:`~conveyor.contracts.ProtoFile`
+            (not compared).
     """
 
     path: Path
@@ -210,12 +266,14 @@ def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
 
 
 def find_contract_versions(directory: Path) -> dict[str, list[ContractFile]]:
-    """The ``.json`` and ``.avsc`` files under ``directory`` (recursively), by contract name,
-    each contract's files ordered by version (numerically; unversioned files last).
+    """The ``.json``, ``.avsc`` and ``.proto`` files under ``directory`` (recursively), by
+    contract name, each contract's files ordered by version (numerically; unversioned files
+    last).
 
     The version comes from the file name (``order.v2.json``, ``order-v2.json``,
-    ``order_v2.json``, ``order.1.2.0.json``), else from the schema's top-level ``x-version``
-    or ``version``. The contract name is the file name without version and extension, so
+    ``order_v2.json``, ``order.1.2.0.json``, ``order.v2.proto``), else from the schema's
+    top-level ``x-version`` or ``version`` (JSON Schema and Avro; a ``.proto`` file's version
+    is only in its name). The contract name is the file name without version and extension, so
     ``v1/order.json`` and ``v2/order.json`` (versions in content) are one contract.
     Hidden files and folders are skipped.
 
@@ -229,8 +287,9 @@ def find_contract_versions(directory: Path) -> dict[str, list[ContractFile]]:
 
     Raises:
         FileNotFoundError: ``directory`` does not exist.
-        PipelineDefinitionError: a file is not JSON, or its version is not a string or
-            number.
+        PipelineDefinitionError: a file is not JSON (or a ``.proto`` file does not compile),
+            or its version is not a string or number.
+        ImportError: a ``.proto`` file is found and grpcio-tools is not installed.
     """
     directory = Path(directory)
     if not directory.is_dir():
@@ -258,8 +317,8 @@ def check_directory(directory: Path) -> list[BreakingChange]:
     - ``version-missing``: a contract has several files and one of them has no version
       (it cannot be placed, so it is not compared);
     - ``version-mismatch``: the file name and the schema declare different versions;
-    - ``kind-changed``: consecutive versions are of different kinds (JSON Schema and
-      Avro), which cannot be checked against each other.
+    - ``kind-changed``: consecutive versions are of different kinds (JSON Schema, Avro,
+      Protobuf), which cannot be checked against each other.
 
     An empty list means every contract evolved compatibly.
 
@@ -279,7 +338,8 @@ schema have no value for it [default-missing]
     Raises:
         FileNotFoundError: ``directory`` does not exist.
         PipelineDefinitionError: a file is not a valid schema.
-        ImportError: an ``.avsc`` file is found and fastavro is not installed.
+        ImportError: an ``.avsc`` file is found and fastavro is not installed, or a
+            ``.proto`` file and grpcio-tools.
     """
     changes: list[BreakingChange] = []
     for name, files in find_contract_versions(Path(directory)).items():
@@ -294,10 +354,12 @@ def check_compatibility(
 
     ``old`` and ``new`` are each a :class:`~conveyor.contracts.Contract`, a schema dict
     (JSON Schema, or Avro when its ``type`` is ``record``/``enum``/``fixed``), an Avro
-    union list, the path of a ``.json`` or ``.avsc`` file, or a type (a Pydantic model is
-    compared through ``model_json_schema()``). The changes are named after the new
-    contract. A JSON Schema and an Avro schema cannot be compared: that is one
-    ``kind-changed`` change.
+    union list, the path of a ``.json``, ``.avsc`` or ``.proto`` file (or a compiled
+    :class:`~conveyor.contracts.ProtoFile`), or a type (a Pydantic model is compared through
+    ``model_json_schema()``). The changes are named after the new contract. Two kinds
+    (say JSON Schema and Avro) cannot be compared: that is one ``kind-changed`` change.
+    Protobuf contracts are compared file against file: every message and enum the file
+    defines, whichever message the contract checks.
 
     >>> old = {"type": "record", "name": "User", "fields": [
     ...     {"name": "age", "type": "int"},
@@ -329,8 +391,12 @@ def check_compatibility(
 
 
 def _contract_file(path: Path, kind: Kind) -> ContractFile:
-    schema = load_json(path, "Avro schema" if kind == "avro" else "JSON Schema")
-    declared = schema_version(schema, str(path))
+    schema: Any
+    if kind == "protobuf":
+        schema, declared = compile_proto(path), None
+    else:
+        schema = load_json(path, "Avro schema" if kind == "avro" else "JSON Schema")
+        declared = schema_version(schema, str(path))
     stem = path.name[: -len(path.suffix)]
     for pattern in _VERSION_IN_NAME:
         match = pattern.match(stem)
@@ -402,7 +468,9 @@ def _check_versions(name: str, files: list[ContractFile]) -> list[BreakingChange
     return changes
 
 
-def _load(file: ContractFile) -> Contract:
+def _load(file: ContractFile) -> Contract | ProtoFile:
+    if file.kind == "protobuf":
+        return cast(ProtoFile, file.schema)
     if file.kind == "avro":
         return AvroContract(file.schema, name=file.name)
     return JsonSchemaContract(file.schema, name=file.name)
@@ -410,12 +478,19 @@ def _load(file: ContractFile) -> Contract:
 
 def _schema_of(spec: object) -> tuple[Kind, Any, str]:
     """(kind, raw schema, name) of whatever :func:`check_compatibility` accepts."""
+    if isinstance(spec, ProtoFile):
+        return "protobuf", spec, Path(spec.name).name
+    if is_proto_spec(spec):  # the whole file, whichever message a contract would check
+        path, _ = split_proto_spec(spec)  # type: ignore[arg-type]
+        return "protobuf", compile_proto(path), path.name
     if isinstance(spec, list):
         spec = AvroContract(spec)
     elif not isinstance(spec, Contract):
         if is_path(spec):
             spec = Path(spec)  # type: ignore[arg-type]
         spec = contract_for(spec)
+    if isinstance(spec, ProtobufContract):
+        return "protobuf", spec.proto, spec.name
     if isinstance(spec, AvroContract):
         return "avro", spec.schema, spec.name
     if isinstance(spec, JsonSchemaContract):
@@ -424,7 +499,7 @@ def _schema_of(spec: object) -> tuple[Kind, Any, str]:
         return "json-schema", _type_schema(spec.type), spec.name
     raise PipelineDefinitionError(
         f"cannot check the compatibility of {type(spec).__name__} {spec.name!r}: only JSON "
-        "Schema, Avro and type contracts have a schema to compare"
+        "Schema, Avro, Protobuf and type contracts have a schema to compare"
     )
 
 
@@ -450,6 +525,11 @@ def _compare(name: str, old_kind: Kind, old: Any, new_kind: Kind, new: Any) -> l
         ]
     if old_kind == "avro":
         return _dedupe(_AvroCompat(name, old, new).run())
+    if old_kind == "protobuf":
+        return _dedupe(
+            BreakingChange(name, path, rule, message)
+            for path, rule, message in compare_proto(old, new)
+        )
     return _dedupe(_JsonCompat(name, old, new).run())
 
 

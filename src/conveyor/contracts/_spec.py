@@ -11,6 +11,7 @@ from typing import Any
 from conveyor.contracts._avro import AvroContract
 from conveyor.contracts._base import Contract, is_path
 from conveyor.contracts._jsonschema import JsonSchemaContract
+from conveyor.contracts._protobuf import ProtobufContract, is_proto_spec
 from conveyor.contracts._typed import TypeContract
 from conveyor.errors import PipelineDefinitionError
 
@@ -18,8 +19,8 @@ __all__ = ["contract_for"]
 
 _ACCEPTED = (
     "a Contract, a Python type (a pydantic model, dataclass, TypedDict, builtin, union or "
-    "container such as list[int]), a JSON Schema dict, or the path of a .json (JSON Schema) "
-    "or .avsc (Avro) file"
+    "container such as list[int]), a JSON Schema dict, or the path of a .json (JSON Schema), "
+    ".avsc (Avro) or .proto (Protobuf, 'file.proto:Message' to name the message) file"
 )
 _AVRO_NAMED_TYPES = frozenset({"record", "enum", "fixed"})
 
@@ -32,7 +33,9 @@ def contract_for(spec: object) -> Contract:
     - a dict: a :class:`JsonSchemaContract`, or an :class:`AvroContract` when it is
       plainly Avro (``"type"`` is ``record``, ``enum`` or ``fixed``, which JSON Schema
       does not have);
-    - a ``str`` or ``Path`` ending ``.json`` or ``.avsc``: the schema in that file.
+    - a ``str`` or ``Path`` ending ``.json`` or ``.avsc``: the schema in that file;
+    - a ``str`` or ``Path`` ending ``.proto``, or ``.proto:Message`` to name one message of
+      the file: a :class:`ProtobufContract` (the file is compiled with grpcio-tools' protoc).
 
     >>> contract_for(int).check("1").reason
     'Input should be a valid integer'
@@ -43,8 +46,8 @@ def contract_for(spec: object) -> Contract:
     ...
     conveyor.errors.PipelineDefinitionError: cannot make a contract from int 42; a contract \
 is a Contract, a Python type (a pydantic model, dataclass, TypedDict, builtin, union or \
-container such as list[int]), a JSON Schema dict, or the path of a .json (JSON Schema) or \
-.avsc (Avro) file
+container such as list[int]), a JSON Schema dict, or the path of a .json (JSON Schema), \
+.avsc (Avro) or .proto (Protobuf, 'file.proto:Message' to name the message) file
 
     Raises:
         PipelineDefinitionError: ``spec`` is none of these (it is a ``TypeError``), or the
@@ -53,6 +56,8 @@ container such as list[int]), a JSON Schema dict, or the path of a .json (JSON S
     """
     if isinstance(spec, Contract):
         return spec
+    if is_proto_spec(spec):
+        return ProtobufContract(spec)  # type: ignore[arg-type]
     if is_path(spec):
         return _from_file(Path(spec))  # type: ignore[arg-type]
     if isinstance(spec, Mapping):
@@ -75,7 +80,7 @@ def _from_file(path: Path) -> Contract:
         return AvroContract(path)
     raise PipelineDefinitionError(
         f"cannot make a contract from the file {str(path)!r}: a contract file ends with "
-        f".json (JSON Schema) or .avsc (Avro); a contract is {_ACCEPTED}"
+        f".json (JSON Schema), .avsc (Avro) or .proto (Protobuf); a contract is {_ACCEPTED}"
     )
 
 

@@ -61,7 +61,7 @@ __all__ = [
 CACHE_FILE: Final = "cache.json"
 """The file in the state directory that holds the recorded fingerprints."""
 
-CODE_SUFFIXES: Final = frozenset({".py", ".json", ".avsc"})
+CODE_SUFFIXES: Final = frozenset({".py", ".json", ".avsc", ".proto"})
 """Files under ``shared/`` and ``contracts/`` that count as a stage's code."""
 
 CODE_FOLDERS: Final = ("shared", "contracts")
