@@ -51,7 +51,7 @@ __all__ = [
     "source_identity",
 ]
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
 """The format version this Conveyor writes; a checkpoint of a newer one is refused."""
 
 Range = tuple[int, int]
@@ -310,7 +310,8 @@ class Checkpoint:
                 read=_nonnegative(body["read"]),
                 records={str(k): _nonnegative(v) for k, v in body["records"].items()},
                 sink=body["sink"],
-                source_state=body.get("source_state"),
+                # (format 2 added it: a format-1 checkpoint has none)
+                source_state=body["source_state"] if version >= 2 else None,
                 finished=bool(body["finished"]),
                 written_at=str(body["written_at"]),
                 format=version,

@@ -99,6 +99,11 @@ class AcknowledgingSource(Protocol):
     (a crash between the checkpoint and the acknowledgement redelivers them; a resumed run
     given them by :meth:`restore` acknowledges them on redelivery without processing them
     again, so an exactly-once sink sees each message once).
+
+    Optionally, ``bind_checkpoints(request)``: the run hands the source a callable that
+    asks for a checkpoint as soon as one can be taken (a source that lets a suspect message
+    through alone waits for its acknowledgement). A run from such a source also checkpoints
+    while nothing reaches the sink (each interval), when records left since the last one.
     """
 
     @property

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from conveyor.core._faults import fault_point
 from conveyor.core.checkpoint import (
@@ -36,6 +36,11 @@ from conveyor.dlq import DeadLetterStore
 from conveyor.errors import CheckpointError, PipelineDefinitionError, ResumeRequired
 from conveyor.runtime.lineage import OffsetTracker
 from conveyor.runtime.parts import SinkRuntime
+
+if TYPE_CHECKING:
+    from conveyor.runtime.channel import Channel
+
+T = TypeVar("T")
 
 __all__ = ["DEFAULT_CHECKPOINTS", "Checkpointer", "ResumeInfo", "open_checkpoint_store"]
 
@@ -120,6 +125,8 @@ class Checkpointer:
         self.previous_delivery = -1  # the furthest position the resumed runs delivered
         self._delivered = -1
         self._delivery_fd: int | None = None
+        self._requested = False  # the source asked for a checkpoint as soon as possible
+        self._idle: asyncio.Timeout | None = None  # the sink loop's wait for a batch
 
     # -- before the run --------------------------------------------------------------------
 
@@ -184,7 +191,10 @@ class Checkpointer:
         begin = (
             self.resume_from.stamped(run_id=self.run_id, runs=self._runs)
             if self.resume_from is not None
-            else Checkpoint(self.identity, self.run_id, self._runs).stamped()
+            # (a broker's unconfirmed acknowledgements of a finished run are kept)
+            else Checkpoint(
+                self.identity, self.run_id, self._runs, source_state=self.source_state
+            ).stamped()
         )
         self.store.save(begin)
         self.last = begin
@@ -239,12 +249,61 @@ class Checkpointer:
 
     # -- during the run --------------------------------------------------------------------
 
+    def request(self) -> None:
+        """An acknowledging source asks for a checkpoint as soon as one can be taken (it
+        waits for the acknowledgement of a message it lets through alone): the next write,
+        or the sink loop's wait for one, takes it once records left since the last."""
+        self._requested = True
+        idle = self._idle
+        if idle is not None and not idle.expired():
+            idle.reschedule(asyncio.get_running_loop().time())
+
+    async def receive(self, inp: Channel[T]) -> T:
+        """The sink loop's next item from ``inp``. In a run from an acknowledging source,
+        a checkpoint is also taken while nothing comes to write (each interval, or soon
+        after :meth:`request`) if records left since the last one (a quiet broker, records
+        that all became dead letters), so that their messages are acknowledged."""
+        if self._source is None:
+            return await inp.receive()
+        every = self.interval.seconds or 1.0
+        while True:
+            wait = 0.02 if self._requested else self._next_at - time.monotonic()
+            try:
+                async with asyncio.timeout(max(wait, 0.02)) as self._idle:
+                    return await inp.receive()
+            except TimeoutError:
+                pass
+            finally:
+                self._idle = None
+            if self._progressed():
+                await self.commit(finished=False)  # (not at a clean point: try again soon)
+            elif not self._requested:
+                self._next_at = time.monotonic() + every
+
+    def _progressed(self) -> bool:
+        """Whether a checkpoint now would cover more than the last one."""
+        last = self.last
+        if last is None:
+            return False
+        if self._touched:
+            return True
+        read, now = self._reader()
+        base = self.resume_from
+        if base is not None and read < base.position:
+            return False
+        position, _, done = self._tracker.coverage(read, now)
+        return position != last.position or [tuple(r) for r in done] != [
+            tuple(r) for r in last.done
+        ]
+
     async def after_write(self, lineage: tuple[int, ...], records: int) -> None:
         """Called by the sink loop after each write (its lineage released)."""
         self._touched.update(lineage)
         self._since += records
         interval = self.interval
-        if interval.records is not None:
+        if self._requested:
+            pass  # the source waits for an acknowledgement: now, if this is a clean point
+        elif interval.records is not None:
             if self._since < interval.records:
                 return
         elif time.monotonic() < self._next_at:
@@ -296,6 +355,7 @@ class Checkpointer:
         self._since = 0
         self._next_at = time.monotonic() + (self.interval.seconds or 0.0)
         if self._source is not None:
+            self._requested = False
             await self._acknowledge(checkpoint)
         return checkpoint
 

@@ -25,7 +25,7 @@ from conveyor.core.stages import BatchStage, BranchStage, RecordStage
 from conveyor.dlq import DeadLetter
 from conveyor.errors import ConservationError
 from conveyor.runtime.attempts import Settled, settle_sink, settle_stage
-from conveyor.runtime.channel import Channel, ChannelClosed
+from conveyor.runtime.channel import Channel, ChannelClosed, EndOfStream
 from conveyor.runtime.letters import LetterBox
 from conveyor.runtime.lineage import OffsetTracker
 from conveyor.runtime.parts import Part, SinkRuntime, StageRuntime
@@ -488,7 +488,11 @@ class Flow:
         """Write every micro-batch to the sink, one write at a time, in order; take the
         run's checkpoints between writes."""
         stats, checkpointer = sink.stats, self.checkpointer
-        async for chunk in inp:
+        while True:
+            try:  # (the checkpointer also checkpoints while waiting, for a broker source)
+                chunk = await (inp.receive() if checkpointer is None else checkpointer.receive(inp))
+            except EndOfStream:
+                break
             records = chunk.records
             n, weight = len(records), sink.weigh_in(records)
             stats.received += n

@@ -338,6 +338,9 @@ class StreamRunner:
         resume = cp.prepare()
         if isinstance(source, AcknowledgingSource):
             source.restore(cp.source_state)
+            bind = getattr(source, "bind_checkpoints", None)
+            if callable(bind):  # optional: the source may ask for a checkpoint soon
+                bind(cp.request)
         self._tracker.checkpointing = True
         stages = [rt.name for rt in self._all_runtimes()] + [self._sink.name]
         superseded = cp.supersede_letters(self._store, stages)
@@ -664,16 +667,19 @@ class StreamRunner:
                 records, skipped, skip_after = [item], 0, None
                 deadline = time.monotonic() + self.options.linger
                 while len(records) < self.options.batch_size:
-                    remaining = deadline - time.monotonic()
-                    if queue.empty() and remaining <= 0:
-                        break
-                    # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
-                    # cancellation (stop_intake, an abort) when the get completes at once.
-                    try:
-                        async with asyncio.timeout(max(remaining, 0)):
-                            kind, item, _, next_after = await queue.get()
-                    except TimeoutError:
-                        break
+                    if not queue.empty():  # (no timer per item while the pump is ahead)
+                        kind, item, _, next_after = queue.get_nowait()
+                    else:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            break
+                        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
+                        # cancellation (stop_intake, an abort) when the get completes at once.
+                        try:
+                            async with asyncio.timeout(remaining):
+                                kind, item, _, next_after = await queue.get()
+                        except TimeoutError:
+                            break
                     if kind == _SKIP:  # a batch holds consecutive positions only
                         skipped, skip_after = item, next_after
                         break
