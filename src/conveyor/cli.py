@@ -1,4 +1,11 @@
-"""The ``conveyor`` command line. Thin: it parses arguments and calls the library."""
+"""The ``conveyor`` command line. Thin: it parses arguments and calls the library.
+
+Text that comes from records, errors, config or the file system (letters, messages,
+tracebacks, stage and pipeline names, paths) is printed through :func:`_say` and
+:func:`_cell`: control characters escaped (:func:`~conveyor.core._render.printable`), and
+never read as rich markup or emoji codes, so a record cannot rewrite the terminal or
+restyle the output.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +19,10 @@ import typer
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 import conveyor
+from conveyor.core._render import printable
 from conveyor.errors import ConveyorError, UsageError
 
 app = typer.Typer(
@@ -27,8 +36,21 @@ app.add_typer(dlq_app, name="dlq")
 contracts_app = typer.Typer(help="Work with a project's contract files.", no_args_is_help=True)
 app.add_typer(contracts_app, name="contracts")
 
-console = Console(soft_wrap=True)
-errors = Console(stderr=True, soft_wrap=True)
+console = Console(soft_wrap=True, emoji=False)
+errors = Console(stderr=True, soft_wrap=True, emoji=False)
+
+
+def _say(text: object, *, lines: bool = False, err: bool = False) -> None:
+    """Print ``text`` as it is: control characters escaped (line breaks too, unless
+    ``lines``), no markup, no highlighting; on stderr with ``err``."""
+    (errors if err else console).print(
+        printable(text, newlines=lines), markup=False, highlight=False, emoji=False
+    )
+
+
+def _cell(text: object) -> Text:
+    """A table cell or title holding ``text`` literally (control characters escaped)."""
+    return Text(printable(text))
 
 
 def _version_callback(value: bool) -> None:
@@ -60,26 +82,27 @@ def _split_path(args: list[str]) -> tuple[Path, list[str]]:
 
 
 def _fail(error: BaseException, hint: str = "") -> None:
-    errors.print(f"[bold red]error:[/] {error}", markup=True, highlight=False)
+    message = Text.assemble(("error:", "bold red"), " ", printable(error, newlines=True))
+    errors.print(message, highlight=False)
     if hint:
-        errors.print(hint, highlight=False)
+        _say(hint, lines=True, err=True)
     raise typer.Exit(1)
 
 
 def _findings(findings: Sequence[object], failed: str, passed: str) -> None:
     """Print one finding a line; exit 1 with ``failed`` on stderr if there are any."""
     for finding in findings:
-        console.print(str(finding), highlight=False, markup=False)
+        _say(finding)
     if findings:
-        errors.print(failed, highlight=False)
+        _say(failed, err=True)
         raise typer.Exit(1)
-    console.print(passed, highlight=False)
+    _say(passed)
 
 
 def _stats_table(runner: Any) -> Table:
     stats, channels = runner.progress()
     fill = {ch.name.split(" -> ")[-1]: ch for ch in channels}
-    table = Table(title=f"{runner.name}", title_justify="left")
+    table = Table(title=_cell(runner.name), title_justify="left")
     for column in ("stage", "in", "out", "filtered", "dead", "rate/s", "queue"):
         table.add_column(column, justify="left" if column == "stage" else "right")
     for s in stats:
@@ -87,7 +110,7 @@ def _stats_table(runner: Any) -> Table:
         elapsed = runner.elapsed_seconds
         rate = s.records_in / elapsed if elapsed else 0.0
         table.add_row(
-            s.name,
+            _cell(s.name),
             f"{s.records_in:,}",
             f"{s.records_out:,}",
             f"{s.records_filtered:,}",
@@ -115,10 +138,7 @@ class _Progress:
         elif time.monotonic() - self.last_line >= 2.0:
             self.last_line = time.monotonic()
             stats, _ = runner.progress()
-            console.print(
-                " | ".join(f"{s.name}: {s.records_in:,} in, {s.records_out:,} out" for s in stats),
-                highlight=False,
-            )
+            _say(" | ".join(f"{s.name}: {s.records_in:,} in, {s.records_out:,} out" for s in stats))
 
     def stop(self) -> None:
         if self.live is not None:
@@ -183,17 +203,16 @@ def run(
         raise typer.Exit(EXIT_INTERRUPTED) from None
     progress.stop()
     for name in outcome.skipped:
-        console.print(
+        _say(
             f"stage {name} is unchanged (code, config and input): skipped "
-            "(conveyor run --force runs it anyway)",
-            highlight=False,
+            "(conveyor run --force runs it anyway)"
         )
     for note in outcome.notes:
-        console.print(note, highlight=False, markup=False)
+        _say(note, lines=True)
     report = outcome.report
     if report is None:
         if outcome.tasks_run:
-            console.print(f"ran task stages: {', '.join(outcome.tasks_run)}")
+            _say(f"ran task stages: {', '.join(outcome.tasks_run)}")
         return
     _print_report(report, path)
     _exit_for(report)
@@ -220,13 +239,11 @@ def _rerun_hint(path: Path, overrides: Sequence[str], exc: BaseException) -> str
 def _print_report(report: Any, path: Path) -> None:
     if not console.is_terminal:
         console.print(_stats_table_from_report(report))
-    console.print(report.summary(), highlight=False, markup=False)
+    _say(report.summary(), lines=True)
     if report.dead_lettered:
-        console.print(
+        _say(
             f"{report.dead_lettered} dead-lettered records in {report.dead_letter_store}; "
-            f"inspect them with: conveyor dlq list {path}",
-            highlight=False,
-            markup=False,
+            f"inspect them with: conveyor dlq list {path}"
         )
 
 
@@ -238,12 +255,12 @@ def _exit_for(report: Any) -> None:
 
 
 def _stats_table_from_report(report: Any) -> Table:
-    table = Table(title=report.pipeline_name, title_justify="left")
+    table = Table(title=_cell(report.pipeline_name), title_justify="left")
     for column in ("stage", "in", "out", "filtered", "dead", "retried", "busy s"):
         table.add_column(column, justify="left" if column == "stage" else "right")
     for s in report.stages:
         table.add_row(
-            s.name,
+            _cell(s.name),
             f"{s.records_in:,}",
             f"{s.records_out:,}",
             f"{s.records_filtered:,}",
@@ -255,14 +272,12 @@ def _stats_table_from_report(report: Any) -> Table:
 
 
 def _project_store(path: Path) -> Any:
+    """The project's dead-letter store, its config loaded (and checked) as for a run."""
     from conveyor.dlq import open_dead_letter_store
-    from conveyor.project.config import load_config
-    from conveyor.project.discovery import find_pipeline_dir, project_root
+    from conveyor.project.project import load_project_config
 
-    pipeline_dir = find_pipeline_dir(path)
-    root = project_root(path)
-    settings = load_config(pipeline_dir / "config.yaml").config.pipeline
-    store_path = Path(settings.dead_letters)
+    root, _, config = load_project_config(path)
+    store_path = Path(config.config.pipeline.dead_letters)
     return open_dead_letter_store(store_path if store_path.is_absolute() else root / store_path)
 
 
@@ -282,8 +297,8 @@ def dlq_list(
         _fail(exc)
         return
     for letter in letters:
-        console.print(letter.summary(), highlight=False, markup=False)
-    console.print(f"{total} dead letter(s) in {store.description}", highlight=False)
+        _say(letter.summary())
+    _say(f"{total} dead letter(s) in {store.description}")
 
 
 @dlq_app.command("show")
@@ -317,12 +332,12 @@ def dlq_show(
         return
     letter = matches[0]
     for key in ("id", "stage", "attempts", "records", "error_type", "message", "run_id"):
-        console.print(f"{key}: {getattr(letter, key)}", highlight=False, markup=False)
-    console.print(f"created_at: {letter.created_at}", highlight=False, markup=False)
-    console.print(f"record: {letter.record!r}", highlight=False, markup=False)
+        _say(f"{key}: {getattr(letter, key)}", lines=key == "message")
+    _say(f"created_at: {letter.created_at}")
+    _say(f"record: {letter.record!r}")
     if letter.output is not None:
-        console.print(f"output: {letter.output!r}", highlight=False, markup=False)
-    console.print(letter.traceback, highlight=False, markup=False)
+        _say(f"output: {letter.output!r}")
+    _say(letter.traceback, lines=True)
 
 
 @dlq_app.command(
@@ -348,16 +363,13 @@ def dlq_replay(
         _fail(exc)
         return
     if not outcome.reports:
-        console.print("no dead letters to replay")
+        _say("no dead letters to replay")
         return
     for report in outcome.reports:
-        console.print(report.summary(), highlight=False, markup=False)
+        _say(report.summary(), lines=True)
     for barrier in outcome.recomputed:
-        console.print(
-            f"recomputed {barrier} and every stage after it from its persisted input",
-            highlight=False,
-        )
-    console.print(f"{outcome.replayed} dead letter(s) marked replayed", highlight=False)
+        _say(f"recomputed {barrier} and every stage after it from its persisted input")
+    _say(f"{outcome.replayed} dead letter(s) marked replayed")
     for report in outcome.reports:
         _exit_for(report)
 
@@ -382,17 +394,21 @@ def new(
         _fail(exc)
         return
     for path in written:
-        console.print(f"wrote {path}", highlight=False)
+        _say(f"wrote {path}")
 
 
 @app.command()
 def check(path: Path = typer.Argument(Path("."), help="The project.")) -> None:
-    """Check the architecture rules of seed 000 (stage imports, cycles, numbering)."""
+    """Check the architecture rules of seed 000 (stage imports, cycles, numbering), and
+    that config.yaml is a document Conveyor reads (within its bounds, no unsafe tags)."""
+    from conveyor.project.config import read_config_document
     from conveyor.project.discovery import find_pipeline_dir
     from conveyor.project.lint import check_project
 
     try:
-        violations = check_project(find_pipeline_dir(path))
+        pipeline_dir = find_pipeline_dir(path)
+        read_config_document(pipeline_dir / "config.yaml")
+        violations = check_project(pipeline_dir)
     except ConveyorError as exc:
         _fail(exc)
         return
@@ -414,13 +430,13 @@ def graph(
         project = load_project(path)  # stages are only built, not run: no chdir needed
         pipeline = project.pipeline()
         if output is None:
-            console.print(to_mermaid(pipeline), highlight=False, markup=False)
+            _say(to_mermaid(pipeline), lines=True)
             return
         written = write_graph(pipeline, output)
     except (ConveyorError, ValueError, ImportError) as exc:
         _fail(exc)
         return
-    console.print(f"wrote {written}", highlight=False)
+    _say(f"wrote {written}")
 
 
 @app.command()
@@ -438,7 +454,7 @@ def dvc(
     except ConveyorError as exc:
         _fail(exc)
         return
-    console.print(f"wrote {written}; run it with: dvc repro", highlight=False)
+    _say(f"wrote {written}; run it with: dvc repro")
 
 
 @app.command()
@@ -497,8 +513,18 @@ def contracts_check(
 
 
 def main() -> None:
-    """Entry point of the ``conveyor`` console script and ``python -m conveyor``."""
+    """Entry point of the ``conveyor`` console script and ``python -m conveyor``.
+
+    An exception no command turned into an error message (a bug in a stage or a source, or
+    in Conveyor) is printed as its plain traceback, escaped like every other text from
+    errors (and without the local variables a rich traceback would show: they may hold
+    secrets); the exit code is 1."""
     try:
         app()
     except KeyboardInterrupt:  # pragma: no cover - a second Ctrl-C outside a run
         sys.exit(130)
+    except Exception as exc:
+        from conveyor.core._render import format_traceback
+
+        _say(format_traceback(exc).rstrip("\n"), lines=True, err=True)
+        sys.exit(1)

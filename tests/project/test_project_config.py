@@ -27,6 +27,7 @@ PIPELINE_KEYS = (
     "events",
     "checkpoints",
     "checkpoint_every",
+    "allow_outside_project",
 )
 STAGE_KEYS = (
     "concurrency",

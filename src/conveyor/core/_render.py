@@ -20,7 +20,8 @@ with a placeholder naming the type where the object itself cannot be shown:
 :func:`format_traceback` is ``"".join(traceback.format_exception(exc))``, protected the
 same way and cached: a stage that fails the same way on many records pays for formatting
 the frames once. :func:`render_value` turns a record into plain JSON values, keeping every
-part that can be shown.
+part that can be shown. :func:`printable` makes text from records and errors safe for a
+terminal: control characters (escape sequences among them) are shown, not obeyed.
 
 This module imports only the standard library.
 """
@@ -43,6 +44,7 @@ from typing import Any, Final, cast
 __all__ = [
     "error_message",
     "format_traceback",
+    "printable",
     "qualified_name",
     "render_value",
     "safe_repr",
@@ -121,6 +123,55 @@ def error_message(exc: BaseException) -> str:
     ("'email'", 'bad')
     """
     return safe_str(exc)
+
+
+def _escape_for(code: int) -> str:
+    """How :func:`printable` shows the character ``code``."""
+    named = {0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r"}
+    if code in named:
+        return named[code]
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+# C0 controls, DEL, C1 controls (0x9b is a one-byte CSI, 0x9d an OSC), and the characters
+# that reorder or break lines on a terminal: bidirectional overrides and isolates
+# ("Trojan Source"), the Unicode line and paragraph separators.
+_CONTROL_CODES: Final = (
+    *range(0x20),  # C0
+    0x7F,  # DEL
+    *range(0x80, 0xA0),  # C1
+    *range(0x202A, 0x202F),  # bidirectional embeddings and overrides
+    *range(0x2066, 0x206A),  # bidirectional isolates
+    0x200E,  # left-to-right mark
+    0x200F,  # right-to-left mark
+    0x2028,  # line separator
+    0x2029,  # paragraph separator
+)
+_ESCAPES: Final[dict[int, str]] = {code: _escape_for(code) for code in _CONTROL_CODES}
+_KEEP_NEWLINES: Final[dict[int, str]] = {k: v for k, v in _ESCAPES.items() if k != 0x0A}
+_CONTROL: Final = frozenset(map(chr, _CONTROL_CODES))
+
+
+def printable(text: object, *, newlines: bool = False) -> str:
+    r"""``text`` (any object: its :func:`safe_str`) fit for a terminal: every control
+    character shown as an escape (``\x1b``, ``\r``, ``\t``, ``\u202e``) instead of
+    being obeyed, so a record or an error message cannot move the cursor, recolour or clear
+    the screen, retitle the window or hide text. Line breaks are escaped too unless
+    ``newlines`` (multi-line text such as a traceback keeps its lines). Backslashes are left
+    as they are: the text stays readable, and a lookalike escape written by hand is
+    harmless.
+
+    >>> printable("bad \x1b[2J\x1b]0;owned\x07 value\r")
+    'bad \\x1b[2J\\x1b]0;owned\\x07 value\\r'
+    >>> printable("line 1\nline 2\u202e"), printable("a\nb", newlines=True)
+    ('line 1\\nline 2\\u202e', 'a\nb')
+    >>> printable("plain [bold]text[/bold]")  # markup is the printer's business
+    'plain [bold]text[/bold]'
+    """
+    shown = text if type(text) is str else safe_str(text)
+    if _CONTROL.isdisjoint(shown):
+        return shown
+    return shown.translate(_KEEP_NEWLINES if newlines else _ESCAPES)
 
 
 def _error_type(exc: BaseException) -> str:

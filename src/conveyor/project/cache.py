@@ -4,7 +4,10 @@ A stage's :class:`StageFingerprint` is three content hashes:
 
 - ``code_hash``: the stage file's bytes, plus every ``.py`` / ``.json`` / ``.avsc`` file
   under the pipeline's ``shared/`` and ``contracts/`` folders (what a stage may import);
-- ``config_hash``: the canonical JSON of the stage's config section;
+- ``config_hash``: the canonical JSON of the stage's config section, keyed with the
+  project's secret (HMAC-SHA256 with :func:`project_key`, ADR 0008): the file never holds
+  a plain hash of parameters, so a secret among them cannot be confirmed by hashing
+  guesses;
 - ``input_hash``: the :func:`~conveyor.project.datasets.dataset_fingerprint` of the
   dataset the stage reads, or ``""`` for a source.
 
@@ -35,19 +38,23 @@ import dataclasses
 import datetime as dt
 import enum
 import hashlib
+import hmac
 import json
 import logging
 import os
+import secrets
+import stat
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePath
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from conveyor.project.datasets import DatasetError, dataset_fingerprint, load_manifest
 
 __all__ = [
     "CACHE_FILE",
     "CODE_SUFFIXES",
+    "KEY_FILE",
     "RUNS_FILE",
     "RunCache",
     "RunLedger",
@@ -56,10 +63,16 @@ __all__ = [
     "code_hash",
     "config_hash",
     "input_hash",
+    "keyed_digest",
+    "project_key",
 ]
 
 CACHE_FILE: Final = "cache.json"
 """The file in the state directory that holds the recorded fingerprints."""
+
+KEY_FILE: Final = "fingerprint.key"
+"""The file in the state directory that holds the project's secret fingerprint key."""
+_KEY_BYTES: Final = 32
 
 CODE_SUFFIXES: Final = frozenset({".py", ".json", ".avsc", ".proto"})
 """Files under ``shared/`` and ``contracts/`` that count as a stage's code."""
@@ -69,6 +82,78 @@ _CACHE_VERSION: Final = 1
 _FIELDS: Final = ("code_hash", "config_hash", "input_hash")
 
 logger = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- the key
+
+
+def project_key(state_dir: Path | str) -> bytes:
+    """The project's secret key for fingerprints of config: 32 random bytes in
+    ``state_dir/fingerprint.key``, made on first use with permissions 0600 (owner only;
+    wider permissions found on it are narrowed). Losing the file costs one re-run of the
+    persisted stages (their fingerprints no longer match), nothing else.
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     key = project_key(tmp)
+    ...     again = project_key(tmp)
+    ...     mode = oct((Path(tmp) / KEY_FILE).stat().st_mode & 0o777)
+    >>> len(key), key == again, mode
+    (32, True, '0o600')
+    """
+    path = Path(state_dir) / KEY_FILE
+    for _ in range(3):
+        try:
+            with path.open("rb") as file:
+                if stat.S_IMODE(os.fstat(file.fileno()).st_mode) & 0o077:
+                    os.chmod(path, 0o600)
+                key = file.read(_KEY_BYTES + 1)
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _new_key(path)
+            continue
+        if len(key) == _KEY_BYTES:
+            return key
+        logger.warning("replacing the damaged fingerprint key %s", path)
+        _new_key(path, replace=True)
+    raise OSError(f"cannot make the fingerprint key {path}")  # pragma: no cover - a race
+
+
+def _new_key(path: Path, *, replace: bool = False) -> None:
+    """Write a new random key at ``path`` (0600); another process's new key wins a race."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mode 0600
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(secrets.token_bytes(_KEY_BYTES))
+            file.flush()
+            os.fsync(file.fileno())
+        if replace:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)  # fails if another process made one meanwhile
+            except FileExistsError:
+                pass
+            except OSError:  # a file system without hard links
+                if not path.exists():
+                    os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+class Digest(Protocol):
+    """What :func:`keyed_digest` returns: a running hash."""
+
+    def update(self, data: bytes, /) -> None: ...
+
+    def hexdigest(self) -> str: ...
+
+
+def keyed_digest(key: bytes | None, text: str | bytes) -> Digest:
+    """A running SHA-256 digest of ``text``: HMAC-SHA256 keyed with ``key`` (the project's
+    secret), or plain SHA-256 without one. More may be fed with ``update``."""
+    data = text.encode() if isinstance(text, str) else text
+    return hmac.new(key, data, hashlib.sha256) if key is not None else hashlib.sha256(data)
 
 
 # --------------------------------------------------------------------------- hashes
@@ -153,16 +238,19 @@ def canonical_json(value: object) -> str:
     )
 
 
-def config_hash(config: object) -> str:
+def config_hash(config: object, key: bytes | None = None) -> str:
     """sha256 of the canonical JSON of a stage's config section (a mapping, a Pydantic
-    model or ``None``); the order of keys does not matter.
+    model or ``None``); the order of keys does not matter. With ``key`` (the project's
+    :func:`project_key`), HMAC-SHA256: without the key, the hash confirms no guess.
 
     >>> config_hash({"a": 1, "b": 2}) == config_hash({"b": 2, "a": 1})
     True
     >>> config_hash({"a": 1}) == config_hash({"a": 2})
     False
+    >>> config_hash({"a": 1}, key=b"k" * 32) == config_hash({"a": 1})
+    False
     """
-    return hashlib.sha256(canonical_json(config).encode()).hexdigest()
+    return keyed_digest(key, canonical_json(config)).hexdigest()
 
 
 def input_hash(input_path: Path | str | None) -> str:
@@ -189,14 +277,15 @@ class StageFingerprint:
         input_path: Path | str | None,
         *,
         pipeline_dir: Path | str | None = None,
+        key: bytes | None = None,
     ) -> StageFingerprint:
         """Fingerprint a stage from its file, its config section and its input dataset
-        (``None`` for a source); see :func:`code_hash`, :func:`config_hash`,
-        :func:`input_hash`.
+        (``None`` for a source); see :func:`code_hash`, :func:`config_hash` (keyed with
+        ``key``, the project's secret), :func:`input_hash`.
         """
         return cls(
             code_hash=code_hash(stage_file, pipeline_dir),
-            config_hash=config_hash(config),
+            config_hash=config_hash(config, key),
             input_hash=input_hash(input_path),
         )
 
@@ -225,6 +314,11 @@ class RunCache:
     def __init__(self, state_dir: Path | str) -> None:
         self.state_dir = Path(state_dir)
         self.path = self.state_dir / CACHE_FILE
+
+    @property
+    def key(self) -> bytes:
+        """The project's secret fingerprint key (:func:`project_key`), made on first use."""
+        return project_key(self.state_dir)
 
     def _load(self) -> dict[str, dict[str, Any]]:
         try:

@@ -3,17 +3,27 @@
 Every error names ``file:line:column``, the dotted key, and for an unknown key the valid
 keys with a "did you mean" (ADR 0003). Values that came from environment variables are
 never printed.
+
+The file is untrusted input, read with bounds: at most :data:`MAX_CONFIG_BYTES`, nesting
+at most :data:`MAX_DEPTH` deep, at most :data:`MAX_ALIASES` aliases and
+:data:`MAX_NODES` values once aliases are expanded (a "billion laughs" document is refused
+before it costs anything), keys of at most :data:`MAX_KEY_CHARS` characters, only the
+plain YAML tags (``!!python/…`` and any other tag is refused) and no alias inside what it
+names (a recursive structure). Each refusal is a one-line :class:`ConfigError` at
+``file:line:column``. Paths the config names stay inside the project folder
+(:func:`check_paths`).
 """
 
 from __future__ import annotations
 
+import copy
 import difflib
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -23,17 +33,46 @@ from conveyor.core.options import DeadLetterBudget
 from conveyor.errors import ConfigError, PipelineDefinitionError
 
 __all__ = [
+    "MAX_ALIASES",
+    "MAX_CONFIG_BYTES",
+    "MAX_DEPTH",
+    "MAX_KEY_CHARS",
+    "MAX_NAME_CHARS",
+    "MAX_NODES",
     "PersistConfig",
     "PipelineSection",
     "ProjectConfig",
     "RetryConfig",
     "StageSection",
+    "check_paths",
     "load_config",
     "parse_overrides",
+    "read_config_document",
     "validate_model",
 ]
 
 Position = tuple[object, int | None, int | None]  # file, line, column
+
+MAX_CONFIG_BYTES: Final = 4 << 20
+"""The largest config.yaml read (4 MiB)."""
+MAX_DEPTH: Final = 64
+"""How deep mappings and lists may nest."""
+MAX_ALIASES: Final = 1_000
+"""How many aliases (``*name``) a document may use."""
+MAX_NODES: Final = 100_000
+"""How many values (scalars, mappings, lists) a document may hold, aliases expanded."""
+MAX_KEY_CHARS: Final = 256
+"""The longest mapping key."""
+MAX_NAME_CHARS: Final = 100
+"""The longest ``pipeline.name``; stage and branch names get at most 64 characters."""
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_YAML_TAGS: Final = frozenset(
+    f"tag:yaml.org,2002:{name}"
+    for name in ("str", "int", "float", "bool", "null", "timestamp", "map", "seq")
+)
+_MERGE: Final = "tag:yaml.org,2002:merge"
+_VALUE: Final = "tag:yaml.org,2002:value"  # PyYAML's tag of a plain `=`: text to us
+_MAX_TEXT: Final = 4 * MAX_CONFIG_BYTES  # characters of text, aliases expanded
 
 
 class _Strict(BaseModel):
@@ -56,6 +95,9 @@ class PersistConfig(_Strict):
 
     path: str
     format: Literal["parquet", "jsonl"] = "jsonl"
+    allow_outside_project: bool = False
+    """``path`` may lie outside the project folder (refused otherwise, see
+    :func:`check_paths`)."""
 
 
 class StageSection(_Strict):
@@ -91,6 +133,23 @@ class PipelineSection(_Strict):
     events: dict[Literal["item_created", "item_updated", "stage_completed"], list[str]] = {}
     checkpoints: bool = True
     checkpoint_every: float | str = 1.0
+    allow_outside_project: list[Literal["dead_letters", "state_dir"]] = []
+    """The keys of this section whose path may lie outside the project folder, e.g.
+    ``[dead_letters]`` (refused otherwise, see :func:`check_paths`)."""
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        from conveyor.core._render import printable
+
+        if not value.strip() or len(value) > MAX_NAME_CHARS or printable(value) != value:
+            raise ValueError(
+                f"the pipeline's name must be 1 to {MAX_NAME_CHARS} characters without "
+                f"control characters (this one has {len(value)} characters)"
+            )
+        return value
 
     @field_validator("checkpoint_every")
     @classmethod
@@ -138,6 +197,8 @@ class LoadedConfig:
     positions: dict[tuple[str, ...], Position] = field(default_factory=dict)
     secrets: set[tuple[str, ...]] = field(default_factory=set)
     file: Path | None = None
+    written: Any = None
+    """The document as written in the file: no overrides, no ``${VAR}`` substitution."""
 
     def where(self, path: Sequence[str]) -> Position:
         """The best-known position of ``path`` (walking up to a parent key)."""
@@ -164,48 +225,211 @@ class LoadedConfig:
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-def _scalar(node: yaml.Node) -> Any:
-    """The value of a scalar node (an empty value is ``None``, as YAML means it)."""
-    return yaml.constructor.SafeConstructor().construct_object(node, deep=True)
+class _Refused(Exception):
+    """A document that the bounds of the module docstring refuse, at ``mark``."""
+
+    def __init__(self, message: str, mark: Any) -> None:
+        super().__init__(message)
+        self.mark = mark
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe composer, counting aliases and nesting as it goes."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.aliases = 0
+        self.depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        if isinstance(event, yaml.AliasEvent):
+            self.aliases += 1
+            if self.aliases > MAX_ALIASES:
+                raise _Refused(
+                    f"more than {MAX_ALIASES:,} aliases (*name); config.yaml is refused "
+                    "(an alias bomb?)",
+                    event.start_mark,
+                )
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                raise _Refused(f"nested more than {MAX_DEPTH} levels deep", event.start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+def _tag(node: yaml.Node) -> str:
+    """``!!python/object`` for ``tag:yaml.org,2002:python/object``: the tag as written."""
+    return str(node.tag).replace("tag:yaml.org,2002:", "!!")
+
+
+class _Builder:
+    """Python values from composed nodes: aliases expanded with a count, recursion and
+    unsafe tags refused, the position of every key kept."""
+
+    def __init__(self, file: object) -> None:
+        self.file = file
+        self.nodes = 0
+        self.text = 0
+        self.active: set[int] = set()
+        self.scalars: dict[int, Any] = {}  # an aliased scalar is built once
+        self.positions: dict[tuple[str, ...], Position] = {}
+
+    def at(self, mark: Any) -> Position:
+        return (self.file, mark.line + 1, mark.column + 1)
+
+    def build(self, node: yaml.Node, path: tuple[str, ...]) -> Any:
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            raise _Refused(
+                f"the document expands to more than {MAX_NODES:,} values (aliases repeat "
+                "what they name); config.yaml is refused (an alias bomb?)",
+                node.start_mark,
+            )
+        if id(node) in self.active:
+            raise _Refused(
+                "an alias refers to the mapping or list it is inside (a recursive "
+                "structure); config.yaml cannot hold one",
+                node.start_mark,
+            )
+        if isinstance(node, yaml.ScalarNode):
+            value = self.scalar(node)
+            if isinstance(value, str):
+                self.text += len(value)
+                if self.text > _MAX_TEXT:
+                    raise _Refused(
+                        f"the document expands to more than {_MAX_TEXT:,} characters of text "
+                        "(aliases repeat what they name); config.yaml is refused",
+                        node.start_mark,
+                    )
+            return value
+        if node.tag not in _YAML_TAGS:
+            raise self.bad_tag(node)
+        self.active.add(id(node))
+        try:
+            if isinstance(node, yaml.MappingNode):
+                return self.mapping(node, path)
+            items = []
+            for index, item in enumerate(node.value):
+                child = (*path, str(index))
+                self.positions[child] = self.at(item.start_mark)
+                items.append(self.build(item, child))
+            return items
+        finally:
+            self.active.discard(id(node))
+
+    def mapping(self, node: yaml.MappingNode, path: tuple[str, ...]) -> dict[str, Any]:
+        merged: dict[str, Any] = {}
+        explicit: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE:  # `<<: *defaults`: keys written here win
+                sources = (
+                    value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+                )
+                for source in sources:
+                    if not isinstance(source, yaml.MappingNode):
+                        raise _Refused(
+                            "a merge key (<<) takes a mapping or a list of mappings",
+                            source.start_mark,
+                        )
+                    for key, value in self.build(source, path).items():
+                        merged.setdefault(key, value)
+                continue
+            key = self.key(key_node)
+            child = (*path, key)
+            self.positions[child] = self.at(key_node.start_mark)
+            explicit[key] = self.build(value_node, child)
+        return {**merged, **explicit} if merged else explicit
+
+    def key(self, node: yaml.Node) -> str:
+        if not isinstance(node, yaml.ScalarNode):
+            raise _Refused("a key must be plain text, not a mapping or a list", node.start_mark)
+        key = str(self.scalar(node))
+        if len(key) > MAX_KEY_CHARS:
+            raise _Refused(
+                f"a key of {len(key):,} characters; keys have at most {MAX_KEY_CHARS}",
+                node.start_mark,
+            )
+        return key
+
+    def scalar(self, node: yaml.ScalarNode) -> Any:
+        """The value of a scalar node (an empty value is ``None``, as YAML means it)."""
+        if id(node) in self.scalars:
+            return self.scalars[id(node)]
+        if node.tag == _VALUE:
+            return str(node.value)
+        if node.tag not in _YAML_TAGS:
+            raise self.bad_tag(node)
+        try:
+            value = yaml.constructor.SafeConstructor().construct_object(node, deep=True)
+        except Exception as exc:  # PyYAML's constructors fail in many ways on bad text
+            problem = getattr(exc, "problem", None) or str(exc)
+            raise _Refused(
+                f"{_tag(node)} value cannot be read: {problem}", node.start_mark
+            ) from None
+        self.scalars[id(node)] = value
+        return value
+
+    def bad_tag(self, node: yaml.Node) -> _Refused:
+        tag = _tag(node)
+        if tag.startswith("!!python"):
+            return _Refused(
+                f"unsafe YAML tag {tag}: config.yaml never creates Python objects; write a "
+                "plain value (a class or function is named as text, module:name)",
+                node.start_mark,
+            )
+        return _Refused(
+            f"unsupported YAML tag {tag}; config.yaml takes plain values (text, numbers, "
+            "booleans, null, dates, mappings and lists)",
+            node.start_mark,
+        )
+
+
+def _parse(text: str, file: object) -> tuple[Any, dict[tuple[str, ...], Position]]:
+    """The document in ``text`` and the position of every key, within the bounds of the
+    module docstring. Raises ``yaml.YAMLError`` for text that is not YAML, ``_Refused``
+    for a document that the bounds refuse."""
+    loader = _BoundedLoader(text)
+    try:
+        node = loader.get_single_node()
+    finally:
+        loader.dispose()
+    builder = _Builder(file)
+    data = None if node is None else builder.build(node, ())
+    return data, builder.positions
 
 
 def _compose(text: str, file: Path) -> tuple[Any, dict[tuple[str, ...], Position]]:
-    """Parse YAML keeping the position of every key."""
+    """Parse YAML keeping the position of every key; a ConfigError located at the problem
+    for text that is not YAML or a document the bounds refuse."""
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        return _parse(text, file)
+    except _Refused as exc:
+        mark = exc.mark
+        raise ConfigError(str(exc), file=file, line=mark.line + 1, column=mark.column + 1) from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         column = mark.column + 1 if mark is not None else None
-        problem = getattr(exc, "problem", None) or str(exc)
+        problem = getattr(exc, "problem", None)
+        if isinstance(exc, yaml.reader.ReaderError):  # a character YAML does not allow
+            line = text.count("\n", 0, exc.position) + 1
+            column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+            problem = (
+                f"{exc.reason} (character #x{exc.character:04x})"
+                if isinstance(exc.character, int)
+                else exc.reason
+            )
+        problem = problem or " ".join(str(exc).split())
         raise ConfigError(f"invalid YAML: {problem}", file=file, line=line, column=column) from exc
-    positions: dict[tuple[str, ...], Position] = {}
 
-    def build(n: yaml.Node | None, path: tuple[str, ...]) -> Any:
-        if n is None:
-            return None
-        if isinstance(n, yaml.MappingNode):
-            out: dict[str, Any] = {}
-            for key_node, value_node in n.value:
-                key = str(_scalar(key_node))
-                child = (*path, key)
-                positions[child] = (
-                    file,
-                    key_node.start_mark.line + 1,
-                    key_node.start_mark.column + 1,
-                )
-                out[key] = build(value_node, child)
-            return out
-        if isinstance(n, yaml.SequenceNode):
-            items = []
-            for index, item in enumerate(n.value):
-                child = (*path, str(index))
-                positions[child] = (file, item.start_mark.line + 1, item.start_mark.column + 1)
-                items.append(build(item, child))
-            return items
-        return _scalar(n)
 
-    return build(node, ()), positions
+def _value(text: str) -> Any:
+    """``text`` read as one YAML value (an override, a ``${VAR}`` substitution), within the
+    same bounds as the file. Raises ``yaml.YAMLError`` or ``_Refused``."""
+    return _parse(text, None)[0]
 
 
 def _interpolate(
@@ -235,8 +459,8 @@ def _interpolate(
     if not _VAR.fullmatch(value):
         return substituted
     try:
-        return yaml.safe_load(substituted)
-    except yaml.YAMLError:  # not a YAML scalar: keep the text (and never echo it)
+        return _value(substituted)
+    except (yaml.YAMLError, _Refused):  # not a plain YAML value: keep the text (never echo it)
         return substituted
 
 
@@ -256,10 +480,17 @@ def parse_overrides(overrides: Sequence[str]) -> dict[tuple[str, ...], Any]:
                 file="command line",
                 key=key,
             )
+        if len(key) > MAX_KEY_CHARS * 4:
+            raise ConfigError(
+                f"override key of {len(key):,} characters; keys have at most {MAX_KEY_CHARS}",
+                file="command line",
+            )
         try:
-            parsed[tuple(key.split("."))] = yaml.safe_load(value) if value else ""
+            parsed[tuple(key.split("."))] = _value(value) if value else ""
         except yaml.YAMLError:
             parsed[tuple(key.split("."))] = value
+        except _Refused as exc:
+            raise ConfigError(f"override of {key}: {exc}", file="command line", key=key) from None
     return parsed
 
 
@@ -290,14 +521,17 @@ def load_config(
     *,
     env: Mapping[str, str] | None = None,
 ) -> LoadedConfig:
-    """Read, interpolate, override and validate ``file`` (a missing file is all defaults)."""
-    text = file.read_text(encoding="utf-8") if file.exists() else ""
+    """Read, interpolate, override and validate ``file`` (a missing file is all defaults).
+
+    Every command that reads a project's config comes here; the bounds of the module
+    docstring apply to the file, to overrides and to ``${VAR}`` values."""
+    text = _read(file)
     data, positions = _compose(text, file)
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError("config.yaml must be a mapping of sections", file=file, line=1)
-    loaded = LoadedConfig(ProjectConfig(), {}, positions, set(), file)
+    loaded = LoadedConfig(ProjectConfig(), {}, positions, set(), file, copy.deepcopy(data))
     parsed = parse_overrides(overrides)
     for path in parsed:  # an overridden value needs no variable, wherever it sits
         _drop(data, path)
@@ -310,7 +544,123 @@ def load_config(
         loaded.secrets.discard(path)
     loaded.raw = raw
     loaded.config = validate_model(ProjectConfig, raw, loaded, ())
+    _check_names(loaded)
     return loaded
+
+
+def read_config_document(file: Path) -> Any:
+    """The document in ``file`` as written (no overrides, no ``${VAR}`` substitution, not
+    validated), read within the bounds of the module docstring: what ``conveyor check``
+    looks at without the run's environment. A ConfigError for what the bounds refuse."""
+    return _compose(_read(file), file)[0]
+
+
+def _read(file: Path) -> str:
+    """The text of ``file`` ("" when it is missing), refused when over
+    :data:`MAX_CONFIG_BYTES` or not UTF-8."""
+    try:
+        with file.open("rb") as handle:
+            data = handle.read(MAX_CONFIG_BYTES + 1)
+    except FileNotFoundError:
+        return ""
+    except OSError as exc:
+        raise ConfigError(f"cannot be read: {exc.strerror or exc}", file=file) from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"is larger than {MAX_CONFIG_BYTES:,} bytes; a config file holds settings, not data",
+            file=file,
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            f"is not UTF-8 text (byte 0x{data[exc.start]:02x} cannot be decoded); save it as UTF-8",
+            file=file,
+            line=line,
+        ) from None
+
+
+def _check_names(loaded: LoadedConfig) -> None:
+    """Stage and branch names in config.yaml are identifiers of at most 64 characters (as
+    stage file names are), each refusal located at its key."""
+    config = loaded.config
+    named: list[tuple[tuple[str, ...], str, str]] = [
+        (("stages", name), name, "stage") for name in config.stages
+    ]
+    for branch, arms in config.branches.items():
+        named.append((("branches", branch), branch, "branch"))
+        named.extend((("branches", branch, arm), arm, "branch arm") for arm in arms)
+    for where, name, what in named:
+        if not _IDENTIFIER.match(name):
+            from conveyor.core._paths import shown
+
+            raise loaded.error(
+                where,
+                f"{what} name {shown(name)} is not a name: use a letter or '_' followed by "
+                "letters, digits and '_', at most 64 characters (stage names come from "
+                "stage files, NN_name.py)",
+            )
+
+
+def check_paths(loaded: LoadedConfig, root: Path, pipeline_dir: Path | None = None) -> None:
+    """Refuse the paths of config.yaml that leave the project folder ``root`` — the
+    ``pipeline:`` section's ``dead_letters`` and ``state_dir`` (the checkpoint store and the
+    run cache live there) and every stage's ``persist.path`` — resolved with ``..``
+    collapsed and symlinks followed; also empty paths, control characters, over-long
+    names, and a persisted dataset that would be the project folder, a folder above it, or
+    inside the pipeline folder (code). Each refusal is a ConfigError at the key's
+    file:line:column (or its override). Allowed outside: ``persist: {path: …,
+    allow_outside_project: true}`` for a stage, ``pipeline.allow_outside_project:
+    [dead_letters, state_dir]`` for the pipeline's paths. The ``sink:`` and ``source:``
+    sections' connectors check their own paths (their ``allow_outside_project`` option)."""
+    from conveyor.core._paths import PathRefused, inside_project, shown
+
+    settings = loaded.config.pipeline
+    allowed = set(settings.allow_outside_project)
+
+    def check(where: tuple[str, ...], value: str, allow: bool, fix: str) -> Path:
+        try:
+            return inside_project(root, value, key=".".join(where), allow_outside=allow, fix=fix)
+        except PathRefused as exc:
+            raise loaded.error(where, str(exc)) from None
+
+    for key in ("dead_letters", "state_dir"):
+        value: str = getattr(settings, key)
+        if key == "dead_letters" and value.strip().lower() in {"memory", "memory:"}:
+            continue
+        fix = (
+            f"list it in pipeline.allow_outside_project (`allow_outside_project: [{key}]` "
+            "in the pipeline: section) to allow this path"
+        )
+        check(("pipeline", key), value, key in allowed, fix)
+    base = root.resolve()
+    code = None if pipeline_dir is None else pipeline_dir.resolve()
+    for name, section in loaded.config.stages.items():
+        persist = section.persist
+        if persist is None:
+            continue
+        where = ("stages", name, "persist", "path")
+        target = check(
+            where,
+            persist.path,
+            persist.allow_outside_project,
+            "set `allow_outside_project: true` in the persist: mapping to allow this path",
+        )
+        dotted = ".".join(where)
+        if target == base or target in base.parents:
+            raise loaded.error(
+                where,
+                f"{dotted} {shown(persist.path)} is "
+                + ("the project folder itself" if target == base else "a folder above the project")
+                + f"; a dataset replaces its folder: use a folder such as data/{name}",
+            )
+        if code is not None and (target == code or target.is_relative_to(code)):
+            raise loaded.error(
+                where,
+                f"{dotted} {shown(persist.path)} lies inside the pipeline folder (code); use "
+                f"a folder such as data/{name}",
+            )
 
 
 def connector_sink(loaded: LoadedConfig, root: Path) -> Any:
@@ -331,7 +681,8 @@ def _connector(loaded: LoadedConfig, root: Path, kind: str, section: Any) -> Any
     if section is None:
         return None
     from conveyor.connectors import connector, connector_names
-    from conveyor.core._paths import OutsideProject
+    from conveyor.core._imports import OptionError
+    from conveyor.core._paths import PathRefused
 
     sources, sinks = connector_names()
     names = sources if kind == "source" else sinks
@@ -351,7 +702,7 @@ def _connector(loaded: LoadedConfig, root: Path, kind: str, section: Any) -> Any
     config = validate_model(cls.Config, options, loaded, (kind,))
     try:
         return cls.from_config(config, root)
-    except OutsideProject as exc:
+    except (PathRefused, OptionError) as exc:  # located at its key (source.path …)
         parts = exc.key.split(".")
         raise loaded.error((kind, *parts[parts[0] == kind :]), str(exc)) from None
 

@@ -106,11 +106,9 @@ def _persist_out(project: Project, loaded: LoadedStage) -> str:
 
 
 def _file_keys(project: Project) -> Mapping[str, Any]:
-    """The ``stages:`` mapping as written in config.yaml (no overrides, no substitution)."""
-    file = project.config.file
-    if file is None or not file.exists():
-        return {}
-    data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    """The ``stages:`` mapping as written in config.yaml (no overrides, no substitution),
+    as the project's loader read it (within its bounds)."""
+    data = project.config.written
     stages = data.get("stages") if isinstance(data, dict) else None
     return stages if isinstance(stages, dict) else {}
 

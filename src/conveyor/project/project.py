@@ -27,6 +27,7 @@ from conveyor.pipeline import Pipeline
 from conveyor.project.config import (
     LoadedConfig,
     StageSection,
+    check_paths,
     connector_sink,
     connector_source,
     load_config,
@@ -42,7 +43,7 @@ from conveyor.project.discovery import (
 )
 from conveyor.project.kinds import Sink, Source, TaskStage
 
-__all__ = ["LoadedStage", "Project", "load_project"]
+__all__ = ["LoadedStage", "Project", "load_project", "load_project_config"]
 
 
 @dataclass
@@ -360,11 +361,23 @@ def _instantiate(
     return stage
 
 
-def load_project(path: Path, overrides: Sequence[str] = ()) -> Project:
-    """Discover, import and configure the project at ``path``."""
+def load_project_config(
+    path: Path, overrides: Sequence[str] = ()
+) -> tuple[Path, Path, LoadedConfig]:
+    """The project folder, the pipeline folder and the config of the project at ``path``:
+    config.yaml read within its bounds and validated, with ``overrides``, and its paths
+    checked to stay inside the project folder (:func:`~conveyor.project.config.check_paths`).
+    Every command that reads a project's config loads it through here."""
     pipeline_dir = find_pipeline_dir(path)
     root = project_root(path)
     config = load_config(pipeline_dir / "config.yaml", overrides)
+    check_paths(config, root, pipeline_dir)
+    return root, pipeline_dir, config
+
+
+def load_project(path: Path, overrides: Sequence[str] = ()) -> Project:
+    """Discover, import and configure the project at ``path``."""
+    root, pipeline_dir, config = load_project_config(path, overrides)
     files = discover_stage_files(pipeline_dir)
     names = [f.name for f in files]
     for name in config.config.stages:

@@ -180,6 +180,15 @@ def input_of(project: Project, loaded: LoadedStage) -> tuple[bool, Path | None]:
     return path is not None, path
 
 
+def fingerprint_key(project: Project) -> bytes:
+    """The project's secret key for fingerprints of its config (``state_dir``'s
+    ``fingerprint.key``, ADR 0008): what the state folder records about parameters, the
+    source's and the sink's sections (secrets among them) is keyed with it."""
+    from conveyor.project.cache import project_key
+
+    return project_key(project.path(project.config.config.pipeline.state_dir))
+
+
 def fingerprint(project: Project, loaded: LoadedStage, input_path: Path | None) -> Any:
     """What the output of ``loaded`` depends on: its code, config and input."""
     from conveyor.project.cache import StageFingerprint
@@ -187,7 +196,11 @@ def fingerprint(project: Project, loaded: LoadedStage, input_path: Path | None) 
     # What changes the output: parameters and persistence, not runner options.
     section = {"params": loaded.section.params, "persist": loaded.section.persist}
     found = StageFingerprint.compute(
-        loaded.file.path, section, input_path, pipeline_dir=project.pipeline_dir
+        loaded.file.path,
+        section,
+        input_path,
+        pipeline_dir=project.pipeline_dir,
+        key=fingerprint_key(project),
     )
     if input_path is None and project.source is not None:
         # Fed by the Source itself: its input is what the Source's code, params and inputs make.
@@ -197,13 +210,15 @@ def fingerprint(project: Project, loaded: LoadedStage, input_path: Path | None) 
 
 def source_digest(project: Project) -> str:
     """sha256 of what the Source's records follow from: its code and params, and the
-    content of the files its ``inputs()`` name."""
-    from conveyor.project.cache import StageFingerprint
+    content of the files its ``inputs()`` name; keyed with the project's secret (HMAC, see
+    :func:`fingerprint_key`), as it is recorded in the state folder and in checkpoints."""
+    from conveyor.project.cache import StageFingerprint, keyed_digest
 
     assert project.source is not None
+    key = fingerprint_key(project)
     if project.configured_source is not None:  # a connector: its section says it all
         section = json.dumps(project.config.config.source, sort_keys=True, default=str)
-        digest = hashlib.sha256(f"connector:{section}".encode())
+        digest = keyed_digest(key, f"connector:{section}")
     else:
         source = project.stages[0]
         made_by = StageFingerprint.compute(
@@ -211,8 +226,9 @@ def source_digest(project: Project) -> str:
             {"params": source.section.params},
             None,
             pipeline_dir=project.pipeline_dir,
+            key=key,
         )
-        digest = hashlib.sha256(f"{made_by.code_hash}:{made_by.config_hash}".encode())
+        digest = keyed_digest(key, f"{made_by.code_hash}:{made_by.config_hash}")
     for name in sorted(project.source.inputs()):  # what it reads, by content
         digest.update(f"\n{name}:{_content_hash(project.path(name))}".encode())
     return digest.hexdigest()
@@ -402,11 +418,16 @@ async def execute_plan(
 
 def _identity(project: Project, plan: RunPlan) -> dict[str, Any]:
     """What identifies a project run's results besides its stage list: each stage's
-    parameters, and the sink's (a resumed run must not mix two configurations)."""
-    return {
+    parameters, and the sink's (a resumed run must not mix two configurations) — as a
+    digest keyed with the project's secret, since checkpoints record a hash of it."""
+    from conveyor.project.cache import keyed_digest
+
+    described = {
         "params": {s.name: s.section.params for s in plan.stages},
         "sink": project.config.config.sink,
     }
+    text = json.dumps(described, sort_keys=True, default=str)
+    return {"config": keyed_digest(fingerprint_key(project), text).hexdigest()}
 
 
 def _source_identity(project: Project, plan: RunPlan) -> str:

@@ -5,12 +5,16 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from conveyor.core._paths import shown
+from conveyor.core._render import printable
 from conveyor.errors import ProjectError
 from conveyor.project.discovery import discover_stage_files, find_pipeline_dir
 
 __all__ = ["new_project", "new_stage"]
 
-_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+MAX_PROJECT_NAME = 100
+"""The longest project (folder) name ``conveyor new`` makes."""
 
 _FILES: dict[str, str] = {
     "src/pipeline/__init__.py": '"""The {name} pipeline."""\n',
@@ -211,16 +215,28 @@ A Conveyor pipeline project.
 
 
 def new_project(path: Path) -> list[Path]:
-    """Create a working project at ``path`` (which must not exist or be empty)."""
-    if path.exists() and any(path.iterdir()):
-        raise ProjectError("the folder exists and is not empty; pick a new name", file=path)
-    name = re.sub(r"[^a-z0-9_]", "_", path.name.lower()) or "pipeline"
-    written = []
-    for relative, text in _FILES.items():
-        target = path / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text.replace("{name}", name), encoding="utf-8")
-        written.append(target)
+    """Create a working project at ``path`` (which must not exist or be empty); its name
+    (the folder's) has at most 100 characters and no control characters."""
+    folder = path.name
+    if len(folder) > MAX_PROJECT_NAME or printable(folder) != folder or not folder.strip():
+        raise ProjectError(
+            f"the project name {shown(folder)} ({len(folder)} characters) is not a folder name "
+            f"to make: use 1 to {MAX_PROJECT_NAME} characters without control characters"
+        )
+    try:
+        if path.exists() and any(path.iterdir()):
+            raise ProjectError("the folder exists and is not empty; pick a new name", file=path)
+        name = re.sub(r"[^a-z0-9_]", "_", folder.lower()) or "pipeline"
+        written = []
+        for relative, text in _FILES.items():
+            target = path / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text.replace("{name}", name), encoding="utf-8")
+            written.append(target)
+    except OSError as exc:
+        raise ProjectError(
+            f"cannot create the project: {exc.strerror or exc}", file=printable(path)
+        ) from None
     return written
 
 
@@ -261,7 +277,10 @@ def new_stage(project: Path, name: str, *, after: int | None = None) -> list[Pat
     """Add ``NN_name.py`` after stage number ``after`` (default: before the last stage),
     with a test and a config stub; the number is free and between its neighbours."""
     if not _NAME.match(name):
-        raise ProjectError(f"stage name {name!r} must be a lower-case identifier")
+        raise ProjectError(
+            f"stage name {shown(name)} must be a lower-case identifier of at most 64 "
+            "characters (e.g. clean_rows)"
+        )
     pipeline_dir = find_pipeline_dir(project)
     files = discover_stage_files(pipeline_dir)
     if any(f.name == name for f in files):
