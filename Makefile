@@ -53,7 +53,7 @@ test: format lint typecheck imports pytest
 # tests/faults at full size (1,000,000-record runs, 20 kill points per sink); `make test` runs
 # them at reduced size. CONVEYOR_FAULTS_REPORT=path collects their figures as JSON lines.
 faults: $(STAMP)
-	CONVEYOR_FAULTS=full $(BIN)/python -m pytest tests/faults -q -p no:cacheprovider
+	CONVEYOR_FAULTS=full $(BIN)/python -m pytest tests/faults tests/connectors/test_file_sources_fuzz.py -q -p no:cacheprovider
 
 # Results go to bench/results/ (untracked); the tracked BENCHMARKS.md is rewritten only with
 # `make bench BENCH_ARGS=--update-benchmarks-md`.

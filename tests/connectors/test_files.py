@@ -22,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 import conveyor.connectors
 from conveyor import MapStage, Pipeline, RunInfo, RunStatus
 from conveyor.connectors.files import CsvSink, JsonlSink, ParquetSink
+from conveyor.core._paths import OutsideProject
 from conveyor.core.checkpoint import Checkpoint, PipelineIdentity, SqliteCheckpointStore
 from conveyor.dlq import DeadLetter, open_dead_letter_store
 from conveyor.errors import CheckpointError, PipelineDefinitionError, UsageError
@@ -449,8 +450,15 @@ def test_configs_and_from_config(tmp_path: Path) -> None:
         False,
         ["x"],
     )
+    with pytest.raises(OutsideProject, match=r"^sink\.path '.*abs' is outside the project"):
+        ParquetSink.from_config(ParquetSink.Config(path=str(tmp_path / "abs")), Path("/elsewhere"))
     parquet = ParquetSink.from_config(
-        ParquetSink.Config(path=str(tmp_path / "abs"), rows_per_shard=5, compression="snappy"),
+        ParquetSink.Config(
+            path=str(tmp_path / "abs"),
+            rows_per_shard=5,
+            compression="snappy",
+            allow_outside_project=True,
+        ),
         Path("/elsewhere"),
     )
     assert (parquet.path, parquet.rows_per_shard, parquet.compression) == (

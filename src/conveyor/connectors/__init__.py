@@ -22,15 +22,30 @@ from typing import TYPE_CHECKING, Any
 from conveyor.core._lazy import lazy_attributes
 
 if TYPE_CHECKING:
+    from conveyor.connectors.brokers import NatsSource, RedisSource
+    from conveyor.connectors.file_sources import CsvSource, JsonlSource, ParquetSource
     from conveyor.connectors.files import CsvSink, JsonlSink, ParquetSink
+    from conveyor.connectors.http import DownloadError, HttpClient, HttpError, HttpSource
     from conveyor.connectors.sql import PostgresSink, SqliteSink
+    from conveyor.connectors.sql_sources import PostgresSource, SqliteSource
 
 __all__ = [
     "CsvSink",
+    "CsvSource",
+    "DownloadError",
+    "HttpClient",
+    "HttpError",
+    "HttpSource",
     "JsonlSink",
+    "JsonlSource",
+    "NatsSource",
     "ParquetSink",
+    "ParquetSource",
     "PostgresSink",
+    "PostgresSource",
+    "RedisSource",
     "SqliteSink",
+    "SqliteSource",
     "connector",
     "connector_names",
     "sink_connectors",
@@ -39,10 +54,21 @@ __all__ = [
 
 _WHERE = {
     "CsvSink": "conveyor.connectors.files",
+    "CsvSource": "conveyor.connectors.file_sources",
+    "DownloadError": "conveyor.connectors.http",
+    "HttpClient": "conveyor.connectors.http",
+    "HttpError": "conveyor.connectors.http",
+    "HttpSource": "conveyor.connectors.http",
     "JsonlSink": "conveyor.connectors.files",
+    "JsonlSource": "conveyor.connectors.file_sources",
+    "NatsSource": "conveyor.connectors.brokers",
     "ParquetSink": "conveyor.connectors.files",
+    "ParquetSource": "conveyor.connectors.file_sources",
     "PostgresSink": "conveyor.connectors.sql",
+    "PostgresSource": "conveyor.connectors.sql_sources",
+    "RedisSource": "conveyor.connectors.brokers",
     "SqliteSink": "conveyor.connectors.sql",
+    "SqliteSource": "conveyor.connectors.sql_sources",
 }
 
 __getattr__ = lazy_attributes(globals(), _WHERE, __name__)

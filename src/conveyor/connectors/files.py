@@ -57,6 +57,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from conveyor.connectors._records import columns_of, row_of
 from conveyor.core._durable import fsync_dir
 from conveyor.core._lazy import pyarrow_modules
+from conveyor.core._paths import inside_project
 from conveyor.core.result import RunStatus
 from conveyor.core.sink import RunInfo, Sink
 from conveyor.errors import (
@@ -142,10 +143,17 @@ def _same_path(a: str | Path, b: str | Path) -> bool:
     return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 
 
-def _resolve(path: str, root: Path) -> Path:
-    """``path`` from a ``sink:`` section: ``~`` expanded, relative to ``root``."""
-    given = Path(path).expanduser()
-    return given if given.is_absolute() else Path(root) / given
+def _resolve(path: str, root: Path, allow_outside: bool) -> Path:
+    """``path`` from a ``sink:`` section: ``~`` expanded, relative to ``root``, resolved,
+    and refused (:class:`~conveyor.core._paths.OutsideProject`, located at ``sink.path``
+    by the config loader) when it leaves ``root`` unless ``allow_outside``."""
+    return inside_project(Path(root), path, key="sink.path", allow_outside=allow_outside)
+
+
+_OUTSIDE_HELP = (
+    "Allow a `path` outside the project folder (refused otherwise: `..`, absolute paths "
+    "elsewhere and symlinks out)."
+)
 
 
 def _pyarrow() -> tuple[Any, Any]:
@@ -384,18 +392,26 @@ class JsonlSink(_ByteFileSink):
             description="The JSON Lines file to write; a relative path is relative to the "
             "project's root."
         )
+        allow_outside_project: bool = Field(False, description=_OUTSIDE_HELP)
 
     def __init__(self, path: str | os.PathLike[str], *, name: str = "sink") -> None:
         super().__init__(path, name=name)
 
     @classmethod
     def from_config(cls, config: JsonlSink.Config, root: Path) -> Self:
-        """The sink a ``sink:`` section describes, its path resolved against ``root``.
+        """The sink a ``sink:`` section describes, its path resolved against ``root``
+        (and kept inside it unless ``allow_outside_project``).
 
         >>> JsonlSink.from_config(JsonlSink.Config(path="out/a.jsonl"), Path("/proj"))
         <JsonlSink /proj/out/a.jsonl>
+        >>> JsonlSink.from_config(JsonlSink.Config(path="../a.jsonl"), Path("/proj"))
+        Traceback (most recent call last):
+        ...
+        conveyor.core._paths.OutsideProject: sink.path '../a.jsonl' is outside the project \
+folder /proj (it resolves to /a.jsonl); use a path inside the project, or set \
+`allow_outside_project: true` beside it to allow this path
         """
-        return cls(_resolve(config.path, root))
+        return cls(_resolve(config.path, root, config.allow_outside_project))
 
     def _serialise(self, records: list[Any], at: int) -> bytes:
         lines = []
@@ -449,6 +465,7 @@ class CsvSink(_ByteFileSink):
         path: str = Field(
             description="The CSV file to write; a relative path is relative to the project's root."
         )
+        allow_outside_project: bool = Field(False, description=_OUTSIDE_HELP)
         delimiter: str = Field(",", description="The one character between fields.")
         header: bool = Field(True, description="Write a header row when the file starts empty.")
         columns: list[str] | None = Field(
@@ -510,13 +527,17 @@ class CsvSink(_ByteFileSink):
 
     @classmethod
     def from_config(cls, config: CsvSink.Config, root: Path) -> Self:
-        """The sink a ``sink:`` section describes, its path resolved against ``root``.
+        """The sink a ``sink:`` section describes, its path resolved against ``root``
+        (and kept inside it unless ``allow_outside_project``).
 
-        >>> CsvSink.from_config(CsvSink.Config(path="/data/a.csv", delimiter=";"), Path("."))
+        >>> CsvSink.from_config(CsvSink.Config(path="out/a.csv", delimiter=";"), Path("/proj"))
+        <CsvSink /proj/out/a.csv>
+        >>> options = CsvSink.Config(path="/data/a.csv", allow_outside_project=True)
+        >>> CsvSink.from_config(options, Path("/proj"))
         <CsvSink /data/a.csv>
         """
         return cls(
-            _resolve(config.path, root),
+            _resolve(config.path, root, config.allow_outside_project),
             delimiter=config.delimiter,
             header=config.header,
             columns=config.columns,
@@ -681,6 +702,7 @@ class ParquetSink(Sink):
             description="The directory the shards go into; a relative path is relative to "
             "the project's root."
         )
+        allow_outside_project: bool = Field(False, description=_OUTSIDE_HELP)
         rows_per_shard: int = Field(
             100_000, gt=0, description="The most rows a shard holds (a checkpoint cuts one)."
         )
@@ -733,13 +755,14 @@ class ParquetSink(Sink):
 
     @classmethod
     def from_config(cls, config: ParquetSink.Config, root: Path) -> Self:
-        """The sink a ``sink:`` section describes, its path resolved against ``root``.
+        """The sink a ``sink:`` section describes, its path resolved against ``root``
+        (and kept inside it unless ``allow_outside_project``).
 
         >>> ParquetSink.from_config(ParquetSink.Config(path="out"), Path("/proj"))
         <ParquetSink /proj/out>
         """
         return cls(
-            _resolve(config.path, root),
+            _resolve(config.path, root, config.allow_outside_project),
             rows_per_shard=config.rows_per_shard,
             compression=config.compression,
         )

@@ -37,6 +37,10 @@ from typing import Any, ClassVar, Self, get_args, get_origin
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from conveyor.connectors._records import columns_of, rows_of
+from conveyor.connectors._sql import pg_identifier, pg_regclass, pg_split
+from conveyor.connectors._sql import safe_dsn as _safe_dsn
+from conveyor.connectors._sql import sqlite_quote as _sqlite_quote
+from conveyor.core._paths import inside_project
 from conveyor.core.checkpoint import Checkpoint, CheckpointStore, CheckpointTable
 from conveyor.core.options import RetryPolicy
 from conveyor.core.result import RunStatus
@@ -474,10 +478,6 @@ def _plain(annotation: Any) -> type | None:
 # -- SQLite -------------------------------------------------------------------------------
 
 
-def _sqlite_quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 _SQLITE_TYPES: list[tuple[type, str]] = [
     (bool, "INTEGER"),
     (int, "INTEGER"),
@@ -516,6 +516,11 @@ class SqliteSink(_SqlSink):
         """Options of ``sink: {connector: sqlite, …}``."""
 
         path: str = Field(description="the SQLite database file (relative to the project)")
+        allow_outside_project: bool = Field(
+            False,
+            description="allow a `path` outside the project folder (refused otherwise: `..`, "
+            "absolute paths elsewhere and symlinks out)",
+        )
         timeout: float = Field(
             5.0, gt=0, description="seconds to wait for another writer's lock before retrying"
         )
@@ -544,8 +549,22 @@ class SqliteSink(_SqlSink):
 
     @classmethod
     def from_config(cls, config: SqliteSink.Config, root: Path) -> Self:
-        """The sink a ``sink:`` section describes (``path`` relative to ``root``)."""
-        return cls(root / config.path, config.table, key=config.key, timeout=config.timeout)
+        """The sink a ``sink:`` section describes (``path`` relative to ``root``, kept
+        inside it unless ``allow_outside_project``).
+
+        >>> SqliteSink.from_config(SqliteSink.Config(path="out.db", table="t"), Path("/proj")).where
+        '/proj/out.db table t'
+        >>> SqliteSink.from_config(SqliteSink.Config(path="/tmp/x.db", table="t"), Path("/proj"))
+        Traceback (most recent call last):
+        ...
+        conveyor.core._paths.OutsideProject: sink.path '/tmp/x.db' is outside the project \
+folder /proj; use a path inside the project, or set `allow_outside_project: true` beside \
+it to allow this path
+        """
+        path = inside_project(
+            root, config.path, key="sink.path", allow_outside=config.allow_outside_project
+        )
+        return cls(path, config.table, key=config.key, timeout=config.timeout)
 
     @property
     def where(self) -> str:
@@ -665,9 +684,7 @@ class PostgresSink(_SqlSink):
         super().__init__(table, key=key, model=model, name=name)
         self.dsn = dsn
         self.connect_timeout = connect_timeout
-        schema, _, bare = table.rpartition(".")
-        self._schema = schema or None
-        self._bare = bare
+        self._schema, self._bare = pg_split(table)
         self._statement: Any = None
         self._where = f"postgres {_safe_dsn(dsn)} table {table}"
 
@@ -700,11 +717,7 @@ class PostgresSink(_SqlSink):
         return self._where
 
     def _ident(self) -> Any:
-        from psycopg import sql
-
-        if self._schema:
-            return sql.Identifier(self._schema, self._bare)
-        return sql.Identifier(self._bare)
+        return pg_identifier(self._schema, self._bare)
 
     def _connect(self) -> Any:
         import psycopg
@@ -724,10 +737,7 @@ class PostgresSink(_SqlSink):
         return names or None
 
     def _regclass(self) -> str:
-        def quote(part: str) -> str:
-            return '"' + part.replace('"', '""') + '"'
-
-        return f"{quote(self._schema)}.{quote(self._bare)}" if self._schema else quote(self._bare)
+        return pg_regclass(self._schema, self._bare)
 
     def _create(self, cursor: Any, columns: list[str], sample: list[dict[str, Any]]) -> None:
         from psycopg import sql
@@ -804,17 +814,3 @@ _PG_TYPES: list[tuple[type, str]] = [
 
 def _pg_type(kind: type | None) -> str:
     return next((t for base, t in _PG_TYPES if _is(kind, base)), "text")
-
-
-def _safe_dsn(dsn: str) -> str:
-    """The DSN without a password, for messages."""
-    try:
-        from psycopg.conninfo import conninfo_to_dict
-
-        parts = conninfo_to_dict(dsn)
-    except Exception:
-        return "<dsn>"
-    host = parts.get("host", "localhost")
-    port = parts.get("port", "5432")
-    db = parts.get("dbname", "")
-    return f"{host}:{port}/{db}"

@@ -1,25 +1,28 @@
-"""Download: fetch the digits CSV (file:, http(s)://) and emit one record per row."""
+"""Download: fetch the digits CSV (file:, or http(s):// through Conveyor's http source) and
+emit one record per row."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import gzip
 import io
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from conveyor.project import Source
 from pipeline.contracts.models import RawDigit
-from pipeline.shared.fetch import fetch
+from pipeline.shared.fetch import copy_local, http_download, local_path
 
 BUNDLED_SHA256 = "09f66e6debdee2cd2b5ae59e0d6abbb73fc2b0e0185d2e1957e9ebb51e23aa22"
 """sha256 of bundled/digits.csv.gz (scikit-learn's copy of the UCI digits)."""
 
 
 class Download(Source):
-    """Fetches ``url`` to ``dest`` (verified, retried, resumed), then reads its rows.
+    """Fetches ``url`` to ``dest`` (verified, retried, resumed: ``http(s)://`` URLs by
+    :class:`conveyor.connectors.HttpSource`), then reads its rows.
 
     Rows are emitted as parsed as possible, never dropped: a value that is not an integer
     stays a string, so the validate stage can send the row to the dead-letter queue. The
@@ -41,18 +44,24 @@ class Download(Source):
     def __init__(self, config: Config) -> None:
         self.config = config
 
-    def read(self) -> Iterator[RawDigit]:
+    async def read(self) -> AsyncIterator[RawDigit]:
         c = self.config
-        path = fetch(
-            c.url,
-            Path(c.dest),
-            sha256=c.sha256,
-            retries=c.retries,
-            timeout=c.timeout,
-            backoff=c.backoff,
-        )
+        path = Path(c.dest)
+        if local_path(c.url) is not None:  # the bundled default: no network needed
+            await asyncio.to_thread(copy_local, c.url, path, sha256=c.sha256)
+        else:
+            download = http_download(
+                c.url,
+                path,
+                sha256=c.sha256,
+                retries=c.retries,
+                timeout=c.timeout,
+                backoff=c.backoff,
+            )
+            await download.fetch()
         with gzip.open(path, "rt", encoding="utf-8", newline="") as text:
-            yield from parse_rows(text)
+            for row in parse_rows(text):
+                yield row
 
 
 def _value(token: str) -> int | str:
