@@ -410,6 +410,31 @@ def test_parquet_refuses_a_lossy_cast_and_a_value_for_a_null_column(tmp_path: Pa
     assert sink.shards == ["part-00000.parquet"]
 
 
+def test_parquet_later_batches_convert_exactly_or_cast_safely(tmp_path: Path) -> None:
+    # No null column: later batches take the straight conversion to the schema; a value it
+    # does not take exactly goes column by column (a safe cast, or an error naming it).
+    pq = pytest.importorskip("pyarrow.parquet")
+    sink = ParquetSink(tmp_path / "s", rows_per_shard=100)
+    sink.open(RunInfo("r", "p"))
+    sink.write([{"n": 1, "label": "a", "x": 0.5}])
+    sink.write([{"n": 2, "label": "b", "x": 1}])
+    sink.write([{"n": 3, "label": 7, "x": 2.0}])
+    sink.write([{"n": 4}])  # missing keys are nulls
+    with pytest.raises(ValueError, match="truncated"):
+        sink.write([{"n": 2.5, "label": "c", "x": 1.0}])
+    with pytest.raises(ValueError, match="has the key 'extra'"):
+        sink.write([{"n": 5, "extra": 1}])
+    sink.close(RunStatus.COMPLETED)
+    table = pq.read_table(tmp_path / "s")
+    assert table.to_pylist() == [
+        {"n": 1, "label": "a", "x": 0.5},
+        {"n": 2, "label": "b", "x": 1.0},
+        {"n": 3, "label": "7", "x": 2.0},  # an int into the string column: cast, as before
+        {"n": 4, "label": None, "x": None},
+    ]
+    assert [str(f.type) for f in table.schema] == ["int64", "string", "double"]
+
+
 def test_parquet_resume_and_abort_drop_uncommitted_shards(tmp_path: Path) -> None:
     pq = pytest.importorskip("pyarrow.parquet")
     out = tmp_path / "s"

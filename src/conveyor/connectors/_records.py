@@ -42,7 +42,14 @@ def rows_of(records: Sequence[Any]) -> list[dict[str, Any]]:
     as it is (sinks only read rows)."""
     if set(map(type, records)) <= {dict}:
         return records  # type: ignore[return-value]
-    return [record if type(record) is dict else row_of(record) for record in records]
+    rows = []
+    for index, record in enumerate(records):
+        try:
+            rows.append(record if type(record) is dict else row_of(record))
+        except TypeError as exc:
+            exc.add_note(f"record {index} of the batch")
+            raise
+    return rows
 
 
 def columns_of(model: Any, rows: Sequence[Mapping[str, Any]]) -> list[str]:

@@ -54,7 +54,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from conveyor.connectors._records import columns_of, row_of
+from conveyor.connectors._records import columns_of, row_of, rows_of
 from conveyor.core._durable import fsync_dir
 from conveyor.core._lazy import pyarrow_modules
 from conveyor.core._paths import inside_project
@@ -117,18 +117,6 @@ def _csv_value(value: Any, column: str) -> Any:
         f"column {column!r}: a value of type {type(value).__qualname__} cannot be written to "
         "a CSV file (bytes and other objects are refused; convert them in a stage)"
     )
-
-
-def _rows(records: Sequence[Any]) -> list[dict[str, Any]]:
-    """Every record as a row; a record that is not one fails the batch, naming its index."""
-    rows = []
-    for index, record in enumerate(records):
-        try:
-            rows.append(row_of(record))
-        except TypeError as exc:
-            exc.add_note(f"record {index} of the batch")
-            raise
-    return rows
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -585,7 +573,7 @@ class CsvSink(_ByteFileSink):
     def _serialise(self, records: list[Any], at: int) -> bytes:
         if not records:
             return b""
-        rows = _rows(records)
+        rows = rows_of(records)
         columns = self._columns if self._columns is not None else columns_of(None, rows)
         if not columns:
             raise ValueError(f"CsvSink {self.path}: the records have no fields to write")
@@ -831,7 +819,7 @@ class ParquetSink(Sink):
             self._require_open()
             if not records:
                 return
-            rows = _rows(records)
+            rows = rows_of(records)
             saved = (self._schema, list(self._pending), self._pending_rows, self._next)
             count = len(self._shards)
             try:
@@ -919,15 +907,31 @@ class ParquetSink(Sink):
             table = pa.Table.from_pydict({c: [row.get(c) for row in rows] for c in columns})
             self._schema = table.schema
             return table
-        names = set(schema.names)
+        names = frozenset(schema.names)
         for index, row in enumerate(rows):
-            for key in row:
-                if key not in names:
-                    raise ValueError(
-                        f"ParquetSink {self.path}: record {index} of the batch has the key "
-                        f"{key!r}, which is not a column of the shards (columns: "
-                        f"{', '.join(schema.names)})"
-                    )
+            if not names.issuperset(row):
+                key = next(k for k in row if k not in names)
+                raise ValueError(
+                    f"ParquetSink {self.path}: record {index} of the batch has the key "
+                    f"{key!r}, which is not a column of the shards (columns: "
+                    f"{', '.join(schema.names)})"
+                )
+        if not any(pa.types.is_null(field.type) for field in schema):
+            # The common case, all columns at once: types inferred as pa.array infers them
+            # (from_pylist with the schema would truncate a float into an int column), then
+            # cast safely to the schema, as the column-by-column way below does.
+            table = pa.Table.from_pylist(rows)
+            if table.column_names != schema.names:
+                table = pa.Table.from_arrays(
+                    [
+                        table.column(f.name)
+                        if f.name in table.column_names
+                        else pa.nulls(len(rows), f.type)
+                        for f in schema
+                    ],
+                    names=schema.names,
+                )
+            return table.cast(schema, safe=True)
         arrays = []
         for position, target in enumerate(schema):
             values = pa.array([row.get(target.name) for row in rows])
