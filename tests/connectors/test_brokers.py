@@ -293,6 +293,92 @@ def test_nats_restored_ids_are_acked_not_processed(
     assert info.ack_floor.stream_seq == 6
 
 
+class _FakeNats:
+    """What :class:`NatsSource` sends on its connection (acks), for tests without a server."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes]] = []
+        self.is_connected = True
+
+    async def publish(self, subject: str, payload: bytes) -> None:
+        self.sent.append((subject, payload))
+
+    async def flush(self, **options: float) -> None:
+        pass
+
+
+def _fake_msg(seq: int, delivered: int, consumer_seq: int) -> Any:
+    from types import SimpleNamespace
+
+    meta = SimpleNamespace(
+        sequence=SimpleNamespace(stream=seq, consumer=consumer_seq), num_delivered=delivered
+    )
+    reply = f"$JS.ACK.S.d.{delivered}.{seq}.{consumer_seq}"
+    data = json.dumps({"id": seq}).encode()
+    return SimpleNamespace(metadata=meta, reply=reply, subject="s.in", data=data)
+
+
+def _scripted_nats(fetches: list[list[Any]]) -> tuple[NatsSource, _FakeNats]:
+    """A source whose fetches return ``fetches`` in turn (then nothing: it ends idle)."""
+    source = NatsSource(stream="S", durable="d", idle_timeout=0.05)
+    nc = _FakeNats()
+    script = list(fetches)
+
+    async def ensure_open() -> None:
+        source._nc = nc
+
+    async def fetch(n: int, wait: float, outage: Any) -> list[Any]:
+        await asyncio.sleep(0)
+        return script.pop(0) if script else []
+
+    source._ensure_open = ensure_open  # type: ignore[method-assign]
+    source._fetch = fetch  # type: ignore[method-assign]
+    return source, nc
+
+
+def test_nats_stale_first_delivery_of_a_restored_seq_is_acked_not_processed() -> None:
+    # nats-server before 2.10.14 (nats-io/nats-server#5305) can hand a message out again as
+    # new (num_delivered 1) after its redelivery: a pull consumer that finds no waiting pull
+    # request for a redelivery steps its next sequence back. Here seq 3 was done by the
+    # checkpoint of a crashed run: its redelivery is acked, and so must be the stale copy.
+    source, nc = _scripted_nats(
+        [[_fake_msg(3, 2, 11)], [_fake_msg(3, 1, 12)], [_fake_msg(4, 1, 13)]]
+    )
+    source.restore({"nats_seqs": [[3, 3]]})
+    got: list[Any] = []
+
+    async def go() -> None:
+        async for item in source:
+            got.append(item)
+
+    asyncio.run(go())
+    assert got == [{"id": 4}]  # seq 3 is not processed a second time
+    assert [(subject.rsplit(".", 1)[-1], body) for subject, body in nc.sent] == [
+        ("11", b"+ACK"),
+        ("12", b"+ACK"),
+    ]
+    assert source.pending(0, []) is None  # no restored id left to ack
+
+
+def test_nats_stale_first_delivery_of_an_acked_seq_is_acked_not_processed() -> None:
+    # The same within one run: seq 1 was processed and acked, then handed out again as new.
+    source, nc = _scripted_nats([[_fake_msg(1, 1, 1)], [_fake_msg(1, 1, 3), _fake_msg(2, 1, 4)]])
+    got: list[Any] = []
+
+    async def go() -> None:
+        async for item in source:
+            got.append(item)
+            await source.acknowledge(source.offset, [])
+
+    asyncio.run(go())
+    assert got == [{"id": 1}, {"id": 2}]
+    assert [(subject.rsplit(".", 1)[-1], body) for subject, body in nc.sent] == [
+        ("1", b"+ACK"),
+        ("3", b"+ACK"),
+        ("4", b"+ACK"),
+    ]
+
+
 def test_nats_missing_stream_is_named(tmp_path: Path, nats_url: str, nats_stream: str) -> None:
     source = NatsSource(url=nats_url, stream=nats_stream, durable="d", idle_timeout=0.5)
     with pytest.raises(PipelineDefinitionError, match=f"stream {nats_stream}.*does not exist") as e:

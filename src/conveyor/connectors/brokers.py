@@ -552,7 +552,8 @@ class NatsSource(_BrokerSource):
         self._pruned_at = 0.0
         self._closing = False
         # Acked lately: a redelivery sent before an ack reached the server (the pipeline
-        # held the message past ack_wait) is acked again, not processed twice.
+        # held the message past ack_wait), or a stale copy an old server hands out again
+        # as new (nats-io/nats-server#5305), is acked again, not processed twice.
         self._recent: dict[int, None] = {}
 
     @classmethod
@@ -756,7 +757,9 @@ class NatsSource(_BrokerSource):
                     self._restored.discard(seq)
                     self._recent[seq] = None
                     continue
-                if unacked and seq in self._recent:  # a copy sent before our ack landed
+                if seq in self._recent:  # acked already: a copy sent before our ack landed,
+                    # or one sent again as new (num_delivered 1: nats-server before 2.10.14
+                    # steps a pull consumer back when no request waits for a redelivery)
                     await self._nc.publish(msg.reply, b"+ACK")
                     continue
                 held = self._index.get(seq)
