@@ -420,10 +420,13 @@ def test_parquet_later_batches_convert_exactly_or_cast_safely(tmp_path: Path) ->
     sink.write([{"n": 2, "label": "b", "x": 1}])
     sink.write([{"n": 3, "label": 7, "x": 2.0}])
     sink.write([{"n": 4}])  # missing keys are nulls
+    sink.write([{"n": 5}, {"n": 6, "label": "late"}])  # a key the first row lacks is kept
     with pytest.raises(ValueError, match="truncated"):
         sink.write([{"n": 2.5, "label": "c", "x": 1.0}])
     with pytest.raises(ValueError, match="has the key 'extra'"):
         sink.write([{"n": 5, "extra": 1}])
+    with pytest.raises(ValueError, match="record 1 of the batch has the key 'extra'"):
+        sink.write([{"n": 5}, {"n": 6, "extra": "x"}, {"n": 7, "extra": 2}])
     sink.close(RunStatus.COMPLETED)
     table = pq.read_table(tmp_path / "s")
     assert table.to_pylist() == [
@@ -431,6 +434,8 @@ def test_parquet_later_batches_convert_exactly_or_cast_safely(tmp_path: Path) ->
         {"n": 2, "label": "b", "x": 1.0},
         {"n": 3, "label": "7", "x": 2.0},  # an int into the string column: cast, as before
         {"n": 4, "label": None, "x": None},
+        {"n": 5, "label": None, "x": None},
+        {"n": 6, "label": "late", "x": None},
     ]
     assert [str(f.type) for f in table.schema] == ["int64", "string", "double"]
 

@@ -907,31 +907,28 @@ class ParquetSink(Sink):
             table = pa.Table.from_pydict({c: [row.get(c) for row in rows] for c in columns})
             self._schema = table.schema
             return table
-        names = frozenset(schema.names)
-        for index, row in enumerate(rows):
-            if not names.issuperset(row):
-                key = next(k for k in row if k not in names)
-                raise ValueError(
-                    f"ParquetSink {self.path}: record {index} of the batch has the key "
-                    f"{key!r}, which is not a column of the shards (columns: "
-                    f"{', '.join(schema.names)})"
-                )
         if not any(pa.types.is_null(field.type) for field in schema):
-            # The common case, all columns at once: types inferred as pa.array infers them
-            # (from_pylist with the schema would truncate a float into an int column), then
-            # cast safely to the schema, as the column-by-column way below does.
-            table = pa.Table.from_pylist(rows)
-            if table.column_names != schema.names:
+            # The common case, all columns at once: the rows as one struct array (every key of
+            # every row, types inferred as pa.array infers them; from_pylist would keep the
+            # first row's keys only, and with the schema truncate a float into an int
+            # column), then cast safely to the schema, as the column-by-column way below.
+            try:
+                table = pa.Table.from_struct_array(pa.array(rows))
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                self._refuse_unknown(rows, schema, None)  # the clearer error first
+                raise
+            present = table.column_names
+            self._refuse_unknown(rows, schema, present)
+            if present != schema.names:
                 table = pa.Table.from_arrays(
                     [
-                        table.column(f.name)
-                        if f.name in table.column_names
-                        else pa.nulls(len(rows), f.type)
+                        table.column(f.name) if f.name in present else pa.nulls(len(rows), f.type)
                         for f in schema
                     ],
                     names=schema.names,
                 )
             return table.cast(schema, safe=True)
+        self._refuse_unknown(rows, schema, None)
         arrays = []
         for position, target in enumerate(schema):
             values = pa.array([row.get(target.name) for row in rows])
@@ -950,6 +947,23 @@ class ParquetSink(Sink):
             self._pending = [t.cast(schema) for t in self._pending]
             self._schema = schema
         return pa.Table.from_arrays(arrays, schema=schema)
+
+    def _refuse_unknown(
+        self, rows: list[dict[str, Any]], schema: Any, present: list[str] | None
+    ) -> None:
+        """A ValueError naming the first record with a key that is not a column (``present``:
+        the keys of the batch when known, so that a clean batch is not scanned)."""
+        names = frozenset(schema.names)
+        if present is not None and names.issuperset(present):
+            return
+        for index, row in enumerate(rows):
+            if not names.issuperset(row):
+                key = next(k for k in row if k not in names)
+                raise ValueError(
+                    f"ParquetSink {self.path}: record {index} of the batch has the key "
+                    f"{key!r}, which is not a column of the shards (columns: "
+                    f"{', '.join(schema.names)})"
+                )
 
     def _write_shard(self, rows: int) -> None:
         """Write the first ``rows`` buffered rows as the next shard, atomically; the state
