@@ -166,8 +166,16 @@ def run(
     fresh: bool = typer.Option(
         False, "--fresh", help="Start from the beginning, abandoning an unfinished checkpoint."
     ),
+    after: str | None = typer.Option(
+        None,
+        "--after",
+        metavar="NAME",
+        help="Run every stage after the persisted stage NAME, on its dataset, into the sink "
+        "(what the last DVC stage of `conveyor dvc` runs).",
+    ),
 ) -> None:
-    """Run a pipeline project (the whole pipeline, or one stage with stage=NAME).
+    """Run a pipeline project (the whole pipeline, one stage with stage=NAME, or the stages
+    after a persisted stage with --after NAME).
 
     A whole run keeps checkpoints; after a crash or a stop, `--resume` continues from the
     last one and `--fresh` starts again from the beginning (a plain run refuses to guess).
@@ -189,6 +197,7 @@ def run(
             progress=progress,
             force=force,
             resume=True if resume else False if fresh else None,
+            after=after,
         )
     except ConveyorError as exc:
         progress.stop()
@@ -399,16 +408,20 @@ def new(
 
 @app.command()
 def check(path: Path = typer.Argument(Path("."), help="The project.")) -> None:
-    """Check the architecture rules of seed 000 (stage imports, cycles, numbering), and
-    that config.yaml is a document Conveyor reads (within its bounds, no unsafe tags)."""
+    """Check the architecture rules (stage imports, cycles, stage file names) of either
+    layout, and that the config files are documents Conveyor reads (within its bounds, no
+    unsafe tags)."""
     from conveyor.project.config import read_config_document
-    from conveyor.project.discovery import find_pipeline_dir
+    from conveyor.project.discovery import find_layout
     from conveyor.project.lint import check_project
 
     try:
-        pipeline_dir = find_pipeline_dir(path)
-        read_config_document(pipeline_dir / "config.yaml")
-        violations = check_project(pipeline_dir)
+        layout = find_layout(path)
+        read_config_document(layout.config_file)
+        if layout.kind == "dataset":
+            for file in sorted((layout.config_file.parent / "stages").glob("*.y*ml")):
+                read_config_document(file)
+        violations = check_project(layout.package_dir)
     except ConveyorError as exc:
         _fail(exc)
         return
@@ -428,7 +441,7 @@ def graph(
 
     try:
         project = load_project(path)  # stages are only built, not run: no chdir needed
-        pipeline = project.pipeline()
+        pipeline = project.drawable()
         if output is None:
             _say(to_mermaid(pipeline), lines=True)
             return
@@ -444,17 +457,59 @@ def dvc(
     path: Path = typer.Argument(Path("."), help="The project."),
     output: Path | None = typer.Option(None, help="Where to write (default: PATH/dvc.yaml)."),
     force: bool = typer.Option(False, help="Overwrite a dvc.yaml that Conveyor did not write."),
+    check: bool = typer.Option(
+        False,
+        "--check",
+        help="Write nothing; exit 1 with a diff when dvc.yaml is missing or differs from what "
+        "conveyor dvc would write (for CI).",
+    ),
+    remote: tuple[str, str] | None = typer.Option(
+        None,
+        "--remote",
+        metavar="NAME URL",
+        help="Also configure the DVC remote NAME at URL (dvc init first if needed; an "
+        "existing NAME is pointed at URL).",
+    ),
+    default: bool = typer.Option(
+        False, "--default", "-d", help="With --remote: make it the default remote."
+    ),
 ) -> None:
-    """Write dvc.yaml: one DVC stage per persisted stage, so `dvc repro` runs the pipeline."""
-    from conveyor.project.dvc import write_dvc_yaml
+    """Write dvc.yaml: one DVC stage per persisted stage and one for the rest of the
+    pipeline into the sink, so that `dvc repro` reproduces it all; warnings name what DVC
+    cannot track. Exit codes: 0 done (or, with --check, up to date); 1 an error (or, with
+    --check, dvc.yaml out of date)."""
+    from conveyor.project.dvc import configure_remote, dvc_yaml, dvc_yaml_diff, save_dvc_yaml
     from conveyor.project.project import load_project
 
+    if check and (remote is not None or force):
+        _fail(UsageError("--check writes nothing: use it without --remote and --force"))
+        return
+    if default and remote is None:
+        _fail(UsageError("-d/--default goes with --remote NAME URL"))
+        return
     try:
-        written = write_dvc_yaml(load_project(path), output, force=force)
+        generated = dvc_yaml(load_project(path), output)
+        for warning in generated.warnings:
+            _say(f"warning: {warning}", err=True)
+        if check:
+            diff = dvc_yaml_diff(generated)
+            if diff:
+                _say(diff.rstrip("\n"), lines=True)
+                _say(
+                    f"{generated.path} is not what conveyor dvc writes; run: conveyor dvc {path}",
+                    err=True,
+                )
+                raise typer.Exit(1)
+            _say(f"{generated.path} is up to date")
+            return
+        written = save_dvc_yaml(generated, force=force)
+        _say(f"wrote {written}; run it with: dvc repro")
+        if remote is not None:
+            for line in configure_remote(generated.root, *remote, default=default):
+                _say(line)
     except ConveyorError as exc:
         _fail(exc)
         return
-    _say(f"wrote {written}; run it with: dvc repro")
 
 
 @app.command()

@@ -93,6 +93,18 @@ def test_one_dvc_stage_per_persisted_stage(tmp_path: Path) -> None:
             "params": [{config: ["stages.enrich.params", "stages.enrich.persist"]}],
             "outs": ["data/enriched"],
         },
+        # The Sink runs as the last DVC stage; the scaffold's names no outputs(), so it
+        # has no outs (a warning says so: tests/project/test_dvc_complete.py).
+        "sink": {
+            "cmd": "conveyor run . stage=sink",
+            "deps": [
+                "data/enriched",
+                "src/pipeline/stages/90_sink.py",
+                "src/pipeline/shared",
+                "src/pipeline/contracts",
+            ],
+            "params": [{config: ["stages.sink.params"]}],
+        },
     }
 
 
@@ -252,7 +264,7 @@ def test_dvc_repro_runs_skips_and_reruns_only_the_changed_stage(
     write_dvc_yaml(load(root))
 
     first = dvc(root, "repro", env=dvc_env)
-    assert ran(first) == {"validate", "enrich"}, first
+    assert ran(first) == {"validate", "enrich", "sink"}, first
     assert len(records(root / "data/validated")) == 40
     enriched = records(root / "data/enriched")
     assert len(enriched) == 40
@@ -271,7 +283,7 @@ def test_dvc_repro_runs_skips_and_reruns_only_the_changed_stage(
     text = config.read_text(encoding="utf-8")
     config.write_text(text.replace("offset: 0.0", "offset: 100.0"), encoding="utf-8")
     third = dvc(root, "repro", env=dvc_env)
-    assert ran(third) == {"enrich"}, third
+    assert ran(third) == {"enrich", "sink"}, third
     assert "Stage 'validate' didn't change, skipping" in third
     enriched = records(root / "data/enriched")
     assert enriched[0]["fahrenheit"] == enriched[0]["celsius"] * 9 / 5 + 132  # type: ignore[operator]
@@ -290,13 +302,13 @@ def test_dvc_repro_reruns_everything_when_the_source_changes(
     dvc(root, "config", "core.analytics", "false", env=dvc_env)
     dvc(root, "config", "core.check_update", "false", env=dvc_env)
     write_dvc_yaml(load(root))
-    assert ran(dvc(root, "repro", env=dvc_env)) == {"validate", "enrich"}
+    assert ran(dvc(root, "repro", env=dvc_env)) == {"validate", "enrich", "sink"}
 
     config = root / "src/pipeline/config.yaml"
     text = config.read_text(encoding="utf-8")
     config.write_text(text.replace("count: 40", "count: 7"), encoding="utf-8")
     output = dvc(root, "repro", env=dvc_env)
-    assert ran(output) == {"validate", "enrich"}, output
+    assert ran(output) == {"validate", "enrich", "sink"}, output
     assert len(records(root / "data/validated")) == 7
     assert len(records(root / "data/enriched")) == 7
 

@@ -151,11 +151,11 @@ def test_unknown_top_level_key_without_a_close_match(tmp_path: Path) -> None:
     error = _error(file)
     assert str(error) == (
         f"{file}:3:1: unknown key 'zzz' in the top level "
-        "(valid keys: pipeline, stages, branches, source, sink)"
+        "(valid keys: pipeline, params, stages, branches, source, sink)"
     )
     assert "did you mean" not in str(error)
     assert error.key == "zzz"
-    assert error.valid_keys == ("pipeline", "stages", "branches", "source", "sink")
+    assert error.valid_keys == ("pipeline", "params", "stages", "branches", "source", "sink")
 
 
 def test_several_problems_are_all_reported_first_one_located(tmp_path: Path) -> None:

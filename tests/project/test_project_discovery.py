@@ -54,8 +54,9 @@ def test_missing_stages_folder_names_the_folder(tmp_path: Path) -> None:
         load_project(tmp_path / "empty")
     assert str(info.value) == (
         f"{(tmp_path / 'empty').resolve()}: no pipeline project here: expected "
-        "src/pipeline/stages/ (or stages/) with numbered stage files; create one with "
-        "'conveyor new PROJECT'"
+        "src/pipeline/stages/ (or stages/) with numbered stage files, or "
+        "configs/pipeline.yaml with src/<package>/stages/; create one with "
+        "'conveyor new PROJECT' (or 'conveyor new --template dataset PROJECT')"
     )
     assert info.value.file == (tmp_path / "empty").resolve()
     assert not isinstance(info.value, ConfigError)

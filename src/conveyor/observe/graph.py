@@ -26,7 +26,7 @@ from conveyor.core.stages import BranchStage
 if TYPE_CHECKING:
     from PIL import ImageDraw, ImageFont
 
-__all__ = ["GRAPH_SUFFIXES", "render_png", "render_svg", "to_mermaid", "write_graph"]
+__all__ = ["GRAPH_SUFFIXES", "Step", "render_png", "render_svg", "to_mermaid", "write_graph"]
 
 GRAPH_SUFFIXES: tuple[str, ...] = (".mmd", ".md", ".svg", ".png")
 """The file suffixes :func:`write_graph` accepts."""
@@ -79,8 +79,19 @@ class _Ids:
         return candidate
 
 
-Drawable = PipelineSpec | HasSpec
-"""What the renderers draw: a :class:`~conveyor.Pipeline` or its spec."""
+@dataclass(frozen=True)
+class Step:
+    """A whole-dataset step (a project's task stage), for drawing: its name and the files
+    or folders it reads and writes."""
+
+    name: str
+    reads: tuple[str, ...] = ()
+    writes: tuple[str, ...] = ()
+
+
+Drawable = PipelineSpec | HasSpec | Sequence[Step]
+"""What the renderers draw: a :class:`~conveyor.Pipeline` or its spec, or the steps of a
+task-stage project (drawn as a chain from the first step's inputs to the last's outputs)."""
 
 
 def _detail(kind: StageKind, options: StageOptions | None) -> str:
@@ -112,6 +123,8 @@ def _model(
     pipeline: Drawable, stage_options: Mapping[str, StageOptions] | None
 ) -> tuple[_Element, ...]:
     """source, every leaf stage (branches as groups), sink."""
+    if isinstance(pipeline, Sequence):
+        return _steps(pipeline)
     spec = spec_of(pipeline)
     options = {**spec.stage_options, **(stage_options or {})}
     ids = _Ids({"source", "sink"})
@@ -119,6 +132,28 @@ def _model(
     source = _Node("source", "source", "", "terminal")
     sink = _Node("sink", "sink", _detail(StageKind.SINK, options.get("sink")), "terminal")
     return (source, *stages, sink)
+
+
+def _title(pipeline: Drawable) -> str:
+    if isinstance(pipeline, Sequence):
+        return " -> ".join(step.name for step in pipeline)
+    return spec_of(pipeline).name
+
+
+def _steps(steps: Sequence[Step]) -> tuple[_Element, ...]:
+    """The first step's inputs, every step (its outputs as its detail), the last outputs."""
+    ids = _Ids({"source", "sink"})
+    first = ", ".join(steps[0].reads) if steps else ""
+    last = ", ".join(steps[-1].writes) if steps else ""
+    nodes = [
+        _Node(ids.new(step.name), step.name, " ".join(["task", *step.writes]), "stage")
+        for step in steps
+    ]
+    return (
+        _Node("source", first or "start", "", "terminal"),
+        *nodes,
+        _Node("sink", last or "end", "", "terminal"),
+    )
 
 
 # -- Mermaid ------------------------------------------------------------------------------
@@ -482,7 +517,7 @@ def render_svg(
         [
             f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:g}" height="{height:g}" '
             f'viewBox="0 0 {width:g} {height:g}" font-family="Helvetica, Arial, sans-serif">',
-            f"<title>{escape(spec_of(pipeline).name)}</title>",
+            f"<title>{escape(_title(pipeline))}</title>",
             f'<rect width="{width:g}" height="{height:g}" fill="white"/>',
             *_svg_elements(picture),
             "</svg>",

@@ -50,6 +50,7 @@ from pathlib import Path, PurePath
 from typing import Any, Final, Protocol
 
 from conveyor.project.datasets import DatasetError, dataset_fingerprint, load_manifest
+from conveyor.project.discovery import DATASET_CONFIG, find_layout
 
 __all__ = [
     "CACHE_FILE",
@@ -78,6 +79,7 @@ CODE_SUFFIXES: Final = frozenset({".py", ".json", ".avsc", ".proto"})
 """Files under ``shared/`` and ``contracts/`` that count as a stage's code."""
 
 CODE_FOLDERS: Final = ("shared", "contracts")
+"""What stages may import in the stream layout (the dataset layout's: its ``Layout``)."""
 _CACHE_VERSION: Final = 1
 _FIELDS: Final = ("code_hash", "config_hash", "input_hash")
 
@@ -167,7 +169,15 @@ def _update_framed(digest: Any, label: str, data: bytes) -> None:
 
 
 def _code_files(pipeline_dir: Path) -> Iterable[tuple[str, Path]]:
-    for folder in CODE_FOLDERS:
+    folders: tuple[str, ...] = CODE_FOLDERS
+    if (pipeline_dir.parent.parent / DATASET_CONFIG).is_file():  # the dataset layout
+        layout = find_layout(pipeline_dir.parent.parent)
+        folders = layout.code_parts
+        for name in layout.stage_helpers:
+            helper = pipeline_dir / "stages" / f"{name}.py"
+            if helper.is_file():
+                yield helper.relative_to(pipeline_dir).as_posix(), helper
+    for folder in folders:
         root = pipeline_dir / folder
         if not root.is_dir():
             continue

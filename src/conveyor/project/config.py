@@ -178,6 +178,11 @@ class ProjectConfig(_Strict):
     """The whole of ``config.yaml``."""
 
     pipeline: PipelineSection = PipelineSection()
+    params: dict[str, Any] = {}
+    """Parameters shared by the stages: each goes to every stage whose ``Config`` model
+    declares a field of its name (a stage's own ``params`` win); one that no stage
+    declares is an error. In the dataset layout, the top-level keys of
+    ``configs/pipeline.yaml`` other than its sections."""
     stages: dict[str, StageSection] = {}
     branches: dict[str, dict[str, list[str]]] = {}
     source: dict[str, Any] | None = None
@@ -198,7 +203,12 @@ class LoadedConfig:
     secrets: set[tuple[str, ...]] = field(default_factory=set)
     file: Path | None = None
     written: Any = None
-    """The document as written in the file: no overrides, no ``${VAR}`` substitution."""
+    """The document as written in the file: no overrides, no ``${VAR}`` substitution (in
+    the dataset layout, the files translated to config.yaml's shape)."""
+    order: list[str] | None = None
+    """The dataset layout's ``stages:`` list (the run order); ``None`` in the stream layout."""
+    stage_files: dict[str, Path] = field(default_factory=dict)
+    """The dataset layout's ``configs/stages/NAME.yaml`` files that exist, by stage."""
 
     def where(self, path: Sequence[str]) -> Position:
         """The best-known position of ``path`` (walking up to a parent key)."""
@@ -523,8 +533,9 @@ def load_config(
 ) -> LoadedConfig:
     """Read, interpolate, override and validate ``file`` (a missing file is all defaults).
 
-    Every command that reads a project's config comes here; the bounds of the module
-    docstring apply to the file, to overrides and to ``${VAR}`` values."""
+    Every command that reads a stream project's config comes here (a dataset project's:
+    :func:`load_dataset_config`); the bounds of the module docstring apply to the file, to
+    overrides and to ``${VAR}`` values."""
     text = _read(file)
     data, positions = _compose(text, file)
     if data is None:
@@ -532,11 +543,21 @@ def load_config(
     if not isinstance(data, dict):
         raise ConfigError("config.yaml must be a mapping of sections", file=file, line=1)
     loaded = LoadedConfig(ProjectConfig(), {}, positions, set(), file, copy.deepcopy(data))
-    parsed = parse_overrides(overrides)
-    for path in parsed:  # an overridden value needs no variable, wherever it sits
+    return _settle(loaded, data, parse_overrides(overrides), env)
+
+
+def _settle(
+    loaded: LoadedConfig,
+    data: dict[str, Any],
+    overrides: Mapping[tuple[str, ...], Any],
+    env: Mapping[str, str] | None,
+) -> LoadedConfig:
+    """Interpolate ``data`` (in config.yaml's shape), apply ``overrides`` (paths in the same
+    shape) and validate it into ``loaded``."""
+    for path in overrides:  # an overridden value needs no variable, wherever it sits
         _drop(data, path)
     raw = _interpolate(data, (), loaded, os.environ if env is None else env)
-    for path, value in parsed.items():
+    for path, value in overrides.items():
         _apply_override(raw, path, value)
         for end in range(1, len(path)):
             loaded.positions.setdefault(path[:end], ("command line", None, None))
@@ -546,6 +567,181 @@ def load_config(
     loaded.config = validate_model(ProjectConfig, raw, loaded, ())
     _check_names(loaded)
     return loaded
+
+
+DATASET_SECTIONS: Final = ("stages", "pipeline", "source", "sink", "branches")
+"""The top-level keys of ``configs/pipeline.yaml`` that are not shared parameters."""
+
+
+def load_dataset_config(
+    configs: Path,
+    overrides: Sequence[str] = (),
+    *,
+    env: Mapping[str, str] | None = None,
+) -> LoadedConfig:
+    """The config of a dataset-layout project, from its ``configs/`` folder, in the shape of
+    config.yaml so that the rest of Conveyor reads it as it reads a stream project's:
+
+    - ``configs/pipeline.yaml``: ``stages:`` (the run order, a list of stage names), the
+      optional sections ``pipeline:``, ``source:``, ``sink:`` and ``branches:`` as in
+      config.yaml, and every other top-level key a shared parameter (``params:``);
+    - ``configs/stages/NAME.yaml``: the parameters of stage NAME (``stages.NAME.params``);
+      a file there that names no stage of the list is an error (a misspelt file name
+      would otherwise be ignored);
+    - ``overrides``: ``NAME.KEY=VALUE`` for a stage's parameter, ``pipeline.KEY=VALUE``
+      (and ``source.``, ``sink.``, ``branches.``) for a section, ``stages=[a, b]`` for the
+      order, any other ``KEY=VALUE`` for a shared parameter.
+
+    Every key keeps the file, line and column it came from, for the errors of validation.
+    """
+    main = configs / "pipeline.yaml"
+    data, positions = _compose(_read(main), main)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            "configs/pipeline.yaml must be a mapping: `stages: [...]` and shared parameters",
+            file=main,
+            line=1,
+        )
+    loaded = LoadedConfig(ProjectConfig(), {}, {}, set(), main)
+    parsed = parse_overrides(overrides)
+    order_override = parsed.pop(("stages",), None)
+    order = _order(
+        data.get("stages") if order_override is None else order_override,
+        positions if order_override is None else {},
+        main if order_override is None else "command line",
+    )
+    loaded.order = order
+    for index, _ in enumerate(order):
+        loaded.positions[("order", str(index))] = positions.get(
+            ("stages", str(index)), ("command line", None, None)
+        )
+    shape: dict[str, Any] = {}
+    for key, value in data.items():
+        if key == "stages":
+            continue
+        key_path: tuple[str, ...] = (key,) if key in DATASET_SECTIONS else ("params", key)
+        _put(shape, key_path, value)
+    for path, position in positions.items():
+        if path[0] == "stages":
+            continue
+        loaded.positions[path if path[0] in DATASET_SECTIONS else ("params", *path)] = position
+    stage_docs = _stage_documents(configs, order, loaded, every=order_override is None)
+    shared_positions = {p: v for p, v in loaded.positions.items() if p[0] == "params"}
+    for name in order:
+        document, where = stage_docs.get(name, ({}, {}))
+        shape.setdefault("stages", {})[name] = {"params": document}
+        base = ("stages", name, "params")
+        loaded.positions[("stages", name)] = loaded.positions[("order", str(order.index(name)))]
+        file = loaded.stage_files.get(name)
+        loaded.positions[base] = (file, 1, 1) if file else loaded.positions[("stages", name)]
+        for path, position in shared_positions.items():  # a shared value, validated here
+            loaded.positions.setdefault((*base, *path[1:]), position)
+        for path, position in where.items():
+            loaded.positions[(*base, *path)] = position
+    loaded.written = copy.deepcopy(shape)
+    unified: dict[tuple[str, ...], Any] = {}
+    for path, value in parsed.items():
+        if path[0] in order:
+            if len(path) == 1:
+                raise ConfigError(
+                    f"override {path[0]}={value!r}: {path[0]} is a stage; set one of its "
+                    f"parameters with {path[0]}.KEY=VALUE",
+                    file="command line",
+                    key=path[0],
+                )
+            unified[("stages", path[0], "params", *path[1:])] = value
+        elif path[0] in DATASET_SECTIONS:
+            unified[path] = value
+        else:
+            unified[("params", *path)] = value
+    return _settle(loaded, shape, unified, env)
+
+
+def _order(value: Any, positions: Mapping[tuple[str, ...], Position], file: object) -> list[str]:
+    """The ``stages:`` list of configs/pipeline.yaml, checked: names, no repeats."""
+
+    def error(path: tuple[str, ...], message: str) -> ConfigError:
+        where = positions.get(path) or positions.get(("stages",)) or (file, None, None)
+        return ConfigError(message, file=where[0], line=where[1], column=where[2], key="stages")
+
+    if not isinstance(value, list) or not value:
+        raise error(
+            ("stages",),
+            "configs/pipeline.yaml needs `stages:`, the list of stage names in the order they "
+            "run, e.g. `stages: [download, preprocess, validate, split, export]` (each is "
+            "src/<package>/stages/<name>.py)",
+        )
+    seen: set[str] = set()
+    for index, name in enumerate(value):
+        if not isinstance(name, str) or not _IDENTIFIER.match(name):
+            raise error(
+                ("stages", str(index)),
+                f"stages[{index}] {name!r} is not a stage name: a letter or '_' followed by "
+                "letters, digits and '_' (the name of its file in stages/, without .py)",
+            )
+        if name in DATASET_SECTIONS or name == "params":
+            raise error(
+                ("stages", str(index)),
+                f"stages[{index}] {name!r} is the name of a section of configs/pipeline.yaml; "
+                "give the stage another name",
+            )
+        if name in seen:
+            raise error(("stages", str(index)), f"stage {name!r} is listed twice in stages:")
+        seen.add(name)
+    return list(value)
+
+
+def _stage_documents(
+    configs: Path, order: list[str], loaded: LoadedConfig, *, every: bool
+) -> dict[str, tuple[dict[str, Any], dict[tuple[str, ...], Position]]]:
+    """The parameter files of ``configs/stages/``, by stage; with ``every``, one that names
+    no stage of ``order`` is an error with a did-you-mean (else it is left out: the order
+    was overridden to run fewer stages)."""
+    folder = configs / "stages"
+    found: dict[str, tuple[dict[str, Any], dict[tuple[str, ...], Position]]] = {}
+    if not folder.is_dir():
+        return found
+    for file in sorted(folder.iterdir()):
+        if file.suffix not in (".yaml", ".yml") or not file.is_file():
+            continue
+        name = file.stem
+        if name not in order and not every:
+            continue
+        if name not in order:
+            close = difflib.get_close_matches(name, order, n=1)
+            hint = f"; did you mean {close[0]}{file.suffix}?" if close else ""
+            raise ConfigError(
+                f"{file.name} is the parameter file of no stage of configs/pipeline.yaml's "
+                f"stages: list{hint} (stages: {', '.join(order)}); rename it, or add the "
+                "stage to the list",
+                file=file,
+            )
+        if name in found:
+            raise ConfigError(
+                f"stage {name!r} has two parameter files ({name}.yaml and {name}.yml); keep one",
+                file=file,
+            )
+        document, positions = _compose(_read(file), file)
+        if document is None:
+            document = {}
+        if not isinstance(document, dict):
+            raise ConfigError(
+                f"{file.name} must be a mapping of stage {name!r}'s parameters "
+                "(e.g. `input_dir: data/raw`)",
+                file=file,
+                line=1,
+            )
+        found[name] = (document, positions)
+        loaded.stage_files[name] = file
+    return found
+
+
+def _put(data: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    for part in path[:-1]:
+        data = data.setdefault(part, {})
+    data[path[-1]] = value
 
 
 def read_config_document(file: Path) -> Any:

@@ -1,4 +1,15 @@
-"""Finding a project's pipeline folder and its numbered stage files (ADR 0003)."""
+"""Finding a project, its layout and its stage files (ADR 0003, ADR 0009).
+
+Two layouts, read by the same loader:
+
+- **stream** (seed 000): ``src/pipeline/`` (or a bare folder) with ``stages/NN_name.py``
+  files run in number order, ``shared/`` and ``contracts/`` for the code they share, and
+  ``config.yaml``;
+- **dataset** (seed 002): ``configs/pipeline.yaml`` in the project folder, whose
+  ``stages:`` list gives the order of ``src/<package>/stages/<name>.py``;
+  ``configs/stages/<name>.yaml`` holds each stage's parameters; stages share
+  ``schemas/``, ``transforms/`` and ``stages/base.py``.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +20,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Final, Literal
 
 from conveyor.core.stage import PipelineStage
 from conveyor.errors import ProjectError
@@ -17,12 +28,19 @@ from conveyor.project.kinds import Sink, Source, TaskStage
 from conveyor.runtime.executors import register_file_module
 
 __all__ = [
+    "DATASET_CONFIG",
+    "Layout",
     "StageFile",
+    "dataset_stage_files",
     "discover_stage_files",
+    "find_layout",
     "find_pipeline_dir",
     "load_stage",
     "project_root",
 ]
+
+DATASET_CONFIG: Final = Path("configs") / "pipeline.yaml"
+"""The file that makes a folder a dataset-layout project (relative to the project)."""
 
 STAGE_FILE = re.compile(r"^(?P<number>\d{2,})_(?P<name>[a-z][a-z0-9_]*)\.py$")
 _KINDS = (PipelineStage, Source, Sink, TaskStage)
@@ -37,28 +55,99 @@ class StageFile:
     path: Path
 
 
-def find_pipeline_dir(path: Path) -> Path:
-    """The pipeline folder for ``path``: ``path/src/pipeline`` or ``path`` itself."""
+@dataclass(frozen=True)
+class Layout:
+    """Where a project keeps its stages, the code they share and its configuration."""
+
+    kind: Literal["stream", "dataset"]
+    root: Path
+    """The project folder (runs and ``dvc repro`` work there)."""
+    package_dir: Path
+    """The folder holding ``stages/`` (``src/pipeline``, or ``src/<package>``)."""
+
+    @property
+    def package(self) -> str:
+        """The Python package of the stages (``pipeline``, or the dataset's package)."""
+        return self.package_dir.name
+
+    @property
+    def config_file(self) -> Path:
+        """The main config file: ``config.yaml`` or ``configs/pipeline.yaml``."""
+        if self.kind == "dataset":
+            return self.root / DATASET_CONFIG
+        return self.package_dir / "config.yaml"
+
+    @property
+    def code_parts(self) -> tuple[str, ...]:
+        """The sub-packages that stages may import (besides :attr:`stage_helpers`)."""
+        return ("schemas", "transforms") if self.kind == "dataset" else ("shared", "contracts")
+
+    @property
+    def stage_helpers(self) -> tuple[str, ...]:
+        """Modules of ``stages/`` that are not stages and that stages may import."""
+        return ("base",) if self.kind == "dataset" else ()
+
+    def stage_config(self, name: str) -> Path | None:
+        """The file of a stage's own parameters (``configs/stages/NAME.yaml``), or ``None``
+        in the stream layout (its parameters sit in ``config.yaml``)."""
+        if self.kind == "dataset":
+            return self.root / "configs" / "stages" / f"{name}.yaml"
+        return None
+
+
+def find_layout(path: Path) -> Layout:
+    """The layout of the project at ``path``: a dataset project when ``path`` holds
+    ``configs/pipeline.yaml`` (its package is the one folder of ``src/`` with a
+    ``stages/`` folder), else a stream project (``path/src/pipeline`` or ``path``)."""
     path = path.resolve()
+    if (path / DATASET_CONFIG).is_file():
+        src = path / "src"
+        packages = sorted(
+            p for p in (src.iterdir() if src.is_dir() else []) if (p / "stages").is_dir()
+        )
+        if len(packages) != 1:
+            found = ", ".join(p.name for p in packages) or "none"
+            raise ProjectError(
+                f"a dataset project keeps its stages in src/<package>/stages/; found "
+                f"{len(packages)} such packages in src/ ({found}): keep exactly one",
+                file=path / DATASET_CONFIG,
+            )
+        return Layout("dataset", path, packages[0])
     for candidate in (path / "src" / "pipeline", path):
         if (candidate / "stages").is_dir():
-            return candidate
+            root = candidate.parent.parent if candidate.parent.name == "src" else candidate
+            return Layout("stream", root, candidate)
     raise ProjectError(
         "no pipeline project here: expected src/pipeline/stages/ (or stages/) with numbered "
-        "stage files; create one with 'conveyor new PROJECT'",
+        "stage files, or configs/pipeline.yaml with src/<package>/stages/; create one with "
+        "'conveyor new PROJECT' (or 'conveyor new --template dataset PROJECT')",
         file=path,
     )
 
 
+def find_pipeline_dir(path: Path) -> Path:
+    """The folder holding the project's ``stages/`` (see :func:`find_layout`)."""
+    return find_layout(path).package_dir
+
+
 def project_root(path: Path) -> Path:
-    """The project folder of ``path``: the one holding ``src/pipeline``, or the pipeline
-    folder itself for a bare layout."""
-    pipeline_dir = find_pipeline_dir(path)
-    return pipeline_dir.parent.parent if pipeline_dir.parent.name == "src" else pipeline_dir
+    """The project folder of ``path``: the one holding ``src/`` (or ``configs/``), or the
+    pipeline folder itself for a bare layout."""
+    return find_layout(path).root
+
+
+def dataset_stage_files(layout: Layout, order: list[str]) -> list[StageFile]:
+    """The stage files of a dataset project, in the order of ``order`` (the ``stages:``
+    list of ``configs/pipeline.yaml``): ``stages/<name>.py`` each."""
+    return [
+        StageFile(index, name, layout.package_dir / "stages" / f"{name}.py")
+        for index, name in enumerate(order)
+    ]
 
 
 def discover_stage_files(pipeline_dir: Path) -> list[StageFile]:
-    """The stage files in number order; wrong names and duplicate numbers are errors."""
+    """The stage files of a stream project in number order; wrong names and duplicate
+    numbers are errors."""
     files: list[StageFile] = []
     problems: list[str] = []
     by_number: dict[int, StageFile] = {}

@@ -49,6 +49,24 @@ class TaskStage(ABC):
 
     name: str
     Config: ClassVar[type[BaseModel] | None] = None
+    config: Any = None
+    """The validated ``Config`` (set by a subclass's ``__init__(config)``), passed to
+    :meth:`run`."""
+    run_options: Any = None
+    """The project's :class:`~conveyor.RunOptions` (its ``pipeline:`` settings: the
+    dead-letter store, batch size, …), set before :meth:`run`: a stage that streams its
+    records through a :class:`~conveyor.Pipeline` passes them to ``run(options=...)`` so
+    that its dead letters land where ``conveyor dlq`` looks."""
+
+    def inputs(self) -> list[str]:
+        """Files or folders (relative to the project) the stage reads; by default its
+        config's ``input_dir``. ``conveyor dvc`` makes them the DVC stage's deps."""
+        return _paths(self.config, "input_dir")
+
+    def outputs(self) -> list[str]:
+        """Files or folders (relative to the project) the stage writes; by default its
+        config's ``output_dir``. ``conveyor dvc`` makes them the DVC stage's outs."""
+        return _paths(self.config, "output_dir")
 
     @abstractmethod
     def run(self, config: Any) -> None:
@@ -57,3 +75,8 @@ class TaskStage(ABC):
     @abstractmethod
     def validate(self) -> bool:
         """Whether the stage can run (inputs present, settings coherent)."""
+
+
+def _paths(config: Any, field: str) -> list[str]:
+    value = getattr(config, field, None)
+    return [value] if isinstance(value, str) and value.strip() else []

@@ -67,12 +67,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from conveyor.errors import ProjectError
+from conveyor.project.discovery import DATASET_CONFIG, Layout, find_layout
 
 __all__ = ["Violation", "check_project"]
 
 STAGE_FILE = re.compile(r"^(?P<number>\d{2,})_(?P<name>[a-z][a-z0-9_]*)\.py$")
+DATASET_STAGE_FILE = re.compile(r"^(?P<name>[a-z][a-z0-9_]*)\.py$")
 _STAGE_BASES = frozenset({"PipelineStage", "Source", "Sink", "TaskStage"})
-_ALLOWED_PARTS = frozenset({"contracts", "shared"})
 _IGNORED_DIRS = frozenset({"__tests__", "__pycache__"})
 # Calls that import a module named by their first argument.
 _IMPORT_BY_NAME = frozenset({"import_module", "__import__", "run_module"})
@@ -131,23 +132,41 @@ def check_project(pipeline_dir: Path) -> list[Violation]:
     Raises :class:`~conveyor.errors.ProjectError` when there is no ``stages/`` folder.
     """
     pipeline_dir = Path(pipeline_dir)
-    if not (pipeline_dir / "stages").is_dir() and (pipeline_dir / "src/pipeline/stages").is_dir():
-        pipeline_dir = pipeline_dir / "src" / "pipeline"
     if not (pipeline_dir / "stages").is_dir():
-        raise ProjectError(
-            "no stages/ folder: pass the pipeline folder (holding stages/, contracts/, "
-            "shared/ and config.yaml) or the project folder holding src/pipeline/",
-            file=pipeline_dir,
-        )
-    checker = _Checker(pipeline_dir)
+        try:
+            pipeline_dir = find_layout(pipeline_dir).package_dir
+        except ProjectError:
+            raise ProjectError(
+                "no stages/ folder: pass the pipeline folder (holding stages/, contracts/, "
+                "shared/ and config.yaml) or the project folder holding src/pipeline/ (or "
+                "configs/pipeline.yaml and src/<package>/stages/)",
+                file=pipeline_dir,
+            ) from None
+    root = pipeline_dir.resolve().parent.parent
+    layout = (
+        find_layout(root)
+        if (root / DATASET_CONFIG).is_file()
+        else Layout("stream", pipeline_dir, pipeline_dir)
+    )
+    checker = _Checker(pipeline_dir, layout)
     checker.run()
     return sorted(checker.violations, key=lambda v: (str(v.file), v.line, v.rule, v.message))
 
 
 class _Checker:
-    def __init__(self, pipeline_dir: Path) -> None:
+    def __init__(self, pipeline_dir: Path, layout: Layout | None = None) -> None:
+        layout = layout or Layout("stream", pipeline_dir, pipeline_dir)
         self.root = pipeline_dir
         self.package = pipeline_dir.resolve().name
+        self.dataset = layout.kind == "dataset"
+        self.allowed = frozenset(layout.code_parts)
+        self.helpers = frozenset(layout.stage_helpers)
+        self.file_pattern = DATASET_STAGE_FILE if self.dataset else STAGE_FILE
+        homes = [f"{part}/" for part in layout.code_parts] + [
+            f"stages/{name}.py" for name in layout.stage_helpers
+        ]
+        self.homes = ", ".join(homes[:-1]) + f" or {homes[-1]}"
+        """Where shared code goes, for the messages: "contracts/ or shared/"."""
         self.violations: list[Violation] = []
         self.modules: dict[str, _Module] = {}
         self.stage_alias: dict[str, _Module] = {}  # "10_validate" and "validate" -> module
@@ -180,7 +199,7 @@ class _Checker:
         for module in self.modules.values():
             if module.role == "stage" and module.tree is not None:
                 self._check_stage_count(module)
-            if module.role in ("stage", "shared", "contracts"):
+            if module.role == "stage" or module.role in self.allowed or module.role == "helper":
                 self._check_imports(module)
         self._check_cycles()
 
@@ -195,9 +214,11 @@ class _Checker:
         if top == "stages":
             if is_init and len(parts) == 1:
                 return _Module(path, name, "stages-init", package)
+            if len(parts) == 2 and parts[1] in self.helpers:  # stages/base.py
+                return _Module(path, name, "helper", f"{self.package}.stages")
             # Stage files are loaded by path as ``pipeline.stages.<name>``.
             return _Module(path, name, "stage", f"{self.package}.stages")
-        role = top if top in _ALLOWED_PARTS else "other"
+        role = top if top in self.allowed else "other"
         return _Module(path, name, role, package)
 
     # -- file names and stage counts ---------------------------------------------------------
@@ -209,18 +230,27 @@ class _Checker:
             if module.role != "stage":
                 continue
             path = module.path
-            match = STAGE_FILE.match(path.name)
+            match = self.file_pattern.match(path.name)
             if match is None or path.parent != self.root / "stages":
                 where = "stages/" if path.parent == self.root / "stages" else self.rel(path)
+                kind = (
+                    "name.py stage files (a lower-case name, e.g. preprocess.py), "
+                    + ", ".join(f"{h}.py" for h in sorted(self.helpers))
+                    if self.dataset
+                    else "NN_name.py stage files (two or more digits, a lower-case name, e.g. "
+                    "10_validate.py)"
+                )
                 self.add(
                     path,
                     1,
                     "bad-stage-filename",
-                    f"{where} holds only NN_name.py stage files (two or more digits, a "
-                    "lower-case name, e.g. 10_validate.py) and __init__.py; rename the file, "
-                    "or move helper code to shared/",
+                    f"{where} holds only {kind} and __init__.py; rename the file, or move "
+                    f"helper code to {self.homes}",
                 )
                 self.stage_alias.setdefault(path.stem, module)
+                continue
+            if self.dataset:
+                self.stage_alias[path.stem] = module
                 continue
             by_number.setdefault(int(match["number"]), []).append(module)
             by_name.setdefault(match["name"], []).append(module)
@@ -245,7 +275,7 @@ class _Checker:
 
     def _check_stage_count(self, module: _Module) -> None:
         assert module.tree is not None
-        if STAGE_FILE.match(module.path.name) is None:
+        if self.file_pattern.match(module.path.name) is None:
             return
         found = _stage_definitions(module.tree)
         if len(found) == 1:
@@ -265,7 +295,7 @@ class _Checker:
             found[1][0],
             "stages-per-file",
             f"defines {len(found)} stages: {listing}; keep one stage per file and move the "
-            "others to their own NN_name.py files",
+            f"others to their own {'name.py' if self.dataset else 'NN_name.py'} files",
         )
 
     # -- import rules ------------------------------------------------------------------------
@@ -280,8 +310,10 @@ class _Checker:
         if rest[0] == "stages":
             if len(rest) == 1:
                 return "stages", None
+            if rest[1] in self.helpers:
+                return "allowed", None
             return "stage", self.stage_alias.get(rest[1])
-        if rest[0] in _ALLOWED_PARTS:
+        if rest[0] in self.allowed:
             return "allowed", None
         return "other", None
 
@@ -316,15 +348,15 @@ class _Checker:
                     line,
                     "stage-imports-stage",
                     f"imports stage module {what}; a stage must not reach into another "
-                    "stage: move the shared code to shared/ or the record type to contracts/",
+                    f"stage: move the code they share to {self.homes}",
                 )
             else:
                 self.add(
                     module.path,
                     line,
                     "forbidden-import",
-                    f"{module.role} code imports stage module {what}; {module.role}/ must not "
-                    "depend on stages: move the code it needs into shared/",
+                    f"{module.role} code imports stage module {what}; {module.role} code must "
+                    f"not depend on stages: move the code it needs into {self.homes}",
                 )
             return True
         if kind == "other" or (kind == "package" and bare):
@@ -333,9 +365,9 @@ class _Checker:
                 module.path,
                 line,
                 "forbidden-import",
-                f"imports {target!r}; {who} may import only {self.package}.contracts, "
-                f"{self.package}.shared, the standard library and third-party packages: move "
-                "what it needs into shared/ or contracts/",
+                f"imports {target!r}; {who} may import only {self._importable()}, the "
+                f"standard library and third-party packages: move what it needs into "
+                f"{self.homes}",
             )
             return True
         return False
@@ -347,14 +379,23 @@ class _Checker:
             line,
             "dynamic-import-of-stage",
             f"{function}() loads stage {what}; {who} must not import a stage, not even "
-            "dynamically: move the shared code to shared/ or the record type to contracts/",
+            f"dynamically: move the code they share to {self.homes}",
         )
 
     def _mentions_stage(self, literal: str) -> bool:
         parts = [p for p in re.split(r"[./\\]+", literal) if p]
         if "stages" in parts:
             return True
-        return any(p in self.stage_alias and STAGE_FILE.match(p + ".py") for p in parts)
+        return any(
+            p in self.stage_alias and p not in self.helpers and self.file_pattern.match(p + ".py")
+            for p in parts
+        )
+
+    def _importable(self) -> str:
+        """The pipeline modules stage and shared code may import, for the messages."""
+        names = [f"{self.package}.{part}" for part in sorted(self.allowed)]
+        names += [f"{self.package}.stages.{name}" for name in sorted(self.helpers)]
+        return ", ".join(names)
 
     # -- cycles ------------------------------------------------------------------------------
 
@@ -453,7 +494,7 @@ class _Checker:
                 edges[(start, nxt)],
                 "import-cycle",
                 f"import cycle {chain}; break it by moving what these modules share into a "
-                "module of shared/ that imports none of them",
+                f"module of {self.homes} that imports none of them",
             )
 
 

@@ -23,6 +23,7 @@ from conveyor.core.sink import Sink as RunSink
 from conveyor.core.stage import PipelineStage
 from conveyor.core.stages import BranchStage
 from conveyor.errors import ConfigError, ProjectError
+from conveyor.observe.graph import Drawable, Step
 from conveyor.pipeline import Pipeline
 from conveyor.project.config import (
     LoadedConfig,
@@ -31,19 +32,22 @@ from conveyor.project.config import (
     connector_sink,
     connector_source,
     load_config,
+    load_dataset_config,
     validate_model,
 )
 from conveyor.project.datasets import DatasetWriter, Persistable
 from conveyor.project.discovery import (
+    Layout,
     StageFile,
+    dataset_stage_files,
     discover_stage_files,
-    find_pipeline_dir,
+    find_layout,
     load_stage,
     project_root,
 )
 from conveyor.project.kinds import Sink, Source, TaskStage
 
-__all__ = ["LoadedStage", "Project", "load_project", "load_project_config"]
+__all__ = ["LoadedStage", "Project", "load_project", "load_project_config", "stage_files"]
 
 
 @dataclass
@@ -72,6 +76,11 @@ class Project:
     """The sink of config.yaml's ``sink:`` section (a connector), if it has one."""
     configured_source: Source | None = None
     """The source of config.yaml's ``source:`` section (a connector), if it has one."""
+
+    @property
+    def layout(self) -> Layout:
+        """Where the project keeps its stages, shared code and config (stream or dataset)."""
+        return find_layout(self.root)
 
     @property
     def name(self) -> str:
@@ -203,6 +212,15 @@ class Project:
             else:
                 pipeline.add_stage(item)
         return pipeline
+
+    def drawable(self) -> Drawable:
+        """What ``conveyor graph`` draws: :meth:`pipeline`, or for a task-stage project its
+        steps with the paths they read and write."""
+        if self.stages and all(isinstance(s.stage, TaskStage) for s in self.stages):
+            return [
+                Step(s.name, tuple(s.stage.inputs()), tuple(s.stage.outputs())) for s in self.stages
+            ]
+        return self.pipeline()
 
     def _hooks(self) -> dict[HookName, list[Hook]]:
         """The functions ``pipeline.hooks`` of config.yaml names, imported."""
@@ -343,11 +361,16 @@ def _instantiate(
     model: Any = getattr(found, "Config", None)
     if model is not None:
         where = ("stages", stage_file.name, "params")
+        fields = _fields(found)
+        given = {
+            **{k: v for k, v in config.config.params.items() if k in fields},
+            **section.params,
+        }
         if model.model_config.get("extra") is None:
             # A plain BaseModel ignores unknown keys; a typo in params must be an error.
             strict = type(model.__name__, (model,), {"model_config": ConfigDict(extra="forbid")})
-            validate_model(strict, section.params, config, where)
-        params = validate_model(model, section.params, config, where)
+            validate_model(strict, given, config, where)
+        params = validate_model(model, given, config, where)
         factory: Any = found
         stage = factory(params)
     else:
@@ -364,31 +387,70 @@ def _instantiate(
 def load_project_config(
     path: Path, overrides: Sequence[str] = ()
 ) -> tuple[Path, Path, LoadedConfig]:
-    """The project folder, the pipeline folder and the config of the project at ``path``:
-    config.yaml read within its bounds and validated, with ``overrides``, and its paths
-    checked to stay inside the project folder (:func:`~conveyor.project.config.check_paths`).
-    Every command that reads a project's config loads it through here."""
-    pipeline_dir = find_pipeline_dir(path)
-    root = project_root(path)
-    config = load_config(pipeline_dir / "config.yaml", overrides)
-    check_paths(config, root, pipeline_dir)
-    return root, pipeline_dir, config
+    """The project folder, the pipeline folder and the config of the project at ``path``
+    (either layout, see :func:`~conveyor.project.discovery.find_layout`): read within its
+    bounds and validated, with ``overrides``, and its paths checked to stay inside the
+    project folder (:func:`~conveyor.project.config.check_paths`). Every command that
+    reads a project's config loads it through here."""
+    layout = find_layout(path)
+    if layout.kind == "dataset":
+        config = load_dataset_config(layout.config_file.parent, overrides)
+    else:
+        config = load_config(layout.config_file, overrides)
+    check_paths(config, layout.root, layout.package_dir)
+    return layout.root, layout.package_dir, config
+
+
+def stage_files(pipeline_dir: Path, config: LoadedConfig) -> list[StageFile]:
+    """The project's stage files in run order: numbered files (stream layout), or those of
+    the ``stages:`` list of configs/pipeline.yaml (dataset layout; a missing file is an
+    error at its name in the list, with a did-you-mean)."""
+    if config.order is None:
+        return discover_stage_files(pipeline_dir)
+    layout = find_layout(project_root(pipeline_dir))
+    files = dataset_stage_files(layout, config.order)
+    present = sorted(
+        p.stem
+        for p in (pipeline_dir / "stages").glob("*.py")
+        if p.stem != "__init__" and p.stem not in layout.stage_helpers
+    )
+    for index, stage_file in enumerate(files):
+        if not stage_file.path.is_file():
+            close = difflib.get_close_matches(stage_file.name, present, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise config.error(
+                ("order", str(index)),
+                f"stage {stage_file.name!r} has no file {_shown(stage_file.path, layout.root)}"
+                f"{hint} (stage files: {', '.join(present) or 'none'})",
+                present,
+            )
+    return files
+
+
+def _shown(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def load_project(path: Path, overrides: Sequence[str] = ()) -> Project:
     """Discover, import and configure the project at ``path``."""
     root, pipeline_dir, config = load_project_config(path, overrides)
-    files = discover_stage_files(pipeline_dir)
+    files = stage_files(pipeline_dir, config)
     names = [f.name for f in files]
     for name in config.config.stages:
         if name not in names:
             raise _unknown_stage(name, names, config)
     project = Project(root, pipeline_dir, config)
+    declared: set[str] = set()
     for stage_file in files:
         found, _ = load_stage(stage_file, pipeline_dir)
         section = config.config.stages.get(stage_file.name, StageSection())
         stage = _instantiate(stage_file, found, section, config)
+        declared.update(_fields(found))
         project.stages.append(LoadedStage(stage_file, stage, section))
+    _check_shared(config, declared)
     _check_shape(project)
     if config.config.sink is not None:
         last = project.stages[-1] if project.stages else None
@@ -410,6 +472,27 @@ def load_project(path: Path, overrides: Sequence[str] = ()) -> Project:
             )
         project.configured_source = connector_source(config, root)
     return project
+
+
+def _fields(found: Any) -> set[str]:
+    """The parameter names a stage class declares (its ``Config`` model's fields)."""
+    model = getattr(found, "Config", None) if inspect.isclass(found) else None
+    fields = getattr(model, "model_fields", None)
+    return set(fields) if isinstance(fields, dict) else set()
+
+
+def _check_shared(config: LoadedConfig, declared: set[str]) -> None:
+    """Every shared parameter is declared by some stage's ``Config`` (else it is a typo)."""
+    for key in config.config.params:
+        if key not in declared:
+            close = difflib.get_close_matches(key, sorted(declared), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise config.error(
+                ("params", key),
+                f"shared parameter {key!r} is declared by no stage's Config model, so no stage "
+                f"would receive it{hint} (declared: {', '.join(sorted(declared)) or 'none'})",
+                sorted(declared),
+            )
 
 
 def _check_shape(project: Project) -> None:

@@ -25,7 +25,7 @@ from conveyor.core.options import RunOptions
 from conveyor.core.sink import RunMode
 from conveyor.core.sink import Sink as RunSink
 from conveyor.core.source import Source as KnownSource
-from conveyor.errors import ProjectError
+from conveyor.errors import ProjectError, UsageError
 from conveyor.project.discovery import project_root
 from conveyor.project.kinds import TaskStage
 from conveyor.project.project import (
@@ -107,20 +107,34 @@ def run_project(
     hooks: Mapping[HookName, Sequence[Hook]] | None = None,
     event_bus: EventBus | None = None,
     resume: bool | None = None,
+    after: str | None = None,
 ) -> ProjectRun:
     """Load the project at ``path`` and run it; ``stage=NAME`` among ``overrides`` runs one
-    stage only. Unchanged persisted stages are skipped unless ``force``. ``hooks`` and
-    ``event_bus`` are added to those of config.yaml. A whole run keeps checkpoints
-    (``pipeline.checkpoints``): ``resume=True`` continues an unfinished one, ``False``
-    starts afresh, ``None`` stops if there is one."""
+    stage only; ``after=NAME`` runs every stage after the persisted stage NAME, on its
+    dataset, into the Sink (:func:`after_run_plan`). Unchanged persisted stages are skipped
+    unless ``force``. ``hooks`` and ``event_bus`` are added to those of config.yaml. A
+    whole run keeps checkpoints (``pipeline.checkpoints``): ``resume=True`` continues an
+    unfinished one, ``False`` starts afresh, ``None`` stops if there is one."""
     stage_name, rest = _split_stage(overrides)
+    if after is not None and stage_name is not None:
+        raise UsageError(
+            f"--after {after} and stage={stage_name} exclude each other: stage=NAME runs one "
+            "stage, --after NAME every stage after NAME"
+        )
     extra = RunHooks(hooks or {}, event_bus, progress, progress_interval, handle_signals, resume)
     # Stages see paths relative to the project folder, as `dvc repro` runs them.
     with contextlib.chdir(project_root(path)):
         project = load_project(Path.cwd(), rest)
         if all(isinstance(s.stage, TaskStage) for s in project.stages):
+            if after is not None:
+                raise UsageError(
+                    f"--after {after}: a project of task stages has no datasets to start "
+                    "from; run one stage with stage=NAME"
+                )
             return _run_tasks(project, stage_name)
-        if stage_name is None:
+        if after is not None:
+            plan = after_run_plan(project, project.stage(after))
+        elif stage_name is None:
             plan = whole_run_plan(project, force=force)
         else:
             plan = stage_run_plan(project, project.stage(stage_name), force=force)
@@ -148,6 +162,7 @@ def _run_tasks(project: Project, only: str | None) -> ProjectRun:
     chosen = [project.stage(only)] if only else project.stages
     for loaded in chosen:
         stage: TaskStage = loaded.stage
+        stage.run_options = project.run_options(handle_signals=True)
         if not stage.validate():
             raise ProjectError(
                 f"stage {loaded.name!r}: validate() returned False; fix its inputs or config, "
@@ -332,9 +347,11 @@ def whole_run_plan(project: Project, *, force: bool = False) -> RunPlan:
 
 def stage_run_plan(project: Project, loaded: LoadedStage, *, force: bool = False) -> RunPlan:
     """One stage on the previous stage's persisted output (the Sink: into itself)."""
-    if loaded is project.stages[0]:
+    if project.source_stage is not None and loaded is project.stages[0]:
+        # (With a `source:` section the first stage is a record stage: it reads the Source.)
         raise ProjectError(
-            f"stage {loaded.name!r} is the first stage; run the whole pipeline instead",
+            f"stage {loaded.name!r} is the first stage (the Source); run the whole pipeline "
+            "instead",
             file=loaded.file.path,
         )
     if project.sink_stage is not None and loaded is project.stages[-1]:
@@ -351,6 +368,42 @@ def stage_run_plan(project: Project, loaded: LoadedStage, *, force: bool = False
             f"stages.{loaded.name} in config.yaml to keep it"
         )
     return RunPlan([loaded], records, input_path, DiscardSink(), mode="stage", notes=notes)
+
+
+def after_run_plan(project: Project, after: LoadedStage) -> RunPlan:
+    """Every record stage after the persisted stage ``after``, on its dataset, into the
+    Sink (``conveyor run --after NAME``): what ``conveyor dvc``'s last DVC stage runs.
+
+    Freshness is not consulted, before or after ``after`` (DVC decided that this part must
+    run): the stages after it all run. Like a single-stage run it keeps no checkpoints and
+    opens the Sink as a single-stage run does (``mode="stage"``): DVC deletes a stage's
+    outputs before it runs it, so there is nothing a checkpoint could resume.
+    """
+    middle = project.middle
+    if after not in middle:
+        what = "the Source" if after is project.stages[0] else "the Sink"
+        raise ProjectError(
+            f"--after {after.name}: stage {after.name!r} is {what}; --after names a "
+            f"persisted stage (one with persist: in config.yaml) to start after",
+            file=project.config.file,
+        )
+    if persist_path(project, after) is None:
+        raise ProjectError(
+            f"--after {after.name}: stage {after.name!r} is not persisted, so there is no "
+            f"dataset to start from; add `persist: {{path: data/{after.name}}}` to "
+            f"stages.{after.name} in config.yaml",
+            file=project.config.file,
+        )
+    start = middle.index(after) + 1
+    sink = project_sink(project)
+    if start == len(middle) and isinstance(sink, DiscardSink):
+        raise ProjectError(
+            f"--after {after.name}: nothing runs after stage {after.name!r} (it is the last "
+            "stage and the project has no Sink)",
+            file=project.config.file,
+        )
+    records, input_path = _input_at(project, start, middle[start] if start < len(middle) else None)
+    return RunPlan(middle[start:], records, input_path, sink, mode="stage")
 
 
 # -- running a plan --------------------------------------------------------------------------
