@@ -220,6 +220,9 @@ def run(
         _say(note, lines=True)
     report = outcome.report
     if report is None:
+        for name in outcome.tasks_run:
+            summary = str(getattr(outcome.project.stage(name).stage, "summary", "") or "done")
+            _say(f"{name}: {summary}")
         if outcome.tasks_run:
             _say(f"ran task stages: {', '.join(outcome.tasks_run)}")
         return
@@ -386,19 +389,31 @@ def dlq_replay(
 @app.command(context_settings={"allow_extra_args": True})
 def new(
     what: list[str] = typer.Argument(..., help="PROJECT, or: stage NAME"),
+    template: str | None = typer.Option(
+        None,
+        "--template",
+        "-t",
+        help="For a project: stream (the default: numbered stage files and config.yaml) or "
+        "dataset (seed 002: stages by name, configs/, data/, dvc.yaml, a pixi manifest).",
+    ),
     after: int | None = typer.Option(None, help="For a stage: the number it comes after."),
     project: Path = typer.Option(Path("."), help="For a stage: the project."),
 ) -> None:
-    """Create a working project (`new PROJECT`) or one stage (`new stage NAME`)."""
-    from conveyor.project.scaffold import new_project, new_stage
+    """Create a working project (`new [--template dataset] PROJECT`) or one stage (`new
+    stage NAME`)."""
+    from conveyor.project.scaffold import TEMPLATES, new_project, new_stage
 
     try:
         if len(what) == 2 and what[0] == "stage":
+            if template is not None:
+                raise typer.BadParameter("--template is for a new project, not a stage")
             written = new_stage(project, what[1], after=after)
         elif len(what) == 1:
-            written = new_project(Path(what[0]))
+            written = new_project(Path(what[0]), template or TEMPLATES[0])
         else:
-            raise typer.BadParameter("use: conveyor new PROJECT  or  conveyor new stage NAME")
+            raise typer.BadParameter(
+                "use: conveyor new [--template dataset] PROJECT  or  conveyor new stage NAME"
+            )
     except ConveyorError as exc:
         _fail(exc)
         return

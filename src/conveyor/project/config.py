@@ -219,6 +219,21 @@ class LoadedConfig:
             key = key[:-1]
         return (self.file, None, None)
 
+    def dotted(self, path: Sequence[str]) -> str:
+        """``path`` as the user writes it: config.yaml's dotted key, or in the dataset
+        layout the override form (``stages.NAME.params.KEY`` -> ``NAME.KEY``, ``params.KEY``
+        -> ``KEY``, a stage's whole file -> ``configs/stages/NAME.yaml``)."""
+        parts = tuple(path)
+        if self.order is not None:
+            if parts[:1] == ("stages",) and parts[2:3] == ("params",):
+                name = parts[1]
+                if len(parts) == 3:
+                    return f"configs/stages/{name}.yaml"
+                return ".".join((name, *parts[3:]))
+            if parts[:1] == ("params",):
+                return ".".join(parts[1:]) or "configs/pipeline.yaml"
+        return ".".join(parts)
+
     def error(self, path: Sequence[str], message: str, valid: Sequence[str] = ()) -> ConfigError:
         """A :class:`ConfigError` located at ``path``."""
         file, line, column = self.where(path)
@@ -921,7 +936,7 @@ def _explain(
     for error in exc.errors():
         loc = tuple(str(part) for part in error["loc"])
         path = (*prefix, *loc)
-        dotted = ".".join(path)
+        dotted = loaded.dotted(path)
         if error["type"] == "extra_forbidden":
             valid = _fields_at(model, loc[:-1])
             close = difflib.get_close_matches(loc[-1], valid, n=1)
@@ -933,7 +948,7 @@ def _explain(
                 if elsewhere
                 else ""
             )
-            parent = ".".join(path[:-1]) or "the top level"
+            parent = loaded.dotted(path[:-1]) or "the top level"
             text = f"unknown key {loc[-1]!r} in {parent}{hint} (valid keys: {', '.join(valid)})"
         else:
             text = f"{dotted}: {error['msg']}"

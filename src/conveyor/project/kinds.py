@@ -52,6 +52,8 @@ class TaskStage(ABC):
     config: Any = None
     """The validated ``Config`` (set by a subclass's ``__init__(config)``), passed to
     :meth:`run`."""
+    summary: str = ""
+    """One line saying what the last :meth:`run` did (``conveyor run`` prints it)."""
     run_options: Any = None
     """The project's :class:`~conveyor.RunOptions` (its ``pipeline:`` settings: the
     dead-letter store, batch size, …), set before :meth:`run`: a stage that streams its

@@ -1,20 +1,66 @@
-"""``conveyor new``: a working project, or one new stage file between its neighbours."""
+"""``conveyor new``: a working project, or one new stage file between its neighbours.
+
+Two templates (``conveyor new --template NAME PROJECT``):
+
+- ``stream`` (the default, seed 000): ``src/pipeline/`` with numbered stage files,
+  ``contracts/``, ``shared/`` and ``config.yaml`` (the files of :data:`_FILES` below);
+- ``dataset`` (seed 002): ``src/<package>/`` with stages by name, ``transforms/``,
+  ``schemas/``, ``configs/``, ``data/``, ``dvc.yaml``, tests and a ``pyproject.toml`` with
+  a pixi manifest. Its files are real files under ``templates/dataset/`` in this package
+  (found through :func:`importlib.resources.files`, so they work from a wheel or a zip):
+  a ``.tmpl`` suffix on every text file, with ``{{project_slug}}`` (the folder's name),
+  ``{{package_name}}`` (it as a Python identifier) and ``{{conveyor_version}}`` in their
+  contents and ``{{package_name}}`` in their paths; other files (the bundled sample
+  data) are copied byte for byte.
+"""
 
 from __future__ import annotations
 
+import keyword
 import re
+import sys
+from collections.abc import Iterator, Mapping
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
+from typing import Final
 
+from conveyor._version import __version__
 from conveyor.core._paths import shown
 from conveyor.core._render import printable
 from conveyor.errors import ProjectError
 from conveyor.project.discovery import discover_stage_files, find_pipeline_dir
 
-__all__ = ["new_project", "new_stage"]
+__all__ = [
+    "TEMPLATES",
+    "new_project",
+    "new_stage",
+    "package_name",
+    "template_files",
+    "template_root",
+]
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 MAX_PROJECT_NAME = 100
 """The longest project (folder) name ``conveyor new`` makes."""
+
+TEMPLATES: Final = ("stream", "dataset")
+"""The project templates of ``conveyor new --template``; the first is the default."""
+
+TEMPLATE_SUFFIX: Final = ".tmpl"
+"""The suffix of a template's text files (dropped in the project it makes)."""
+
+_PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+_DISTRIBUTION = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+_SHADOWED: Final = frozenset(
+    {
+        *("conveyor", "pydantic", "pydantic_core", "typing_extensions", "annotated_types"),
+        *("yaml", "typer", "click", "rich", "fastjsonschema", "httpx", "httpcore", "anyio"),
+        *("pytest", "dvc"),
+    }
+)
+"""Packages a dataset project imports (Conveyor, its dependencies, its tools): a project
+package of the same name would hide them."""
 
 _FILES: dict[str, str] = {
     "src/pipeline/__init__.py": '"""The {name} pipeline."""\n',
@@ -214,29 +260,145 @@ A Conveyor pipeline project.
 }
 
 
-def new_project(path: Path) -> list[Path]:
-    """Create a working project at ``path`` (which must not exist or be empty); its name
-    (the folder's) has at most 100 characters and no control characters."""
+def new_project(path: Path, template: str = "stream") -> list[Path]:
+    """Create a working project at ``path`` (which must not exist or be empty) from
+    ``template`` (one of :data:`TEMPLATES`) and return the files written. Its name (the
+    folder's) has at most 100 characters and no control characters; the ``dataset``
+    template also makes it a Python package name (:func:`package_name`)."""
+    if template not in TEMPLATES:
+        raise ProjectError(
+            f"unknown template {shown(template)}; the templates are: {', '.join(TEMPLATES)}"
+        )
     folder = path.name
     if len(folder) > MAX_PROJECT_NAME or printable(folder) != folder or not folder.strip():
         raise ProjectError(
             f"the project name {shown(folder)} ({len(folder)} characters) is not a folder name "
             f"to make: use 1 to {MAX_PROJECT_NAME} characters without control characters"
         )
+    values = (
+        {
+            "project_slug": folder,
+            "package_name": package_name(folder),
+            "conveyor_version": __version__,
+        }
+        if template == "dataset"
+        else {}
+    )
     try:
         if path.exists() and any(path.iterdir()):
             raise ProjectError("the folder exists and is not empty; pick a new name", file=path)
-        name = re.sub(r"[^a-z0-9_]", "_", folder.lower()) or "pipeline"
-        written = []
-        for relative, text in _FILES.items():
-            target = path / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(text.replace("{name}", name), encoding="utf-8")
-            written.append(target)
+        if template == "stream":
+            return _write_stream(path, folder)
+        return _write_template(path, template, values)
     except OSError as exc:
         raise ProjectError(
             f"cannot create the project: {exc.strerror or exc}", file=printable(path)
         ) from None
+
+
+def _write_stream(path: Path, folder: str) -> list[Path]:
+    """The files of the ``stream`` template (:data:`_FILES`)."""
+    name = re.sub(r"[^a-z0-9_]", "_", folder.lower()) or "pipeline"
+    written = []
+    for relative, text in _FILES.items():
+        target = path / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text.replace("{name}", name), encoding="utf-8")
+        written.append(target)
+    return written
+
+
+def package_name(project_slug: str) -> str:
+    """The Python package of a ``dataset`` project called ``project_slug``: lower case,
+    ``-`` made ``_``; a ProjectError (saying why, with an example) if that is not a name to
+    import (an identifier of ASCII letters, digits and ``_`` starting with a letter, not a
+    keyword, not the name of a module it would hide).
+
+    >>> package_name("My-Project")
+    'my_project'
+    >>> package_name("my.project")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    conveyor.errors.ProjectError: the project name 'my.project' cannot become a Python package...
+    """
+    name = project_slug.lower().replace("-", "_")
+    why = ""
+    if not _DISTRIBUTION.match(project_slug):
+        why = "use ASCII letters, digits, '-' and '_', starting with a letter"
+    elif project_slug[-1] in "-_":
+        why = "end it with a letter or a digit"
+    elif keyword.iskeyword(name):
+        why = f"{name!r} is a Python keyword"
+    elif name in sys.stdlib_module_names or name in _SHADOWED:
+        why = f"a package {name!r} would hide the module {name!r} it needs"
+    if why:
+        raise ProjectError(
+            f"the project name {shown(project_slug)} cannot become a Python package name: "
+            f"{why} (e.g. my-project, whose package is my_project)"
+        )
+    return name
+
+
+def template_root(template: str) -> Traversable:
+    """The folder of a file template, inside this package (``templates/<template>``)."""
+    return resources.files("conveyor.project") / "templates" / template
+
+
+def template_files(template: str) -> Iterator[tuple[tuple[str, ...], Traversable]]:
+    """Every file of a file template, as (its path parts below the template, the file), in
+    a stable order."""
+
+    def walk(
+        node: Traversable, parts: tuple[str, ...]
+    ) -> Iterator[tuple[tuple[str, ...], Traversable]]:
+        for child in sorted(node.iterdir(), key=lambda c: c.name):
+            if child.name == "__pycache__":
+                continue
+            if child.is_dir():
+                yield from walk(child, (*parts, child.name))
+            else:
+                yield (*parts, child.name), child
+
+    root = template_root(template)
+    if not root.is_dir():
+        raise ProjectError(f"the {template!r} template is missing from this Conveyor install")
+    yield from walk(root, ())
+
+
+def _fill(text: str, values: Mapping[str, str], where: str) -> str:
+    """``text`` with each ``{{name}}`` replaced by ``values[name]``; an unknown name is an
+    error (a template that would leave ``{{`` in a project is a bug)."""
+
+    def value(match: re.Match[str]) -> str:
+        key = match.group(1)
+        if key not in values:
+            raise ProjectError(
+                f"template file {where}: unknown placeholder {match.group(0)} "
+                f"(known: {', '.join(sorted(values))})"
+            )
+        return values[key]
+
+    return _PLACEHOLDER.sub(value, text)
+
+
+def _write_template(path: Path, template: str, values: Mapping[str, str]) -> list[Path]:
+    """Write every file of ``template`` below ``path``, placeholders filled in paths and in
+    the contents of ``.tmpl`` files (the suffix dropped); other files are copied as they are."""
+    written = []
+    for parts, source in template_files(template):
+        where = "/".join(parts)
+        names = [_fill(part, values, where) for part in parts]
+        text = names[-1].endswith(TEMPLATE_SUFFIX)
+        if text:
+            names[-1] = names[-1][: -len(TEMPLATE_SUFFIX)]
+        target = path.joinpath(*names)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if text:
+            content = _fill(source.read_text(encoding="utf-8"), values, where)
+            target.write_text(content, encoding="utf-8", newline="")
+        else:
+            target.write_bytes(source.read_bytes())
+        written.append(target)
     return written
 
 
@@ -280,6 +442,14 @@ def new_stage(project: Path, name: str, *, after: int | None = None) -> list[Pat
         raise ProjectError(
             f"stage name {shown(name)} must be a lower-case identifier of at most 64 "
             "characters (e.g. clean_rows)"
+        )
+    if (project / "configs" / "pipeline.yaml").is_file():
+        raise ProjectError(
+            "conveyor new stage makes numbered stage files of the stream layout; in a dataset "
+            f"project add src/<package>/stages/{name}.py (one Stage with its Config), "
+            f"configs/stages/{name}.yaml and {name!r} in the stages: list of "
+            "configs/pipeline.yaml, then run 'conveyor dvc .' to update dvc.yaml",
+            file=project / "configs" / "pipeline.yaml",
         )
     pipeline_dir = find_pipeline_dir(project)
     files = discover_stage_files(pipeline_dir)
