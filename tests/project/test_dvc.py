@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from _dvckit import cli_env, dvc, needs_dvc, ran
 from conveyor.errors import ProjectError
 from conveyor.project.dvc import GENERATED_HEADER, dvc_stages, write_dvc_yaml
 from conveyor.project.project import Project, load_project
 from conveyor.project.scaffold import new_project
-
-DVC_TIMEOUT = 180  # seconds, for each DVC command
 
 # An enrich stage with parameters, so that a param of the later stage can change.
 ENRICH = '''"""Adds the Fahrenheit value, plus an offset."""
@@ -202,35 +198,6 @@ def test_a_persisted_branch_member_is_rejected(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- real DVC
 
-HAVE_DVC = importlib.util.find_spec("dvc") is not None
-needs_dvc = pytest.mark.skipif(
-    not HAVE_DVC and os.environ.get("CI") != "true",
-    reason="DVC is not installed (pip install 'dvc>=3'); these tests run `dvc repro` for "
-    "real and are required in CI",
-)
-
-
-def dvc(root: Path, *args: str, env: dict[str, str]) -> str:
-    """Run ``dvc ARGS`` in ``root`` (bounded); its stdout and stderr together."""
-    done = subprocess.run(
-        [sys.executable, "-m", "dvc", *args],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=DVC_TIMEOUT,
-        check=False,
-    )
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, f"dvc {' '.join(args)} failed:\n{output}"
-    return output
-
-
-def ran(output: str) -> set[str]:
-    return {
-        line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")
-    }
-
 
 def records(path: Path) -> list[dict[str, object]]:
     manifest = json.loads((path / "_manifest.json").read_text(encoding="utf-8"))
@@ -243,13 +210,7 @@ def records(path: Path) -> list[dict[str, object]]:
 
 @pytest.fixture
 def dvc_env(tmp_path: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("PYTHONDONTWRITEBYTECODE", None)  # bytecode must not make stages re-run
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    env["DVC_NO_ANALYTICS"] = "1"
-    env["DVC_GLOBAL_CONFIG_DIR"] = str(tmp_path / "dvc-global")
-    env["DVC_SITE_CACHE_DIR"] = str(tmp_path / "dvc-site-cache")
-    return env
+    return cli_env(tmp_path)
 
 
 @needs_dvc

@@ -19,6 +19,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from _dvckit import cli_env, needs_dvc
+from _dvckit import dvc as run_dvc
 from conveyor import __version__
 from conveyor.cli import app
 from conveyor.errors import ProjectError
@@ -452,30 +454,13 @@ def test_the_stages_declare_what_dvc_yaml_lists(fresh: Path) -> None:
             assert any(path == dep or path.startswith(dep + "/") for dep in dvc[name]["deps"])
 
 
-HAVE_DVC = importlib.util.find_spec("dvc") is not None
-
-
-@pytest.mark.skipif(
-    not HAVE_DVC and os.environ.get("CI") != "true",
-    reason="DVC is not installed (pip install 'dvc>=3'); required in CI",
-)
+@needs_dvc
 @pytest.mark.timeout(900)
 def test_the_repro_task_runs_dvc_repro(fresh: Path, tmp_path: Path) -> None:
-    env_dirs = {"DVC_GLOBAL_CONFIG_DIR": "dvc-global", "DVC_SITE_CACHE_DIR": "dvc-site"}
+    env = {**cli_env(tmp_path), "PYTHONPATH": str(fresh / "src")}
 
     def dvc(*args: str) -> str:
-        env = {**env_for(fresh), **{k: str(tmp_path / v) for k, v in env_dirs.items()}}
-        done = subprocess.run(
-            [sys.executable, "-m", "dvc", *args],
-            cwd=fresh,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
-        assert done.returncode == 0, f"dvc {' '.join(args)}:\n{done.stdout}{done.stderr}"
-        return done.stdout + done.stderr
+        return run_dvc(fresh, *args, env=env)
 
     dvc("init", "--no-scm")
     dvc("config", "core.analytics", "false")
@@ -538,22 +523,19 @@ def test_a_typo_in_the_preprocess_file_is_located(fresh: Path) -> None:
     assert "did you mean 'size'?" in done.stderr
 
 
-@pytest.mark.skipif(
-    not HAVE_DVC and os.environ.get("CI") != "true",
-    reason="DVC is not installed (pip install 'dvc>=3'); required in CI",
-)
+@needs_dvc
 @pytest.mark.timeout(900)
 def test_outputs_go_to_a_remote_and_come_back_into_a_fresh_copy(
     fresh: Path, tmp_path: Path
 ) -> None:
-    env_dirs = {"DVC_GLOBAL_CONFIG_DIR": "dvc-global", "DVC_SITE_CACHE_DIR": "dvc-site"}
-    extra = {k: str(tmp_path / v) for k, v in env_dirs.items()}
-
     def run(where: Path, *args: str) -> str:
+        env = {**cli_env(tmp_path), "PYTHONPATH": str(where / "src")}
+        if args[0] == "dvc":
+            return run_dvc(where, *args[1:], env=env)
         done = subprocess.run(
             [sys.executable, "-m", *args],
             cwd=where,
-            env={**env_for(where), **extra},
+            env=env,
             capture_output=True,
             text=True,
             timeout=600,
@@ -591,7 +573,7 @@ def test_outputs_go_to_a_remote_and_come_back_into_a_fresh_copy(
     check = subprocess.run(
         [sys.executable, "-m", "conveyor", "dvc", ".", "--check"],
         cwd=copy,
-        env={**env_for(copy), **extra},
+        env={**cli_env(tmp_path), "PYTHONPATH": str(copy / "src")},
         capture_output=True,
         text=True,
         timeout=600,

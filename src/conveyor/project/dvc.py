@@ -614,25 +614,33 @@ class _StreamStages:
                     f"does not restore it; deliver again with: dvc repro --force "
                     f"--single-item {name}"
                 )
-        outs: list[str] = []
-        for path in raw:
-            target = Path(os.path.normpath(project.path(path)))
-            relative = _posix(project, target)
-            if relative is None or relative == ".":
-                self.warnings.append(
-                    f"sink: {path} is "
-                    + ("outside the project" if relative is None else "the project folder")
-                    + f", so it cannot be an out of DVC stage {name!r}: DVC does not track it"
-                )
-            elif target == project.pipeline_dir or project.pipeline_dir in target.parents:
-                raise ProjectError(
-                    f"the sink writes {path}, inside the pipeline folder (code); write "
-                    "outputs to a folder such as data/",
-                    file=project.config.file,
-                )
-            else:
-                outs.append(relative)
-        return list(dict.fromkeys(outs))
+        return _outs(project, raw, "the sink", name, self.warnings)
+
+
+def _outs(
+    project: Project, raw: Sequence[str], who: str, stage: str, warnings: list[str]
+) -> list[str]:
+    """The files or folders ``who`` writes, as the outs of DVC stage ``stage`` (relative,
+    once each); one outside the project is a warning, one inside the code an error."""
+    outs: list[str] = []
+    for path in raw:
+        target = Path(os.path.normpath(project.path(path)))
+        relative = _posix(project, target)
+        if relative is None or relative == ".":
+            warnings.append(
+                f"{who}: writes {path}, "
+                + ("outside the project" if relative is None else "the project folder")
+                + f", which cannot be an out of DVC stage {stage!r}: DVC does not track it"
+            )
+        elif target == project.pipeline_dir or project.pipeline_dir in target.parents:
+            raise ProjectError(
+                f"{who} writes {path}, inside the pipeline's package folder (code); write "
+                "outputs to a folder such as data/",
+                file=project.config.file,
+            )
+        else:
+            outs.append(relative)
+    return list(dict.fromkeys(outs))
 
 
 def _code(project: Project) -> list[str]:
@@ -752,26 +760,7 @@ class _TaskStages:
         return relative
 
     def _outs(self, stage: str, raw: Sequence[str]) -> list[str]:
-        project = self.project
-        outs: list[str] = []
-        for path in raw:
-            target = Path(os.path.normpath(project.path(path)))
-            relative = _posix(project, target)
-            if relative is None or relative == ".":
-                self.warnings.append(
-                    f"stage {stage}: writes {path}, "
-                    + ("outside the project" if relative is None else "the project folder")
-                    + ", which cannot be a DVC out: DVC does not track it"
-                )
-            elif target == project.pipeline_dir or project.pipeline_dir in target.parents:
-                raise ProjectError(
-                    f"stage {stage!r} writes {path}, inside the package folder (code); "
-                    "write outputs to a folder such as data/",
-                    file=project.config.file,
-                )
-            else:
-                outs.append(relative)
-        return list(dict.fromkeys(outs))
+        return _outs(self.project, raw, f"stage {stage}", stage, self.warnings)
 
     def _params(
         self, loaded: LoadedStage
