@@ -201,6 +201,13 @@ def run(
         )
     except ConveyorError as exc:
         progress.stop()
+        if getattr(exc, "over_budget", False):  # a task stage over the dead-letter budget
+            errors.print(
+                Text.assemble(("error:", "bold red"), " ", printable(exc, newlines=True)),
+                highlight=False,
+            )
+            _say(f"inspect the dead letters with: conveyor dlq list {path}", err=True)
+            raise typer.Exit(EXIT_OVER_BUDGET) from None
         _fail(exc, _rerun_hint(path, overrides, exc))
         return
     except (KeyboardInterrupt, SystemExit) as stop:

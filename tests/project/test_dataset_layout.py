@@ -372,3 +372,206 @@ def test_dvc_repro_of_a_dataset_project(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr  # same stages: still matches
     assert ran(dvc(root, "repro", env=env)) == {"copy", "count"}  # a shared param: both
     assert counted(root)["seed"] == 1
+
+
+def test_dvc_warns_of_parameters_its_run_cache_ignores(tmp_path: Path) -> None:
+    root = make(tmp_path)
+    count = root / "src/demo/stages/count.py"
+    count.write_text(
+        count.read_text().replace(
+            'label: str = "files"', 'label: str = "files"\n        size: int = 0'
+        )
+    )
+    (root / "configs/stages/count.yaml").write_text(
+        "input_dir: data/copied\noutput_dir: data/counted\nsize: 3\n"
+    )
+    warnings = dvc_pipeline(load_project(root)).warnings
+    assert [w for w in warnings if "run cache" in w] == [
+        "parameter count.size: DVC's run cache leaves parameters named nfiles or size out "
+        "of a stage's hash, so after changing it `dvc repro` may restore an old output "
+        "instead of running the stage; rename it (or run `dvc repro --no-run-cache`)"
+    ]
+
+
+# -- review findings: paths, freshness, secrets, precedence ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("../elsewhere", "outside the project"),
+        ("src/demo", "inside the package folder"),
+        (".", "the project folder itself"),
+    ],
+)
+def test_a_task_stage_writes_only_inside_the_project_and_not_its_code(
+    tmp_path: Path, value: str, message: str
+) -> None:
+    root = make(tmp_path)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_project(root, [f"count.output_dir={value}"])
+    assert info.value.key == "stages.count.params.output_dir"
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_a_command_line_shared_value_wins_over_a_stage_file(tmp_path: Path) -> None:
+    root = make(tmp_path)
+    (root / "configs/stages/count.yaml").write_text(
+        "input_dir: data/copied\noutput_dir: data/counted\nseed: 5\n"
+    )
+    project = load_project(root, ["seed=7"])
+    assert [s.stage.config.seed for s in project.stages] == [7, 7]
+    project = load_project(root, ["seed=7", "count.seed=3"])
+    assert [s.stage.config.seed for s in project.stages] == [7, 3]
+    assert load_project(root, ["params.seed=9"]).stages[0].stage.config.seed == 9
+
+
+def test_a_shorter_order_and_a_misspelt_stage_in_an_override(tmp_path: Path) -> None:
+    root = make(tmp_path)
+    (root / "configs/pipeline.yaml").write_text("stages: [copy, count]\nupper: true\n")
+    (root / "configs/stages/copy.yaml").write_text("input_dir: data/raw\noutput_dir: data/c\n")
+    assert [s.name for s in load_project(root, ["stages=[count]"]).stages] == ["count"]
+    with pytest.raises(ConfigError, match=r"'cpy' is no stage; did you mean copy\.upper\?"):
+        load_project(root, ["cpy.upper=false"])
+
+
+def test_a_typo_in_the_list_is_reported_in_the_list(tmp_path: Path) -> None:
+    root = make(tmp_path)
+    main = root / "configs/pipeline.yaml"
+    main.write_text("stages:\n  - copy\n  - cuont\n")
+    with pytest.raises(ConfigError, match="did you mean 'count'") as info:
+        load_project(root)
+    assert (Path(str(info.value.file)), info.value.line) == (main, 3)
+
+
+def test_a_stream_project_with_an_unrelated_configs_folder_stays_a_stream_project(
+    tmp_path: Path,
+) -> None:
+    project = tmp_path / "p"
+    stages = project / "src" / "pipeline" / "stages"
+    stages.mkdir(parents=True)
+    (stages / "10_double.py").write_text(
+        "from conveyor import MapStage\nstage = MapStage(lambda x: 2 * x)\n"
+    )
+    (project / "src/pipeline/config.yaml").write_text("pipeline: {name: p}\n")
+    (project / "configs").mkdir()
+    (project / "configs/pipeline.yaml").write_text("model: resnet\n")
+    assert find_layout(project).kind == "stream"
+    assert [s.name for s in load_project(project).stages] == ["double"]
+    assert check_project(project) == []
+
+
+def test_shared_params_count_in_fingerprints_and_stay_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = tmp_path / "p"
+    stages = project / "src" / "pipeline" / "stages"
+    stages.mkdir(parents=True)
+    (stages / "00_source.py").write_text(
+        textwrap.dedent(
+            """
+            from conveyor.project import Source
+
+            class Numbers(Source):
+                deterministic = True
+                def read(self):
+                    return iter(range(5))
+            """
+        )
+    )
+    (stages / "10_scale.py").write_text(
+        textwrap.dedent(
+            """
+            from pydantic import BaseModel, field_validator
+            from conveyor import MapStage
+
+            class Scale(MapStage):
+                class Config(BaseModel):
+                    factor: int = 1
+                    token: str = ""
+
+                    @field_validator("token")
+                    @classmethod
+                    def _token(cls, value):
+                        if value and not value.startswith("t-"):
+                            raise ValueError(f"token {value} must start with t-")
+                        return value
+
+                def __init__(self, config):
+                    factor = config.factor
+                    super().__init__(lambda x: {"v": x * factor})
+                    self.config = config
+            """
+        )
+    )
+    config = project / "src/pipeline/config.yaml"
+    config.write_text("params: {factor: 3}\nstages:\n  scale:\n    persist: {path: data/scaled}\n")
+    run_project(project, handle_signals=False)
+    assert run_project(project, handle_signals=False).skipped == ["scale"]  # unchanged
+    config.write_text("params: {factor: 5}\nstages:\n  scale:\n    persist: {path: data/scaled}\n")
+    assert run_project(project, handle_signals=False).skipped == []  # a shared param changed
+
+    config.write_text("params: {token: '${TOKEN}'}\n")
+    monkeypatch.setenv("TOKEN", "supersecret")
+    with pytest.raises(ConfigError) as info:
+        load_project(project)
+    assert "supersecret" not in str(info.value)
+    assert "***" in str(info.value)
+
+
+def test_inputs_and_outputs_of_path_fields(tmp_path: Path) -> None:
+    from pydantic import BaseModel
+
+    from conveyor.project import TaskStage
+
+    class Paths(BaseModel):
+        input_dir: Path
+        output_dir: Path
+
+    class Step(TaskStage):
+        def run(self, config: object) -> None: ...
+        def validate(self) -> bool:
+            return True
+
+    step = Step()
+    step.config = Paths(input_dir=Path("data/in"), output_dir=Path("data/out"))
+    assert (step.inputs(), step.outputs()) == (["data/in"], ["data/out"])
+
+
+def test_a_failing_task_stage_is_one_error_at_its_line_and_over_budget_exits_3(
+    tmp_path: Path,
+) -> None:
+    root = make(tmp_path)
+    count = root / "src/demo/stages/count.py"
+    text = count.read_text()
+    count.write_text(
+        text.replace("        out = Path(config.output_dir)\n", "        {}['x']\n", 1)
+    )
+    line = text.splitlines().index("        out = Path(config.output_dir)") + 1
+    cli = CliRunner()
+    result = cli.invoke(app, ["run", str(root)])
+    assert result.exit_code == 1
+    assert f"count.py:{line}: stage 'count' failed: KeyError: 'x'" in result.output
+    assert "re-run it with: conveyor run" in result.output
+    assert "Traceback" not in result.output
+
+    count.write_text(
+        text.replace(
+            "        out = Path(config.output_dir)\n",
+            "        from conveyor.project import TaskStageFailed\n"
+            "        raise TaskStageFailed('too many rejects', over_budget=True)\n",
+            1,
+        )
+    )
+    result = cli.invoke(app, ["run", str(root)])
+    assert result.exit_code == 3, result.output
+    assert "too many rejects" in result.output
+    assert "conveyor dlq list" in result.output
+
+
+def test_dlq_replay_refuses_task_stages_with_the_way_out(tmp_path: Path) -> None:
+    root = make(tmp_path)
+    result = CliRunner().invoke(app, ["dlq", "replay", str(root)])
+    assert result.exit_code == 1
+    assert "task stages" in result.output
+    assert "conveyor run . stage=copy" in result.output

@@ -416,9 +416,9 @@ def test_the_pipeline_reports_a_failing_stage_and_exits_1(fresh: Path) -> None:
     assert done.returncode == 1
     assert "data/processed/records.jsonl does not exist; run preprocess first" in done.stderr
     assert "error:" in done.stderr
-    typo = run_in(fresh, [*command(tasks_of(fresh)["pipeline"]), "preprocess.sise=3"])
+    typo = run_in(fresh, [*command(tasks_of(fresh)["pipeline"]), "preprocess.image_sise=3"])
     assert typo.returncode == 1
-    assert "did you mean 'size'" in typo.stderr
+    assert "did you mean 'image_size'" in typo.stderr
 
 
 @pytest.mark.timeout(900)
@@ -515,12 +515,14 @@ def test_check_is_clean_and_catches_a_planted_stage_import(fresh: Path) -> None:
 def test_a_typo_in_the_preprocess_file_is_located(fresh: Path) -> None:
     file = fresh / "configs" / "stages" / "preprocess.yaml"
     text = file.read_text(encoding="utf-8")
-    number = next(i for i, line in enumerate(text.splitlines(), 1) if line.startswith("size:"))
-    file.write_text(text.replace("size:", "sise:"), encoding="utf-8")
+    number = next(
+        i for i, line in enumerate(text.splitlines(), 1) if line.startswith("image_size:")
+    )
+    file.write_text(text.replace("image_size:", "image_sise:"), encoding="utf-8")
     done = run_in(fresh, [*command(tasks_of(fresh)["pipeline"]), "stage=preprocess"])
     assert done.returncode == 1
-    assert f"{file}:{number}:1: unknown key 'sise'" in done.stderr, done.stderr
-    assert "did you mean 'size'?" in done.stderr
+    assert f"{file}:{number}:1: unknown key 'image_sise'" in done.stderr, done.stderr
+    assert "did you mean 'image_size'?" in done.stderr
 
 
 @needs_dvc

@@ -8,13 +8,21 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from conveyor.project.kinds import Sink, Source, StageConfig, TaskStage
+from conveyor.project.kinds import Sink, Source, StageConfig, TaskStage, TaskStageFailed
 
 if TYPE_CHECKING:
     from conveyor.project.project import load_project
     from conveyor.project.run import run_project
 
-__all__ = ["Sink", "Source", "StageConfig", "TaskStage", "load_project", "run_project"]
+__all__ = [
+    "Sink",
+    "Source",
+    "StageConfig",
+    "TaskStage",
+    "TaskStageFailed",
+    "load_project",
+    "run_project",
+]
 
 
 def __getattr__(name: str) -> Any:

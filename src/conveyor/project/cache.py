@@ -50,7 +50,7 @@ from pathlib import Path, PurePath
 from typing import Any, Final, Protocol
 
 from conveyor.project.datasets import DatasetError, dataset_fingerprint, load_manifest
-from conveyor.project.discovery import DATASET_CONFIG, find_layout
+from conveyor.project.discovery import layout_of
 
 __all__ = [
     "CACHE_FILE",
@@ -169,10 +169,9 @@ def _update_framed(digest: Any, label: str, data: bytes) -> None:
 
 
 def _code_files(pipeline_dir: Path) -> Iterable[tuple[str, Path]]:
-    folders: tuple[str, ...] = CODE_FOLDERS
-    if (pipeline_dir.parent.parent / DATASET_CONFIG).is_file():  # the dataset layout
-        layout = find_layout(pipeline_dir.parent.parent)
-        folders = layout.code_parts
+    layout = layout_of(pipeline_dir)
+    folders: tuple[str, ...] = layout.code_parts
+    if layout.kind == "dataset":
         for name in layout.stage_helpers:
             helper = pipeline_dir / "stages" / f"{name}.py"
             if helper.is_file():

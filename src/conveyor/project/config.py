@@ -209,6 +209,11 @@ class LoadedConfig:
     """The dataset layout's ``stages:`` list (the run order); ``None`` in the stream layout."""
     stage_files: dict[str, Path] = field(default_factory=dict)
     """The dataset layout's ``configs/stages/NAME.yaml`` files that exist, by stage."""
+    order_overridden: bool = False
+    """The dataset layout's order came from the command line (``stages=[…]``)."""
+    stray_files: list[Path] = field(default_factory=list)
+    """The dataset layout's ``configs/stages/*.yaml`` files that name no listed stage (an
+    error once the stage files are known to match the list)."""
 
     def where(self, path: Sequence[str]) -> Position:
         """The best-known position of ``path`` (walking up to a parent key)."""
@@ -475,7 +480,7 @@ def _interpolate(
             return default
         raise loaded.error(
             path,
-            f"environment variable {name} is not set (used by {'.'.join(path)}); "
+            f"environment variable {name} is not set (used by {loaded.dotted(path)}); "
             f"set it, or write ${{{name}:-default}}",
         )
 
@@ -628,6 +633,7 @@ def load_dataset_config(
         main if order_override is None else "command line",
     )
     loaded.order = order
+    loaded.order_overridden = order_override is not None
     for index, _ in enumerate(order):
         loaded.positions[("order", str(index))] = positions.get(
             ("stages", str(index)), ("command line", None, None)
@@ -643,7 +649,6 @@ def load_dataset_config(
             continue
         loaded.positions[path if path[0] in DATASET_SECTIONS else ("params", *path)] = position
     stage_docs = _stage_documents(configs, order, loaded, every=order_override is None)
-    shared_positions = {p: v for p, v in loaded.positions.items() if p[0] == "params"}
     for name in order:
         document, where = stage_docs.get(name, ({}, {}))
         shape.setdefault("stages", {})[name] = {"params": document}
@@ -651,13 +656,22 @@ def load_dataset_config(
         loaded.positions[("stages", name)] = loaded.positions[("order", str(order.index(name)))]
         file = loaded.stage_files.get(name)
         loaded.positions[base] = (file, 1, 1) if file else loaded.positions[("stages", name)]
-        for path, position in shared_positions.items():  # a shared value, validated here
-            loaded.positions.setdefault((*base, *path[1:]), position)
         for path, position in where.items():
             loaded.positions[(*base, *path)] = position
     loaded.written = copy.deepcopy(shape)
     unified: dict[tuple[str, ...], Any] = {}
     for path, value in parsed.items():
+        if path[0] == "params" and len(path) > 1:  # params.KEY: a shared parameter too
+            path = path[1:]
+        elif path[0] not in order and path[0] not in DATASET_SECTIONS and len(path) > 1:
+            close = difflib.get_close_matches(path[0], order, n=1)
+            if close:
+                raise ConfigError(
+                    f"override {'.'.join(path)}: {path[0]!r} is no stage; did you mean "
+                    f"{close[0]}.{'.'.join(path[1:])}? (stages: {', '.join(order)})",
+                    file="command line",
+                    key=".".join(path),
+                )
         if path[0] in order:
             if len(path) == 1:
                 raise ConfigError(
@@ -671,6 +685,11 @@ def load_dataset_config(
             unified[path] = value
         else:
             unified[("params", *path)] = value
+    for path in [p for p in unified if p[0] == "params"]:
+        for name in order:  # a shared value set on the command line wins over the files
+            own = ("stages", name, "params", *path[1:])
+            if own not in unified:
+                _drop(shape, own)
     return _settle(loaded, shape, unified, env)
 
 
@@ -712,8 +731,9 @@ def _stage_documents(
     configs: Path, order: list[str], loaded: LoadedConfig, *, every: bool
 ) -> dict[str, tuple[dict[str, Any], dict[tuple[str, ...], Position]]]:
     """The parameter files of ``configs/stages/``, by stage; with ``every``, one that names
-    no stage of ``order`` is an error with a did-you-mean (else it is left out: the order
-    was overridden to run fewer stages)."""
+    no stage of ``order`` is noted in ``loaded.stray_files`` (an error once the stage files
+    are known to match the list, see :func:`~conveyor.project.project.stage_files`), else
+    left out (the order was overridden to run fewer stages)."""
     folder = configs / "stages"
     found: dict[str, tuple[dict[str, Any], dict[tuple[str, ...], Position]]] = {}
     if not folder.is_dir():
@@ -725,14 +745,8 @@ def _stage_documents(
         if name not in order and not every:
             continue
         if name not in order:
-            close = difflib.get_close_matches(name, order, n=1)
-            hint = f"; did you mean {close[0]}{file.suffix}?" if close else ""
-            raise ConfigError(
-                f"{file.name} is the parameter file of no stage of configs/pipeline.yaml's "
-                f"stages: list{hint} (stages: {', '.join(order)}); rename it, or add the "
-                "stage to the list",
-                file=file,
-            )
+            loaded.stray_files.append(file)
+            continue
         if name in found:
             raise ConfigError(
                 f"stage {name!r} has two parameter files ({name}.yaml and {name}.yml); keep one",

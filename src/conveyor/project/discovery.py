@@ -13,6 +13,7 @@ Two layouts, read by the same loader:
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import inspect
 import re
@@ -35,6 +36,7 @@ __all__ = [
     "discover_stage_files",
     "find_layout",
     "find_pipeline_dir",
+    "layout_of",
     "load_stage",
     "project_root",
 ]
@@ -100,7 +102,10 @@ def find_layout(path: Path) -> Layout:
     ``configs/pipeline.yaml`` (its package is the one folder of ``src/`` with a
     ``stages/`` folder), else a stream project (``path/src/pipeline`` or ``path``)."""
     path = path.resolve()
-    if (path / DATASET_CONFIG).is_file():
+    if path.name == "configs" and (path / "pipeline.yaml").is_file():
+        path = path.parent  # (the configs folder of a dataset project)
+    stream = (path / "src" / "pipeline" / "config.yaml").is_file() or (path / "stages").is_dir()
+    if (path / DATASET_CONFIG).is_file() and not stream:
         src = path / "src"
         packages = sorted(
             p for p in (src.iterdir() if src.is_dir() else []) if (p / "stages").is_dir()
@@ -123,6 +128,22 @@ def find_layout(path: Path) -> Layout:
         "'conveyor new PROJECT' (or 'conveyor new --template dataset PROJECT')",
         file=path,
     )
+
+
+def layout_of(pipeline_dir: Path) -> Layout:
+    """The layout of the project whose stages live in ``pipeline_dir`` (the folder holding
+    ``stages/``): the dataset layout when the project folder above ``src/`` is a dataset
+    project with this package, else the stream layout (the folder itself a bare project)."""
+    pipeline_dir = pipeline_dir.resolve()
+    if pipeline_dir.parent.name == "src":
+        root = pipeline_dir.parent.parent
+        if (root / DATASET_CONFIG).is_file():
+            with contextlib.suppress(ProjectError):
+                layout = find_layout(root)
+                if layout.package_dir == pipeline_dir:
+                    return layout
+        return Layout("stream", root, pipeline_dir)
+    return Layout("stream", pipeline_dir, pipeline_dir)
 
 
 def find_pipeline_dir(path: Path) -> Path:

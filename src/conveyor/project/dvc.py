@@ -72,6 +72,7 @@ dependencies and re-run stages for nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import glob
 import importlib.util
@@ -191,8 +192,67 @@ def dvc_pipeline(project: Project) -> DvcPipeline:
     if not project.stages:
         raise ProjectError("the project has no stages", file=project.pipeline_dir)
     if all(isinstance(s.stage, TaskStage) for s in project.stages):
-        return _TaskStages(project).build()
-    return _StreamStages(project).build()
+        built = _TaskStages(project).build()
+    elif project.config.order is not None:
+        raise ProjectError(
+            "conveyor dvc makes DVC stages of the dataset layout's task stages (run(config) / "
+            "validate()); record stages there cannot persist their output (the files of "
+            "configs/stages/ hold parameters only), so there is nothing for DVC to track: "
+            "make them task stages, or use the stream layout (config.yaml's persist:)",
+            file=project.config.file,
+        )
+    else:
+        built = _StreamStages(project).build()
+    blind = _run_cache_blind(project, built)
+    if blind:
+        built = dataclasses.replace(built, warnings=(*built.warnings, *blind))
+    return built
+
+
+RUN_CACHE_BLIND: Final = frozenset({"size", "nfiles"})
+"""Parameter names DVC's run cache leaves out of a stage's hash (its ``Meta`` fields)."""
+
+
+def _run_cache_blind(project: Project, built: DvcPipeline) -> list[str]:
+    """A warning per tracked parameter named like :data:`RUN_CACHE_BLIND`: after changing
+    it, ``dvc repro`` may restore an old output from the run cache instead of running."""
+    written = _written(project)
+    dataset = project.config.order is not None
+    found: list[str] = []
+
+    def scan(value: Any, where: str) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                path = f"{where}.{key}" if where else str(key)
+                if key in RUN_CACHE_BLIND:
+                    found.append(path)
+                scan(inner, path)
+        elif isinstance(value, list):
+            for index, inner in enumerate(value):
+                scan(inner, f"{where}.{index}")
+
+    def at(dotted: str) -> Any:
+        value: Any = written
+        for part in dotted.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        return value
+
+    for stage in built.stages:
+        for key in stage.params:
+            if dataset:
+                scan({key: at(f"params.{key}")}, "")
+            else:
+                scan(at(key), key)
+        for _, keys in stage.other_params:
+            if keys is None and dataset:
+                scan(at(f"stages.{stage.name}.params"), f"{stage.name}")
+    return [
+        f"parameter {path}: DVC's run cache leaves parameters named "
+        f"{' or '.join(sorted(RUN_CACHE_BLIND))} out of a stage's hash, so after changing it "
+        "`dvc repro` may restore an old output instead of running the stage; rename it "
+        "(or run `dvc repro --no-run-cache`)"
+        for path in dict.fromkeys(found)
+    ]
 
 
 def dvc_stages(project: Project) -> dict[str, dict[str, Any]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
@@ -9,8 +10,9 @@ from pydantic import BaseModel, ConfigDict
 
 from conveyor.core.sink import Sink as RunSink
 from conveyor.core.source import Source
+from conveyor.errors import ProjectError
 
-__all__ = ["Sink", "Source", "StageConfig", "TaskStage"]
+__all__ = ["Sink", "Source", "StageConfig", "TaskStage", "TaskStageFailed"]
 
 
 class StageConfig(BaseModel):
@@ -79,6 +81,32 @@ class TaskStage(ABC):
         """Whether the stage can run (inputs present, settings coherent)."""
 
 
+class TaskStageFailed(ProjectError):
+    """A task stage's ``run()`` failed: the message names the stage, what went wrong (the
+    file and line in the project's code where it was raised) and the command that re-runs
+    it. Raise it from a stage, with ``over_budget=True`` when its records went to the
+    dead-letter queue in greater numbers than ``pipeline.max_dead_letters`` allows
+    (``conveyor run`` then exits 3, as for a record-stage run over the budget); any other
+    exception a stage raises is turned into one.
+
+    Attributes:
+        over_budget: the stage failed because of its dead letters.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: object = None,
+        line: int | None = None,
+        over_budget: bool = False,
+    ) -> None:
+        super().__init__(message, file=file, line=line)
+        self.over_budget = over_budget
+
+
 def _paths(config: Any, field: str) -> list[str]:
     value = getattr(config, field, None)
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
     return [value] if isinstance(value, str) and value.strip() else []

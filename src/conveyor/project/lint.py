@@ -67,7 +67,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from conveyor.errors import ProjectError
-from conveyor.project.discovery import DATASET_CONFIG, Layout, find_layout
+from conveyor.project.discovery import Layout, find_layout, layout_of
 
 __all__ = ["Violation", "check_project"]
 
@@ -142,13 +142,7 @@ def check_project(pipeline_dir: Path) -> list[Violation]:
                 "configs/pipeline.yaml and src/<package>/stages/)",
                 file=pipeline_dir,
             ) from None
-    root = pipeline_dir.resolve().parent.parent
-    layout = (
-        find_layout(root)
-        if (root / DATASET_CONFIG).is_file()
-        else Layout("stream", pipeline_dir, pipeline_dir)
-    )
-    checker = _Checker(pipeline_dir, layout)
+    checker = _Checker(pipeline_dir, layout_of(pipeline_dir))
     checker.run()
     return sorted(checker.violations, key=lambda v: (str(v.file), v.line, v.rule, v.message))
 
@@ -348,7 +342,7 @@ class _Checker:
                     line,
                     "stage-imports-stage",
                     f"imports stage module {what}; a stage must not reach into another "
-                    f"stage: move the code they share to {self.homes}",
+                    f"stage: {self._move_hint()}",
                 )
             else:
                 self.add(
@@ -356,7 +350,8 @@ class _Checker:
                     line,
                     "forbidden-import",
                     f"{module.role} code imports stage module {what}; {module.role} code must "
-                    f"not depend on stages: move the code it needs into {self.homes}",
+                    f"not depend on stages: move the code it needs into "
+                    f"{'shared/' if not self.dataset else self.homes}",
                 )
             return True
         if kind == "other" or (kind == "package" and bare):
@@ -379,17 +374,24 @@ class _Checker:
             line,
             "dynamic-import-of-stage",
             f"{function}() loads stage {what}; {who} must not import a stage, not even "
-            f"dynamically: move the code they share to {self.homes}",
+            f"dynamically: {self._move_hint()}",
         )
 
     def _mentions_stage(self, literal: str) -> bool:
         parts = [p for p in re.split(r"[./\\]+", literal) if p]
         if "stages" in parts:
-            return True
+            after = parts[parts.index("stages") + 1 :]
+            return not (after and after[0].removesuffix(".py") in self.helpers)
         return any(
             p in self.stage_alias and p not in self.helpers and self.file_pattern.match(p + ".py")
             for p in parts
         )
+
+    def _move_hint(self) -> str:
+        """Where the code two stages share belongs."""
+        if self.dataset:
+            return f"move the code they share to {self.homes}"
+        return "move the shared code to shared/ or the record type to contracts/"
 
     def _importable(self) -> str:
         """The pipeline modules stage and shared code may import, for the messages."""

@@ -57,6 +57,9 @@ class LoadedStage:
     file: StageFile
     stage: Any
     section: StageSection
+    params: dict[str, Any] = field(default_factory=dict)
+    """The parameters the stage was built with: the shared ones its ``Config`` declares
+    under its own (what its output depends on, with its code and input)."""
 
     @property
     def name(self) -> str:
@@ -362,10 +365,7 @@ def _instantiate(
     if model is not None:
         where = ("stages", stage_file.name, "params")
         fields = _fields(found)
-        given = {
-            **{k: v for k, v in config.config.params.items() if k in fields},
-            **section.params,
-        }
+        given = _given(config, stage_file.name, fields, section)
         if model.model_config.get("extra") is None:
             # A plain BaseModel ignores unknown keys; a typo in params must be an error.
             strict = type(model.__name__, (model,), {"model_config": ConfigDict(extra="forbid")})
@@ -424,6 +424,15 @@ def stage_files(pipeline_dir: Path, config: LoadedConfig) -> list[StageFile]:
                 f"{hint} (stage files: {', '.join(present) or 'none'})",
                 present,
             )
+    for stray in config.stray_files:  # after the list: a typo there is reported there
+        close = difflib.get_close_matches(stray.stem, config.order, n=1)
+        hint = f"; did you mean {close[0]}{stray.suffix}?" if close else ""
+        raise ConfigError(
+            f"{stray.name} is the parameter file of no stage of configs/pipeline.yaml's "
+            f"stages: list{hint} (stages: {', '.join(config.order)}); rename it, or add the "
+            "stage to the list",
+            file=stray,
+        )
     return files
 
 
@@ -448,10 +457,14 @@ def load_project(path: Path, overrides: Sequence[str] = ()) -> Project:
         found, _ = load_stage(stage_file, pipeline_dir)
         section = config.config.stages.get(stage_file.name, StageSection())
         stage = _instantiate(stage_file, found, section, config)
-        declared.update(_fields(found))
-        project.stages.append(LoadedStage(stage_file, stage, section))
-    _check_shared(config, declared)
+        fields = _fields(found)
+        declared.update(fields)
+        given = _given(config, stage_file.name, fields, section) if fields else section.params
+        project.stages.append(LoadedStage(stage_file, stage, section, given))
+    if not config.order_overridden:  # (a shorter order may leave a shared key unused)
+        _check_shared(config, declared)
     _check_shape(project)
+    _check_task_paths(project)
     if config.config.sink is not None:
         last = project.stages[-1] if project.stages else None
         if last is not None and isinstance(last.stage, Sink):
@@ -474,6 +487,26 @@ def load_project(path: Path, overrides: Sequence[str] = ()) -> Project:
     return project
 
 
+def _given(
+    config: LoadedConfig, name: str, fields: set[str], section: StageSection
+) -> dict[str, Any]:
+    """The parameters stage ``name`` is given: the shared ones it declares under its own.
+    A shared value keeps its place (file:line:column, or the command line) and its secrecy
+    at the stage's key, so that its errors point there and never print a secret."""
+    shared = {k: v for k, v in config.config.params.items() if k in fields}
+    base = ("stages", name, "params")
+    for key in shared:
+        if key in section.params:
+            continue
+        for path, position in list(config.positions.items()):
+            if path[:2] == ("params", key):
+                config.positions[(*base, *path[1:])] = position
+        for path in list(config.secrets):
+            if path[:2] == ("params", key):
+                config.secrets.add((*base, *path[1:]))
+    return {**shared, **section.params}
+
+
 def _fields(found: Any) -> set[str]:
     """The parameter names a stage class declares (its ``Config`` model's fields)."""
     model = getattr(found, "Config", None) if inspect.isclass(found) else None
@@ -493,6 +526,47 @@ def _check_shared(config: LoadedConfig, declared: set[str]) -> None:
                 f"would receive it{hint} (declared: {', '.join(sorted(declared)) or 'none'})",
                 sorted(declared),
             )
+
+
+def _check_task_paths(project: Project) -> None:
+    """What task stages read and write stays inside the project; what they write is not
+    the project folder, a folder above it, or the code (as for ``persist:`` paths)."""
+    from conveyor.core._paths import PathRefused, inside_project
+
+    base = project.root.resolve()
+    code = project.pipeline_dir.resolve()
+    for loaded in project.stages:
+        if not isinstance(loaded.stage, TaskStage):
+            continue
+        for kind, paths in (("input", loaded.stage.inputs()), ("output", loaded.stage.outputs())):
+            for raw in paths:
+                if "://" in raw or raw.startswith("file:"):
+                    continue  # a URL (a download's input)
+                field_ = next(
+                    (k for k, v in loaded.params.items() if isinstance(v, str) and v == raw),
+                    f"{kind}_dir",
+                )
+                where = ("stages", loaded.name, "params", field_)
+                key = project.config.dotted(where)
+                try:
+                    target = inside_project(project.root, raw, key=key)
+                except PathRefused as exc:
+                    raise project.config.error(where, str(exc)) from None
+                if kind == "output" and (
+                    target == base or target in base.parents or target.is_relative_to(code)
+                ):
+                    what = (
+                        "the project folder itself"
+                        if target == base
+                        else "a folder above the project"
+                        if target in base.parents
+                        else "inside the package folder (code)"
+                    )
+                    raise project.config.error(
+                        where,
+                        f"stage {loaded.name!r} would write {raw}, {what}; write its output "
+                        f"to a folder of its own, such as data/{loaded.name}",
+                    )
 
 
 def _check_shape(project: Project) -> None:

@@ -24,7 +24,9 @@ from conveyor.core.events import EventBus
 from conveyor.core.hooks import Hook, HookName
 from conveyor.core.result import RunStatus
 from conveyor.dlq import DeadLetterStore, open_dead_letter_store
+from conveyor.errors import ProjectError
 from conveyor.project.discovery import project_root
+from conveyor.project.kinds import TaskStage
 from conveyor.project.project import DiscardSink, Project, load_project, project_sink
 from conveyor.project.run import (
     RunHooks,
@@ -64,6 +66,16 @@ def replay_project(
     extra = RunHooks(hooks or {}, event_bus, handle_signals=handle_signals)
     with contextlib.chdir(project_root(path)):
         project = load_project(Path.cwd(), overrides)
+        tasks = [s.name for s in project.stages if isinstance(s.stage, TaskStage)]
+        if tasks:
+            raise ProjectError(
+                "conveyor dlq replay puts letters back into record stages; this project's "
+                f"stages ({', '.join(tasks)}) are task stages, which read and write whole "
+                "files: fix the stage (or its data), then run it again with "
+                f"`conveyor run . stage={stage or tasks[0]}` (its letters stay listed by "
+                "`conveyor dlq list`)",
+                file=project.config.file,
+            )
         if stage is not None:
             _check_stage(project, stage)
         settings = project.config.config.pipeline

@@ -25,9 +25,9 @@ from conveyor.core.options import RunOptions
 from conveyor.core.sink import RunMode
 from conveyor.core.sink import Sink as RunSink
 from conveyor.core.source import Source as KnownSource
-from conveyor.errors import ProjectError, UsageError
+from conveyor.errors import ConveyorError, ProjectError, UsageError
 from conveyor.project.discovery import project_root
-from conveyor.project.kinds import TaskStage
+from conveyor.project.kinds import TaskStage, TaskStageFailed
 from conveyor.project.project import (
     DiscardSink,
     LoadedStage,
@@ -169,9 +169,34 @@ def _run_tasks(project: Project, only: str | None) -> ProjectRun:
                 f"then re-run it with: conveyor run {project.root} stage={loaded.name}",
                 file=loaded.file.path,
             )
-        stage.run(getattr(stage, "config", None))
+        try:
+            stage.run(getattr(stage, "config", None))
+        except ConveyorError:
+            raise
+        except Exception as exc:
+            file, line = _raised_in(exc, project.root)
+            raise TaskStageFailed(
+                f"stage {loaded.name!r} failed: {type(exc).__name__}: {exc}; fix it, then "
+                f"re-run it with: conveyor run {project.root} stage={loaded.name}",
+                file=file or loaded.file.path,
+                line=line,
+            ) from exc
         run.tasks_run.append(loaded.name)
     return run
+
+
+def _raised_in(exc: BaseException, root: Path) -> tuple[Path | None, int | None]:
+    """The innermost frame of ``exc``'s traceback in the project's own files (not in
+    installed packages), as the place to look first."""
+    found: tuple[Path | None, int | None] = (None, None)
+    tb = exc.__traceback__
+    base = root.resolve()
+    while tb is not None:
+        file = Path(tb.tb_frame.f_code.co_filename)
+        if file.is_absolute() and file.resolve().is_relative_to(base):
+            found = (file, tb.tb_lineno)
+        tb = tb.tb_next
+    return found
 
 
 # -- plans -----------------------------------------------------------------------------------
@@ -209,7 +234,7 @@ def fingerprint(project: Project, loaded: LoadedStage, input_path: Path | None) 
     from conveyor.project.cache import StageFingerprint
 
     # What changes the output: parameters and persistence, not runner options.
-    section = {"params": loaded.section.params, "persist": loaded.section.persist}
+    section = {"params": loaded.params, "persist": loaded.section.persist}
     found = StageFingerprint.compute(
         loaded.file.path,
         section,
@@ -238,7 +263,7 @@ def source_digest(project: Project) -> str:
         source = project.stages[0]
         made_by = StageFingerprint.compute(
             source.file.path,
-            {"params": source.section.params},
+            {"params": source.params},
             None,
             pipeline_dir=project.pipeline_dir,
             key=key,
@@ -476,7 +501,7 @@ def _identity(project: Project, plan: RunPlan) -> dict[str, Any]:
     from conveyor.project.cache import keyed_digest
 
     described = {
-        "params": {s.name: s.section.params for s in plan.stages},
+        "params": {s.name: s.params for s in plan.stages},
         "sink": project.config.config.sink,
     }
     text = json.dumps(described, sort_keys=True, default=str)
