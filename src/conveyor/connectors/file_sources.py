@@ -434,6 +434,10 @@ class _FileSource(Source):
 class _LineSource(_FileSource):
     """csv and jsonl: text files read line by line, offsets in bytes."""
 
+    appends_keep_records: ClassVar[bool] = True
+    """Lines appended to a file that ends with a newline add records and change none: a
+    run of the longer file reads every record a run of the shorter one read."""
+
     def __init__(
         self,
         path: str | os.PathLike[str],

@@ -450,17 +450,33 @@ class RunLedger:
         self.path = self.state_dir / RUNS_FILE
 
     def _load(self) -> dict[str, str]:
+        return self._load_all()[0]
+
+    def _load_all(self) -> tuple[dict[str, str], dict[str, Any]]:
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            return {}
+            return {}, {}
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             logger.warning("ignoring unreadable run ledger %s: %s", self.path, exc)
-            return {}
+            return {}, {}
         runs = data.get("runs") if isinstance(data, dict) else None
         if not isinstance(runs, dict):
-            return {}
-        return {k: v for k, v in runs.items() if isinstance(k, str) and isinstance(v, str)}
+            return {}, {}
+        inputs = data.get("inputs")
+        kept = {k: v for k, v in runs.items() if isinstance(k, str) and isinstance(v, str)}
+        files = {k: v for k, v in inputs.items() if k in kept} if isinstance(inputs, dict) else {}
+        return kept, files
+
+    def inputs_of(self, run_id: str) -> dict[str, Any] | None:
+        """What ``run_id`` read file by file (``{"code": …, "files": {name: [size,
+        digest]}}``), when its Source grows by appending; else ``None``."""
+        found = self._load_all()[1].get(run_id)
+        return found if isinstance(found, dict) else None
+
+    def all_inputs(self) -> dict[str, dict[str, Any]]:
+        """:meth:`inputs_of` of every run that has them, oldest first."""
+        return {k: v for k, v in self._load_all()[1].items() if isinstance(v, dict)}
 
     def get(self, run_id: str) -> str | None:
         """The source fingerprint ``run_id`` read, if known."""
@@ -470,13 +486,19 @@ class RunLedger:
         """The runs that read the source with this fingerprint, oldest first."""
         return [run for run, seen in self._load().items() if seen == source]
 
-    def record(self, run_id: str, source: str) -> None:
-        """Remember that ``run_id`` read the source with fingerprint ``source``."""
-        runs = self._load()
+    def record(self, run_id: str, source: str, inputs: Mapping[str, Any] | None = None) -> None:
+        """Remember that ``run_id`` read the source with fingerprint ``source`` (and, for a
+        Source that grows by appending, ``inputs``: what it read file by file)."""
+        runs, files = self._load_all()
         runs.pop(run_id, None)
         runs[run_id] = source
+        if inputs is not None:
+            files[run_id] = dict(inputs)
         kept = dict(list(runs.items())[-_RUNS_KEPT:])
-        _write_json(self.path, {"version": 1, "runs": kept})
+        payload: dict[str, Any] = {"version": 1, "runs": kept}
+        if any(run in kept for run in files):
+            payload["inputs"] = {run: v for run, v in files.items() if run in kept}
+        _write_json(self.path, payload)
 
 
 def _write_json(path: Path, payload: Mapping[str, Any]) -> None:

@@ -122,7 +122,7 @@ def _ledger_replay(project: Project, group: ReplayGroup, run_id: str) -> None:
     ledger = RunLedger(project.path(project.config.config.pipeline.state_dir))
     sources = {ledger.get(letter.run_id) for letter in group.letters}
     if len(sources) == 1 and (source := sources.pop()) is not None:
-        ledger.record(run_id, source)
+        ledger.record(run_id, source, ledger.inputs_of(group.letters[0].run_id))
 
 
 def _check_stage(project: Project, stage: str) -> None:

@@ -252,10 +252,18 @@ def source_digest(project: Project) -> str:
     """sha256 of what the Source's records follow from: its code and params, and the
     content of the files its ``inputs()`` name; keyed with the project's secret (HMAC, see
     :func:`fingerprint_key`), as it is recorded in the state folder and in checkpoints."""
-    from conveyor.project.cache import StageFingerprint, keyed_digest
-
     assert project.source is not None
     key = fingerprint_key(project)
+    digest = _made_by(project, key)
+    for name in sorted(project.source.inputs()):  # what it reads, by content
+        digest.update(f"\n{name}:{_content_hash(project.path(name))}".encode())
+    return str(digest.hexdigest())
+
+
+def _made_by(project: Project, key: bytes) -> Any:
+    """The running digest of the Source's code and params (its section, for a connector)."""
+    from conveyor.project.cache import StageFingerprint, keyed_digest
+
     if project.configured_source is not None:  # a connector: its section says it all
         section = json.dumps(project.config.config.source, sort_keys=True, default=str)
         digest = keyed_digest(key, f"connector:{section}")
@@ -269,9 +277,87 @@ def source_digest(project: Project) -> str:
             key=key,
         )
         digest = keyed_digest(key, f"{made_by.code_hash}:{made_by.config_hash}")
-    for name in sorted(project.source.inputs()):  # what it reads, by content
-        digest.update(f"\n{name}:{_content_hash(project.path(name))}".encode())
+    return digest
+
+
+def source_inputs(project: Project) -> dict[str, Any] | None:
+    """What the Source reads file by file — its code digest and each input file's size and
+    keyed digest — for a Source whose files only grow by appending lines
+    (``appends_keep_records``: the csv and jsonl connectors); else ``None``."""
+    source = project.source
+    if source is None or not getattr(source, "appends_keep_records", False):
+        return None
+    key = fingerprint_key(project)
+    files: dict[str, list[Any]] = {}
+    for name in sorted(source.inputs()):
+        path = project.path(name)
+        if not path.is_file():
+            return None
+        files[name] = [path.stat().st_size, _prefix_digest(key, path, None)]
+    return {"code": _made_by(project, key).hexdigest(), "files": files}
+
+
+def _prefix_digest(key: bytes, path: Path, size: int | None) -> str:
+    """Keyed sha256 of the first ``size`` bytes of ``path`` (``None``: all of it)."""
+    from conveyor.project.cache import keyed_digest
+
+    digest = keyed_digest(key, b"input:")
+    left = size
+    with path.open("rb") as data:
+        while left is None or left > 0:
+            chunk = data.read(1 << 20 if left is None else min(left, 1 << 20))
+            if not chunk:
+                break
+            digest.update(chunk)
+            if left is not None:
+                left -= len(chunk)
     return digest.hexdigest()
+
+
+def _runs_read_within(project: Project, ledger: Any, now: Mapping[str, Any] | None) -> list[str]:
+    """The runs that read only records this run read too: the same Source code, and each
+    of their files is still there with what they read at its start, up to the end of a
+    line (rows were appended, or files added)."""
+    if now is None:
+        return []
+    key = fingerprint_key(project)
+    prefixes: dict[tuple[Path, int], str | None] = {}  # (file, size) -> its digest: once each
+    found = []
+    for run, then in ledger.all_inputs().items():
+        files = then.get("files")
+        if then.get("code") != now["code"] or not isinstance(files, dict):
+            continue
+        if all(
+            _extends(key, project.path(n), then_file, now["files"].get(n), prefixes)
+            for n, then_file in files.items()
+        ):
+            found.append(run)
+    return found
+
+
+def _extends(
+    key: bytes,
+    path: Path,
+    then: Any,
+    now: Any,
+    prefixes: dict[tuple[Path, int], str | None],
+) -> bool:
+    """Whether the file now is the file then with whole lines appended (or the same)."""
+    if not (isinstance(then, list) and len(then) == 2 and isinstance(now, list)):
+        return False
+    size, digest = then
+    if now == then:
+        return True
+    if not isinstance(size, int) or now[0] <= size:
+        return False
+    if (path, size) not in prefixes:
+        ends_a_line = True
+        if size > 0:
+            with path.open("rb") as data:
+                data.seek(size - 1)
+                ends_a_line = data.read(1) == b"\n"  # else the append changed its last line
+        prefixes[(path, size)] = _prefix_digest(key, path, size) if ends_a_line else None
+    return bool(prefixes[(path, size)] == digest)
 
 
 def known_source(project: Project) -> str | None:
@@ -584,9 +670,17 @@ def _retire_earlier_letters(project: Project, plan: RunPlan, report: RunReport) 
     # The runs this one resumed (a chain of checkpoints) read the same records up to the
     # checkpoint and never again: their letters stand; the runner retired the rest.
     chain = list(report.checkpoint.runs) if report.checkpoint is not None else []
-    earlier = [r for r in ledger.runs_of(source) if r != report.run_id and r not in chain]
+    inputs = source_inputs(project)
+    # Also the runs of an earlier state of files that only grew: this run read all they did.
+    earlier = [
+        r
+        for r in dict.fromkeys(
+            [*ledger.runs_of(source), *_runs_read_within(project, ledger, inputs)]
+        )
+        if r != report.run_id and r not in chain
+    ]
     for run in dict.fromkeys([*chain, report.run_id]):  # a later run retires the chain
-        ledger.record(run, source)
+        ledger.record(run, source, inputs)
     with open_dead_letter_store(project.path(settings.dead_letters)) as store:
         store.supersede(report.stage_names(), runs=earlier)
 
