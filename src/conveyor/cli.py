@@ -9,6 +9,7 @@ restyle the output.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections.abc import Sequence
@@ -571,12 +572,35 @@ def contracts_check(
 ) -> None:
     """Refuse contract versions that break readers of the previous version (backward)."""
     from conveyor.contracts import check_directory
+    from conveyor.project.discovery import find_layout
 
-    folder = path
+    folder, in_project = path, False
     for candidate in (path / "src" / "pipeline" / "contracts", path / "contracts"):
         if candidate.is_dir():
-            folder = candidate
+            folder, in_project = candidate, True
             break
+    else:
+        with contextlib.suppress(ConveyorError):  # a subfolder of a project: its contracts
+            found = find_layout(path).package_dir / "contracts"
+            if found.is_dir():
+                folder, in_project = found, True
+    suffixes = {".json", ".avsc", ".proto"}
+    if not folder.is_dir() or not any(
+        f.suffix in suffixes for f in folder.rglob("*") if f.is_file()
+    ):
+        if in_project:
+            _say(
+                f"no versioned contract files in {folder} (.json, .avsc, .proto): nothing to check"
+            )
+            return
+        _fail(
+            UsageError(
+                f"{folder}: no contract files here (JSON Schema .json, Avro .avsc, Protobuf "
+                ".proto); pass a project, its contracts/ folder, or a folder of versioned "
+                "contracts such as order.v1.json and order.v2.json"
+            )
+        )
+        return
     try:
         changes = check_directory(folder)
     except (ConveyorError, FileNotFoundError, ImportError) as exc:

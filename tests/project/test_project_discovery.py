@@ -53,7 +53,7 @@ def test_missing_stages_folder_names_the_folder(tmp_path: Path) -> None:
     with pytest.raises(ProjectError) as info:
         load_project(tmp_path / "empty")
     assert str(info.value) == (
-        f"{(tmp_path / 'empty').resolve()}: no pipeline project here: expected "
+        f"{(tmp_path / 'empty').resolve()}: no pipeline project here or above: expected "
         "src/pipeline/stages/ (or stages/) with numbered stage files, or "
         "configs/pipeline.yaml with src/<package>/stages/; create one with "
         "'conveyor new PROJECT' (or 'conveyor new --template dataset PROJECT')"
@@ -158,8 +158,11 @@ def test_a_file_that_fails_to_import(project: Path) -> None:
     broken = _stages(project) / "30_broken.py"
     broken.write_text("import json\n\nraise RuntimeError('no database')\n")
     error = _project_error(project)
-    assert str(error) == (f"{broken}: cannot import: RuntimeError: no database (traceback above)")
-    assert error.file == broken
+    assert str(error) == (
+        f"{broken}:3: cannot import the stage file: RuntimeError: no database (the line: "
+        "raise RuntimeError('no database')); fix it, then run the command again"
+    )
+    assert (error.file, error.line) == (broken, 3)
     assert isinstance(error.__cause__, RuntimeError)
     assert str(error.__cause__) == "no database"
     assert "pipeline.stages.broken" not in sys.modules
@@ -169,8 +172,30 @@ def test_a_file_with_a_syntax_error(project: Path) -> None:
     broken = _stages(project) / "30_broken.py"
     broken.write_text("def oops(:\n")
     error = _project_error(project)
-    assert str(error).startswith(f"{broken}: cannot import: SyntaxError: ")
+    assert str(error) == (
+        f"{broken}:1: cannot import the stage file: SyntaxError: invalid syntax (the line: "
+        "def oops(:); fix it, then run the command again"
+    )
     assert isinstance(error.__cause__, SyntaxError)
+
+
+def test_a_name_error_in_a_shared_module_points_at_its_line(project: Path) -> None:
+    shared = project / "src" / "pipeline" / "shared" / "broken_helper.py"
+    shared.parent.mkdir(exist_ok=True)
+    shared.write_text("VALUE = 1\nOTHER = missing_name\n")
+    broken = _stages(project) / "30_broken.py"
+    broken.write_text("from pipeline.shared.broken_helper import VALUE\n")
+    error = _project_error(project)
+    assert (error.file, error.line) == (shared, 2)
+    assert "NameError: name 'missing_name' is not defined (the line: OTHER = missing_name)" in (
+        str(error)
+    )
+
+
+def test_commands_find_the_project_from_a_subfolder(project: Path) -> None:
+    assert find_pipeline_dir(_stages(project)) == project / "src" / "pipeline"
+    (project / "data" / "deep").mkdir(parents=True)
+    assert project_root(project / "data" / "deep") == project
 
 
 def test_a_source_that_is_not_first(project: Path) -> None:

@@ -98,15 +98,35 @@ class Layout:
 
 
 def find_layout(path: Path) -> Layout:
-    """The layout of the project at ``path``: a dataset project when ``path`` holds
-    ``configs/pipeline.yaml`` (its package is the one folder of ``src/`` with a
-    ``stages/`` folder), else a stream project (``path/src/pipeline`` or ``path``)."""
-    path = path.resolve()
-    if path.name == "configs" and (path / "pipeline.yaml").is_file():
-        path = path.parent  # (the configs folder of a dataset project)
-    stream = (path / "src" / "pipeline" / "config.yaml").is_file() or (path / "stages").is_dir()
-    if (path / DATASET_CONFIG).is_file() and not stream:
-        src = path / "src"
+    """The layout of the project at ``path`` or around it (a command run in a subfolder
+    finds its project): going up from ``path``, the first folder that is
+
+    - a dataset project: ``configs/pipeline.yaml`` (and no ``src/pipeline/config.yaml`` or
+      ``stages/`` beside it), its package the one folder of ``src/`` with ``stages/`` —
+      also when ``path`` is its ``configs/`` folder or that package;
+    - a stream project: ``src/pipeline/stages/``;
+    - a bare pipeline folder: ``stages/`` (above ``path`` itself only with a
+      ``config.yaml`` beside it, so that a package's ``stages/`` is not taken for one).
+    """
+    start = path.resolve()
+    for level in (start, *start.parents):
+        found = _layout_at(level, first=level == start)
+        if found is not None:
+            return found
+    raise ProjectError(
+        "no pipeline project here or above: expected src/pipeline/stages/ (or stages/) with "
+        "numbered stage files, or configs/pipeline.yaml with src/<package>/stages/; create "
+        "one with 'conveyor new PROJECT' (or 'conveyor new --template dataset PROJECT')",
+        file=start,
+    )
+
+
+def _layout_at(level: Path, *, first: bool) -> Layout | None:
+    if level.name == "configs" and (level / "pipeline.yaml").is_file():
+        level = level.parent  # (the configs folder of a dataset project)
+    stream = (level / "src" / "pipeline" / "config.yaml").is_file() or (level / "stages").is_dir()
+    if (level / DATASET_CONFIG).is_file() and not stream:
+        src = level / "src"
         packages = sorted(
             p for p in (src.iterdir() if src.is_dir() else []) if (p / "stages").is_dir()
         )
@@ -115,19 +135,19 @@ def find_layout(path: Path) -> Layout:
             raise ProjectError(
                 f"a dataset project keeps its stages in src/<package>/stages/; found "
                 f"{len(packages)} such packages in src/ ({found}): keep exactly one",
-                file=path / DATASET_CONFIG,
+                file=level / DATASET_CONFIG,
             )
-        return Layout("dataset", path, packages[0])
-    for candidate in (path / "src" / "pipeline", path):
-        if (candidate / "stages").is_dir():
-            root = candidate.parent.parent if candidate.parent.name == "src" else candidate
-            return Layout("stream", root, candidate)
-    raise ProjectError(
-        "no pipeline project here: expected src/pipeline/stages/ (or stages/) with numbered "
-        "stage files, or configs/pipeline.yaml with src/<package>/stages/; create one with "
-        "'conveyor new PROJECT' (or 'conveyor new --template dataset PROJECT')",
-        file=path,
-    )
+        return Layout("dataset", level, packages[0])
+    if (level / "src" / "pipeline" / "stages").is_dir():
+        return Layout("stream", level, level / "src" / "pipeline")
+    if level.parent.name == "src" and (level.parent.parent / DATASET_CONFIG).is_file():
+        above = _layout_at(level.parent.parent, first=False)
+        if above is not None and above.package_dir == level:
+            return above  # the package folder of a dataset project
+    if (level / "stages").is_dir() and (first or (level / "config.yaml").is_file()):
+        root = level.parent.parent if level.parent.name == "src" else level
+        return Layout("stream", root, level)
+    return None
 
 
 def layout_of(pipeline_dir: Path) -> Layout:
@@ -214,10 +234,48 @@ def _import(stage_file: StageFile, package: str) -> ModuleType:
         spec.loader.exec_module(module)
     except Exception as exc:
         del sys.modules[module_name]
+        file, line = _where_raised(exc, stage_file.path)
+        text = _source_line(file, line)
+        shown_line = f" (the line: {text})" if text else ""
+        what = exc.msg if isinstance(exc, SyntaxError) else str(exc)
         raise ProjectError(
-            f"cannot import: {type(exc).__name__}: {exc} (traceback above)", file=stage_file.path
+            f"cannot import the stage file: {type(exc).__name__}: {what}{shown_line}; fix "
+            "it, then run the command again",
+            file=file,
+            line=line,
         ) from exc
     return module
+
+
+def _where_raised(exc: BaseException, stage_path: Path) -> tuple[Path, int | None]:
+    """Where an import failed: a syntax error's file and line, else the innermost frame of
+    the traceback in the project's own code (the stage file, or what it imports beside it),
+    else the stage file."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return Path(exc.filename), exc.lineno
+    root = stage_path.resolve().parent.parent
+    found: tuple[Path, int | None] = (stage_path, None)
+    tb = exc.__traceback__
+    while tb is not None:
+        file = Path(tb.tb_frame.f_code.co_filename)
+        if file.is_absolute() and file.resolve().is_relative_to(root):
+            found = (file, tb.tb_lineno)
+        tb = tb.tb_next
+    return found
+
+
+def _source_line(file: Path, line: int | None) -> str:
+    """Line ``line`` of ``file``, stripped and shortened ("" when unknown)."""
+    if line is None:
+        return ""
+    try:
+        lines = file.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return ""
+    if not 0 < line <= len(lines):
+        return ""
+    text = lines[line - 1].strip()
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def _candidates(module: ModuleType) -> list[tuple[str, Any]]:

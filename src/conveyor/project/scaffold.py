@@ -438,11 +438,13 @@ def test_{name}_passes_records_on() -> None:
 def new_stage(project: Path, name: str, *, after: int | None = None) -> list[Path]:
     """Add ``NN_name.py`` after stage number ``after`` (default: before the last stage),
     with a test and a config stub; the number is free and between its neighbours."""
-    if not _NAME.match(name):
-        raise ProjectError(
-            f"stage name {shown(name)} must be a lower-case identifier of at most 64 "
-            "characters (e.g. clean_rows)"
+    if not _NAME.match(name) or keyword.iskeyword(name):
+        why = (
+            f"{shown(name)} is a Python keyword, which the stage's function cannot be named"
+            if _NAME.match(name)
+            else f"stage name {shown(name)} is not a lower-case identifier of at most 64 characters"
         )
+        raise ProjectError(f"{why}; pick another name (e.g. clean_rows)")
     if (project / "configs" / "pipeline.yaml").is_file():
         raise ProjectError(
             "conveyor new stage makes numbered stage files of the stream layout; in a dataset "
