@@ -43,6 +43,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Final, Literal, TypeGuard, get_args
 
+from conveyor.connectors._records import row_of
 from conveyor.contracts._base import Contract
 from conveyor.core._durable import fsync_dir
 from conveyor.core._lazy import pyarrow_modules
@@ -205,12 +206,13 @@ class DatasetWriter:
 
     # -- sink protocol -----------------------------------------------------------------
 
-    def __call__(self, records: Sequence[Mapping[str, Any]]) -> None:
+    def __call__(self, records: Sequence[Any]) -> None:
         """Append a micro-batch of records."""
         self.write(records)
 
-    def write(self, records: Sequence[Mapping[str, Any]]) -> None:
-        """Append ``records`` (a list of dicts), closing a shard every ``shard_records``.
+    def write(self, records: Sequence[Any]) -> None:
+        """Append ``records`` (dicts, Pydantic models or dataclasses), closing a shard every
+        ``shard_records``.
 
         All or nothing: every record is checked (and, for JSONL, encoded) before any is
         written, so a write that fails can be retried, or split, without writing a record
@@ -218,30 +220,33 @@ class DatasetWriter:
         """
         self._check_open("write")
         lines: list[str] | None = [] if self.format == "jsonl" else None
+        rows: list[Mapping[str, Any]] = []
         for index, record in enumerate(records):
             try:
-                if not isinstance(record, Mapping):
-                    raise TypeError(f"records must be dicts, got {type(record).__name__}")
+                row = _row(record)
                 if lines is not None:
-                    lines.append(_json_line(record))
+                    lines.append(_json_line(row))
+                rows.append(row)
             except (TypeError, ValueError):
                 reason = self.problem(record)
                 raise TypeError(
                     f"dataset {self.path}: record {index} of the batch: {reason}"
                 ) from None
-        for index, record in enumerate(records):
+        for index, row in enumerate(rows):
             if lines is not None:
                 self._write_line(lines[index])
             else:
-                self._buffer.append(dict(record))
+                self._buffer.append(dict(row))
             self._in_shard += 1
             if self._in_shard >= self.shard_records:
                 self._close_shard()
 
     def problem(self, record: object) -> str | None:
         """Why ``record`` cannot be written here, or ``None`` when it can."""
-        if not isinstance(record, Mapping):
-            return f"records must be dicts, got {type(record).__name__}"
+        try:
+            record = _row(record)
+        except TypeError as exc:
+            return str(exc)
         if self.format == "jsonl":
             try:
                 _json_line(record)
@@ -601,6 +606,19 @@ def _iter_records(
             raise DatasetError(
                 path, f"shard {shard.name} holds {count} records, the manifest says {shard.records}"
             )
+
+
+def _row(record: object) -> Mapping[str, Any]:
+    """``record`` as the mapping a dataset stores: a mapping as it is, a Pydantic model by
+    ``model_dump()``, a dataclass by its fields (read back, they are dicts)."""
+    if isinstance(record, Mapping):
+        return record
+    try:
+        return row_of(record)
+    except TypeError:
+        raise TypeError(
+            f"records must be dicts, Pydantic models or dataclasses, got {type(record).__name__}"
+        ) from None
 
 
 def _read_jsonl_shard(path: Path, shard_path: Path) -> Iterator[dict[str, Any]]:
