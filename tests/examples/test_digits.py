@@ -144,6 +144,19 @@ def test_corrupt_variant_dead_letters_exactly_the_planted_rows(project: Path) ->
     letters = store.list()
     assert sorted(letter.record["id"] for letter in letters) == [p["id"] for p in PLANTED]
     assert {letter.stage for letter in letters} == {"validate"}
+    # Each letter names the fault planted in its row, in the words of the file.
+    reasons = {letter.record["id"]: letter.message for letter in letters}
+    expected = {
+        "label 11": "label",
+        "pixel 99": "is 99, outside the raw range 0..16",
+        "63 pixel values": "63 pixel values: not a square image",
+        "non-numeric pixel 'x'": "is 'x', not a number",
+        "label -1": "label",
+    }
+    for planted in PLANTED:
+        assert expected[planted["fault"]] in reasons[planted["id"]], (planted, reasons)
+    for fault in ("label 11", "label -1"):
+        assert "size" not in reasons[next(p["id"] for p in PLANTED if p["fault"] == fault)]
     assert sum(len(rows) for rows in read_splits(project).values()) == TOTAL
 
 

@@ -7,7 +7,7 @@ Schema in ``digit_image.v1.json``); ``SplitDigit`` is a valid image with its spl
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -36,6 +36,19 @@ class DigitImage(BaseModel):
     label: Annotated[int, Field(ge=0, le=9)]
     size: Annotated[int, Field(ge=1, le=256)]
     pixels: list[Pixel]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _raw(cls, data: Any) -> Any:
+        """A raw row the preprocess stage could not transform (it has no ``size``): its
+        fault in the words of the file, not the fields an image lacks."""
+        if isinstance(data, dict) and "size" not in data and "pixels" in data:
+            from pipeline.shared.transforms.image import raw_fault
+
+            fault = raw_fault(data)
+            if fault is not None:
+                raise ValueError(f"raw row: {fault}")
+        return data
 
     @model_validator(mode="after")
     def _square(self) -> DigitImage:

@@ -78,24 +78,47 @@ def augmentation_shift(seed: int, record_id: int) -> tuple[int, int]:
     return digest[0] % 3 - 1, digest[1] % 3 - 1
 
 
+def raw_fault(record: Any) -> str | None:
+    """What keeps a raw row from being an image, in the words of the file (a pixel that is
+    not a number, a pixel count that is not a square, a raw value outside ``0..RAW_MAX``),
+    or ``None`` when it can be transformed.
+
+    >>> raw_fault({"pixels": [0, "x", 3, 4]})
+    "pixel 1 is 'x', not a number"
+    >>> raw_fault({"pixels": [0] * 63})
+    '63 pixel values: not a square image (64 make 8x8)'
+    >>> raw_fault({"pixels": [0, 99, 0, 0]})
+    'pixel 1 is 99, outside the raw range 0..16'
+    """
+    pixels = record.get("pixels") if isinstance(record, dict) else None
+    if not isinstance(pixels, list):
+        return "no pixel values"
+    for index, value in enumerate(pixels):
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            return f"pixel {index} is {value!r}, not a number"
+    side = math.isqrt(len(pixels))
+    if side == 0 or side * side != len(pixels):
+        near = max(1, round(math.sqrt(len(pixels))))
+        return f"{len(pixels)} pixel values: not a square image ({near * near} make {near}x{near})"
+    for index, value in enumerate(pixels):
+        if not 0 <= value <= RAW_MAX:
+            return f"pixel {index} is {value:g}, outside the raw range 0..{RAW_MAX}"
+    return None
+
+
 def preprocess_record(
     record: dict[str, Any], size: int = 8, augment: bool = False, seed: int = 0
 ) -> dict[str, Any]:
     """A raw digit row as ``{"id", "label", "size", "pixels"}``: normalised, shifted by
     :func:`augmentation_shift` when ``augment``, resized to ``size`` x ``size``.
 
-    A row that cannot be transformed (non-numeric pixels, not a square image) is returned
-    unchanged: judging records is the validate stage's job, which dead-letters it.
+    A row that cannot be transformed (non-numeric pixels, not a square image, a raw value
+    outside ``0..RAW_MAX``) is returned unchanged: judging records is the validate stage's
+    job, which dead-letters it naming the fault (:func:`raw_fault`).
     """
-    pixels = record.get("pixels")
-    if not isinstance(pixels, list) or not all(
-        isinstance(v, int | float) and not isinstance(v, bool) for v in pixels
-    ):
+    if raw_fault(record) is not None:
         return record
-    try:
-        side_of(pixels)
-    except ValueError:
-        return record
+    pixels = record["pixels"]
     image = normalise(pixels)
     if augment:
         dx, dy = augmentation_shift(seed, record["id"])
