@@ -2,7 +2,7 @@
 
 Usage (after ``bash bench/setup.sh``)::
 
-    bench/.venv/bin/python bench/run.py [--workload W1|...|W9|IMPORT|all] [--runs N] [--quick]
+    bench/.venv/bin/python bench/run.py [--workload W1|...|W10|IMPORT|all] [--runs N] [--quick]
                                         [--output FILE] [--update-benchmarks-md] [--no-write]
 
 Workloads: W1 per-record overhead, W2 async I/O, W3 CPU in 2 processes, W4 memory under a
@@ -13,9 +13,11 @@ run succeeding); W7 the cost of checkpoints (W1 and W4 with ``checkpoint=`` a te
 the default 1 s interval, against the same runs without); W8 the ``PostgresSink`` against a
 hand-written psycopg 3 COPY loop and W9 the ``SqliteSink`` against a hand-written sqlite3
 ``executemany`` loop (same batch size, same commit cadence: checkpoints every 1 s against a
-commit every second, no checkpoints against a commit per batch); IMPORT the time of
-``import conveyor`` in a fresh interpreter (median of 10, ``python -c "import conveyor"``
-minus ``python -c pass``) and the top 10 modules of ``python -X importtime``.
+commit every second, no checkpoints against a commit per batch); W10 the cost of live
+metrics (W1 with the Prometheus exporter on, scraped every 0.5 s or not, against off);
+IMPORT the time of ``import conveyor`` in a fresh interpreter (median of 10, ``python -c
+"import conveyor"`` minus ``python -c pass``) and the top 10 modules of ``python -X
+importtime``.
 ``bench/profile_w1.py`` and ``bench/profile_sql.py`` say where W1's and W8/W9's time goes.
 
 Method. Every measurement runs in a fresh interpreter (``run.py --child ...``), so no
@@ -647,6 +649,56 @@ WORKLOADS: dict[str, Workload] = {
                 "conveyor",
                 {"checkpoint": False},
                 versus="executemany-batch",
+            ),
+        ),
+    ),
+    "W10": Workload(
+        name="W10",
+        title="W10 — live metrics (W1 with the Prometheus exporter on against off)",
+        description=(
+            "W1's pipeline and sink (1,000,000 records, validate → enrich → keep even, "
+            "batch_size=1000, capacity=2) run by a `StreamRunner` (as `conveyor run` does), "
+            "with the metrics exporter off, on (`conveyor.observe.serve_metrics(runner)` on "
+            "127.0.0.1, a free port: its collector reads the runner's counters on each "
+            "scrape) with nobody scraping, and on with a thread scraping `/metrics` over "
+            "HTTP at the start and then every 0.5 s, in the same rounds. Starting and "
+            "stopping the server are inside the timed region; importing prometheus_client "
+            "(once per process, at start-up) is not. Verified: W1's closed form; with a "
+            "scraper, at least one scrape that names `conveyor_stage_records_in_total`."
+        ),
+        sizes=(1_000_000,),
+        quick_sizes=(50_000,),
+        target="Conveyor with live metrics on (scraped every 0.5 s or not) ≥ 0.95x the "
+        "throughput of the same run without them",
+        target_ratio=0.95,
+        variants=(
+            Variant(
+                "metrics-off",
+                "Conveyor `StreamRunner`",
+                "W1, no exporter, batch_size=1000 (baseline)",
+                "w10_conveyor",
+                "baseline",
+                {"metrics": "off"},
+            ),
+            Variant(
+                "metrics-on",
+                "Conveyor `StreamRunner`",
+                "W1, exporter on, nobody scraping",
+                "w10_conveyor",
+                "conveyor",
+                {"metrics": "on"},
+                requires="prometheus_client",
+                versus="metrics-off",
+            ),
+            Variant(
+                "metrics-scraped",
+                "Conveyor `StreamRunner`",
+                "W1, exporter on, scraped every 0.5 s",
+                "w10_conveyor",
+                "conveyor",
+                {"metrics": "scraped"},
+                requires="prometheus_client",
+                versus="metrics-off",
             ),
         ),
     ),
@@ -1486,7 +1538,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--workload",
         default="all",
-        help="W1, W2, W3, W4, W5, W6, W7, W8, W9, IMPORT, a comma-separated list, or all",
+        help="W1, W2, W3, W4, W5, W6, W7, W8, W9, W10, IMPORT, a comma-separated list, or all",
     )
     parser.add_argument("--runs", type=int, default=5, help="rounds per workload (median)")
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")

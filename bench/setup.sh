@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create bench/.venv: Conveyor (editable, from this repo, with the extras its SQL and file
-# sinks need: `postgres` = psycopg[binary] for PostgresSink, `parquet` = pyarrow) plus the
-# peers it is compared with.
+# sinks need: `postgres` = psycopg[binary] for PostgresSink, `parquet` = pyarrow; W10's
+# `metrics` = prometheus_client) plus the peers it is compared with.
 # Usage: bash bench/setup.sh [PYTHON]   (default: python3; Python 3.11+)
 # Idempotent: re-running upgrades nothing that is already installed.
 set -euo pipefail
@@ -16,7 +16,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 "$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "bench needs Python 3.11+")'
 test -x "$VENV/bin/python" || "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
-"$VENV/bin/python" -m pip install --quiet -e "$ROOT[postgres,parquet]"
+"$VENV/bin/python" -m pip install --quiet -e "$ROOT[postgres,parquet,metrics]"
 
 # Peers, one at a time, so that one failing does not hide the other; run.py reports a
 # missing peer as "not installed" instead of a time.

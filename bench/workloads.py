@@ -180,6 +180,9 @@ def verify(workload: str, n: int, measured: Measured) -> None:
             count, values = expected_all(n)
             want = (count, 2 * values, ids_all)
             got = (t.count, t.total, t.ids)
+    elif workload == "W10":  # W1's records and sink
+        verify("W1", n, measured)
+        return
     elif workload == "W7":  # W1's or W4's expectation, as the contender says
         shape = t.extra.get("shape")
         if shape not in ("W1", "W4"):
@@ -1250,6 +1253,68 @@ def w9_conveyor(n: int, checkpoint: bool = True, batch_size: int = 1000, **_: An
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def w10_conveyor(n: int, metrics: str = "off", batch_size: int = 1000, **_: Any) -> Measured:
+    """W1 run by a ``StreamRunner`` with the live-metrics exporter ``off``, ``on`` (nobody
+    scraping) or ``scraped`` (a thread fetching ``/metrics`` at once and then every 0.5 s).
+    Starting and stopping the server are timed; importing prometheus_client is not."""
+    import threading
+    import urllib.request
+
+    c = _conveyor()
+    from conveyor.runtime import StreamRunner
+
+    if metrics != "off":  # imported once at start-up, as by `conveyor run`: not timed
+        import prometheus_client  # noqa: F401
+
+        import conveyor.observe.metrics  # noqa: F401
+    pipeline = w1_pipeline(c)
+    options = c.RunOptions(
+        batch_size=batch_size, capacity=2, dead_letters="memory", handle_signals=False
+    )
+    scrapes: list[int] = []
+
+    def go() -> Tally:
+        tally = Tally()
+        runner = StreamRunner(pipeline.spec(), lambda batch: tally.add(batch, "double"), options)
+        server: Any = None
+        done = threading.Event()
+        scraper: threading.Thread | None = None
+        if metrics != "off":
+            from conveyor.observe import serve_metrics
+
+            server = serve_metrics(runner, port=0)
+        if metrics == "scraped":
+
+            def scrape() -> None:  # at once, then every 0.5 s until the run ends
+                while True:
+                    with urllib.request.urlopen(server.url, timeout=5) as response:
+                        page = response.read()
+                    scrapes.append(b"conveyor_stage_records_in_total" in page)
+                    if done.wait(0.5):
+                        return
+
+            scraper = threading.Thread(target=scrape, daemon=True)
+            scraper.start()
+        try:
+            report = asyncio.run(runner.run(records(n)))
+        finally:
+            done.set()
+            if scraper is not None:
+                scraper.join()
+            if server is not None:
+                server.close()
+        if report.records_in != n or report.dead_lettered:
+            raise VerificationError(f"report: {report.records_in} in, {report.dead_lettered} dead")
+        return tally
+
+    measured = _timed(go)
+    if metrics == "scraped" and not any(scrapes):
+        raise VerificationError(f"W10: no scrape named the stage counters ({scrapes})")
+    measured.tally.extra["shape"] = "W1"
+    measured.info["scrapes"] = len(scrapes)
+    return measured
+
+
 CONTENDERS: dict[str, Callable[..., Measured]] = {
     "w1_generators": w1_generators,
     "w1_conveyor": w1_conveyor,
@@ -1275,6 +1340,7 @@ CONTENDERS: dict[str, Callable[..., Measured]] = {
     "w8_conveyor": w8_conveyor,
     "w9_hand": w9_hand,
     "w9_conveyor": w9_conveyor,
+    "w10_conveyor": w10_conveyor,
 }
 
 # Anything a peer might send home stays home (bytewax's dataflow API web server is off

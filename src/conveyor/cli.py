@@ -12,7 +12,8 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-dlq_app = typer.Typer(help="List, show and replay dead letters of a project.", no_args_is_help=True)
+dlq_app = typer.Typer(
+    help="List, show, replay, purge and export dead letters of a project.", no_args_is_help=True
+)
 app.add_typer(dlq_app, name="dlq")
 contracts_app = typer.Typer(help="Work with a project's contract files.", no_args_is_help=True)
 app.add_typer(contracts_app, name="contracts")
@@ -128,8 +131,11 @@ class _Progress:
     def __init__(self) -> None:
         self.live: Live | None = None
         self.last_line = 0.0
+        self.runner: Any = None  # the live run, for the metrics endpoint
+        self.metrics: Any = None
 
     def __call__(self, runner: Any) -> None:
+        self.runner = runner
         if console.is_terminal:
             if self.live is None:
                 self.live = Live(_stats_table(runner), console=console, refresh_per_second=4)
@@ -144,6 +150,19 @@ class _Progress:
     def stop(self) -> None:
         if self.live is not None:
             self.live.stop()
+        if self.metrics is not None:
+            self.metrics.close()
+
+
+def _serve_metrics(progress: _Progress, port: int, host: str) -> None:
+    """Serve the metrics of the run ``progress`` shows until it stops (``--metrics-port``)."""
+    from conveyor.observe.metrics import serve_metrics
+
+    try:
+        progress.metrics = serve_metrics(lambda: progress.runner, port, host)
+    except (ImportError, OSError) as exc:
+        _fail(exc, "" if isinstance(exc, ImportError) else "pick another --metrics-port")
+    _say(f"live metrics at {progress.metrics.url}", err=True)
 
 
 EXIT_ERROR = 1
@@ -174,6 +193,16 @@ def run(
         help="Run every stage after the persisted stage NAME, on its dataset, into the sink "
         "(what the last DVC stage of `conveyor dvc` runs).",
     ),
+    metrics_port: int | None = typer.Option(
+        None,
+        "--metrics-port",
+        metavar="N",
+        help="Serve live Prometheus metrics (conveyor_...) at http://HOST:N/metrics during "
+        "the run (needs prometheus_client: pip install 'conveyor\\[metrics]').",
+    ),
+    metrics_host: str = typer.Option(
+        "127.0.0.1", "--metrics-host", help="The address --metrics-port listens on."
+    ),
 ) -> None:
     """Run a pipeline project (the whole pipeline, one stage with stage=NAME, or the stages
     after a persisted stage with --after NAME).
@@ -191,6 +220,8 @@ def run(
         return
     path, overrides = _split_path(list(args or []))
     progress = _Progress()
+    if metrics_port is not None:
+        _serve_metrics(progress, metrics_port, metrics_host)
     try:
         outcome = run_project(
             path,
@@ -293,32 +324,118 @@ def _stats_table_from_report(report: Any) -> Table:
 
 def _project_store(path: Path) -> Any:
     """The project's dead-letter store, its config loaded (and checked) as for a run."""
+    return _project_dlq(path)[0]
+
+
+def _project_dlq(path: Path) -> tuple[Any, Path]:
+    """The project's dead-letter store and the folder its package imports from."""
     from conveyor.dlq import open_dead_letter_store
     from conveyor.project.project import load_project_config
 
-    root, _, config = load_project_config(path)
+    root, package_dir, config = load_project_config(path)
     store_path = Path(config.config.pipeline.dead_letters)
-    return open_dead_letter_store(store_path if store_path.is_absolute() else root / store_path)
+    store = open_dead_letter_store(store_path if store_path.is_absolute() else root / store_path)
+    return store, package_dir.parent
+
+
+@contextlib.contextmanager
+def _importable(folder: Path) -> Iterator[None]:
+    """The project's package importable (so the pickles of its records load), for a while."""
+    saved = list(sys.path)
+    sys.path.insert(0, str(folder))
+    try:
+        yield
+    finally:
+        sys.path[:] = saved
+
+
+_RUN_HELP = "Only the letters of this run: a run id, or `latest` (the newest run with letters)."
+
+
+def _run_filter(store: Any, run: str | None, stage: str | None, replayed: bool) -> str | None:
+    """``--run``: ``None``, a run id, or ``latest`` resolved (``""`` when there is none)."""
+    if run != "latest":
+        return run
+    return store.latest_run(stage=stage, include_replayed=replayed) or ""
+
+
+def _before(text: str | None) -> datetime | None:
+    """``--before DATE``: an ISO date or date-time; without a time zone it is UTC."""
+    if text is None:
+        return None
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{text!r} is not an ISO date or date-time (e.g. 2026-01-31 or 2026-01-31T12:00)",
+            param_hint="--before",
+        ) from None
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when
 
 
 @dlq_app.command("list")
 def dlq_list(
     path: Path = typer.Argument(Path("."), help="The project."),
     stage: str | None = typer.Option(None, help="Only this stage's letters."),
+    run: str | None = typer.Option(None, "--run", metavar="RUN_ID|latest", help=_RUN_HELP),
     all_letters: bool = typer.Option(False, "--all", help="Include replayed letters."),
-    limit: int = typer.Option(50, help="At most this many."),
+    occurrences: bool = typer.Option(
+        False,
+        "--all-occurrences",
+        help="One line per letter, instead of one per failure (a repeated failure: the same "
+        "record, stage and error type).",
+    ),
+    limit: int = typer.Option(50, min=0, help="At most this many lines: the newest."),
 ) -> None:
-    """List a project's dead letters, newest last."""
+    """List a project's dead letters, newest last: one line per failure, with how often
+    it occurred and when first and last (the letters of the same record, stage and error
+    type; the record is recognised by the SHA-256 of its canonical JSON)."""
     try:
-        with _project_store(path) as store:
-            letters = store.list(stage=stage, include_replayed=all_letters, limit=limit)
-            total = store.count(stage=stage, include_replayed=all_letters)
+        store, imports = _project_dlq(path)
+        with store, _importable(imports):
+            run_id = _run_filter(store, run, stage, all_letters)
+            if occurrences:
+                letters = store.list(
+                    stage=stage,
+                    run_id=run_id,
+                    include_replayed=all_letters,
+                    limit=limit,
+                    newest=True,
+                )
+                total = store.count(stage=stage, run_id=run_id, include_replayed=all_letters)
+                lines = [letter.summary() for letter in letters]
+            else:
+                groups = store.groups(stage=stage, run_id=run_id, include_replayed=all_letters)
+                total = sum(group.occurrences for group in groups)
+                lines = _group_lines(store, groups[len(groups) - limit :][:limit])
     except ConveyorError as exc:
         _fail(exc)
         return
-    for letter in letters:
-        _say(letter.summary())
-    _say(f"{total} dead letter(s) in {store.description}")
+    for line in lines:
+        _say(line)
+    where = f" of run {run_id}" if run_id else ""
+    if occurrences:
+        shown = f"{len(lines)} of {total}" if len(lines) < total else f"{total}"
+        _say(f"{shown} dead letter(s){where} in {store.description}")
+        return
+    failures = len(groups)
+    shown = f"{len(lines)} of {failures}" if len(lines) < failures else f"{failures}"
+    _say(
+        f"{total} dead letter(s){where} in {store.description}: {shown} failure(s) shown"
+        " (--all-occurrences: every letter)"
+    )
+
+
+def _group_lines(store: Any, groups: Sequence[Any]) -> list[str]:
+    """One line per failure: its newest letter's summary, how often, first and last seen."""
+    newest = {letter.id: letter for letter in store.get_many(group.id for group in groups)}
+    lines = []
+    for group in groups:
+        letter = newest.get(group.id)
+        head = letter.summary() if letter is not None else group.summary()
+        first, last = (f"{when:%Y-%m-%d %H:%M:%S}Z" for when in (group.first_seen, group.last_seen))
+        lines.append(f"{head} | {group.occurrences}x, first {first}, last {last}")
+    return lines
 
 
 @dlq_app.command("show")
@@ -330,12 +447,10 @@ def dlq_show(
 ) -> None:
     """Show one dead letter with its record and traceback."""
     try:
-        with _project_store(path) as store:
-            matches = [
-                d
-                for d in store.list(include_replayed=True)
-                if d.id.endswith(letter_id) or d.id.startswith(letter_id)
-            ]
+        store, imports = _project_dlq(path)
+        with store, _importable(imports):
+            matches = store.find_ids(letter_id)
+            letter = store.get(matches[0]) if len(matches) == 1 else None
     except ConveyorError as exc:
         _fail(exc)
         return
@@ -347,17 +462,105 @@ def dlq_show(
             )
         )
         return
-    if len(matches) > 1:
+    if letter is None:
         _fail(UsageError(f"{len(matches)} dead letters match {letter_id!r}; give more of the id"))
         return
-    letter = matches[0]
     for key in ("id", "stage", "attempts", "records", "error_type", "message", "run_id"):
         _say(f"{key}: {getattr(letter, key)}", lines=key == "message")
     _say(f"created_at: {letter.created_at}")
-    _say(f"record: {letter.record!r}")
+    shown = "record" if letter.record_exact else "record (its JSON rendering)"
+    _say(f"{shown}: {letter.record!r}")
     if letter.output is not None:
         _say(f"output: {letter.output!r}")
     _say(letter.traceback, lines=True)
+
+
+@dlq_app.command("purge")
+def dlq_purge(
+    path: Path = typer.Argument(Path("."), help="The project."),
+    replayed: bool = typer.Option(False, "--replayed", help="Only replayed letters."),
+    before: str | None = typer.Option(
+        None, "--before", metavar="DATE", help="Only letters older than DATE (ISO; UTC)."
+    ),
+    stage: str | None = typer.Option(None, help="Only this stage's letters."),
+    run: str | None = typer.Option(None, "--run", metavar="RUN_ID|latest", help=_RUN_HELP),
+    yes: bool = typer.Option(False, "--yes", help="Delete; without it, only say what would go."),
+) -> None:
+    """Delete the dead letters that every given filter selects. A letter not yet replayed
+    goes only when --before, --stage or --run names it; with no filter nothing is deleted.
+    Without --yes it prints what it would delete and deletes nothing (exit 0)."""
+    if not (replayed or before or stage or run):
+        _fail(
+            UsageError(
+                "say what to purge: --replayed, --before DATE, --stage S and/or --run RUN_ID "
+                "(letters not yet replayed go only when --before, --stage or --run names them)"
+            )
+        )
+        return
+    when = _before(before)
+    try:
+        with _project_store(path) as store:
+            run_id = _run_filter(store, run, stage, True)
+            groups = store.purge(
+                replayed=replayed, before=when, stage=stage, run_id=run_id, dry_run=not yes
+            )
+    except ConveyorError as exc:
+        _fail(exc)
+        return
+    letters = sum(group.occurrences for group in groups)
+    if yes:
+        _say(
+            f"deleted {letters} dead letter(s) ({len(groups)} failure(s)) from {store.description}"
+        )
+        return
+    for group in groups[:50]:
+        _say(group.summary())
+    if len(groups) > 50:
+        _say(f"… and {len(groups) - 50} more failure(s)")
+    _say(
+        f"would delete {letters} dead letter(s) ({len(groups)} failure(s)) from "
+        f"{store.description}; nothing deleted: add --yes to delete them"
+    )
+
+
+@dlq_app.command("export")
+def dlq_export(
+    path: Path = typer.Argument(Path("."), help="The project."),
+    fmt: str = typer.Option("csv", "--format", metavar="csv|jsonl", help="csv or jsonl."),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="Write this file instead of printing."
+    ),
+    stage: str | None = typer.Option(None, help="Only this stage's letters."),
+    run: str | None = typer.Option(None, "--run", metavar="RUN_ID|latest", help=_RUN_HELP),
+    all_letters: bool = typer.Option(False, "--all", help="Include replayed letters."),
+) -> None:
+    """Export the rejects for a person to review: one row per failure (id, stage,
+    error_type, message, first_seen, last_seen, occurrences, run_ids, record as JSON).
+    CSV cells are spreadsheet-safe (a cell starting with = + - @ gets a leading ') and
+    control characters are escaped."""
+    from conveyor.dlq._review import export_csv, export_jsonl
+
+    if fmt not in ("csv", "jsonl"):
+        _fail(UsageError(f"--format is csv or jsonl, not {fmt!r}"))
+        return
+    try:
+        with _project_store(path) as store:
+            run_id = _run_filter(store, run, stage, all_letters)
+            groups = store.groups(stage=stage, run_id=run_id, include_replayed=all_letters)
+    except ConveyorError as exc:
+        _fail(exc)
+        return
+    text = export_csv(groups) if fmt == "csv" else export_jsonl(groups)
+    if output is None:
+        typer.echo(text, nl=False)
+        return
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text, encoding="utf-8", newline="")
+    except OSError as exc:
+        _fail(exc)
+        return
+    _say(f"wrote {len(groups)} failure(s) to {output}")
 
 
 @dlq_app.command(

@@ -32,6 +32,13 @@ so nothing is lost silently. The design:
 - Replay: list letters (by stage and run), feed ``letter.record`` back into
   ``letter.stage``, then :meth:`~DeadLetterStore.mark_replayed` their ids; replayed letters
   are kept, and hidden from :meth:`~DeadLetterStore.list` unless asked for.
+- Review: :meth:`~DeadLetterStore.groups` folds the letters of one failure (the same
+  record, stage and error type; the record recognised by the SHA-256 of its canonical
+  JSON: the stored JSON rendering with sorted keys) into a :class:`LetterGroup` with its
+  occurrences and first/last seen; :meth:`~DeadLetterStore.purge` deletes letters by
+  filter (a letter not yet replayed only when ``before``, ``stage`` or ``run_id`` names
+  it); :meth:`~DeadLetterStore.list` with ``newest=True`` keeps the newest ``limit``.
+  Reading many letters whose exact records cannot be loaded logs *one* warning.
 
 >>> with open_dead_letter_store("memory") as store:
 ...     store.write([
@@ -47,6 +54,7 @@ from conveyor.dlq._codec import EncodedLetter
 from conveyor.dlq._jsonl import JsonlDeadLetterStore
 from conveyor.dlq._letter import DeadLetter
 from conveyor.dlq._open import open_dead_letter_store
+from conveyor.dlq._review import LetterGroup, record_digest
 from conveyor.dlq._sqlite import SqliteDeadLetterStore
 from conveyor.dlq._store import DeadLetterStore, LetterQuery, MemoryDeadLetterStore
 
@@ -55,8 +63,10 @@ __all__ = [
     "DeadLetterStore",
     "EncodedLetter",
     "JsonlDeadLetterStore",
+    "LetterGroup",
     "LetterQuery",
     "MemoryDeadLetterStore",
     "SqliteDeadLetterStore",
     "open_dead_letter_store",
+    "record_digest",
 ]

@@ -20,7 +20,14 @@ from typing import Any
 from conveyor.core._render import render_value, safe_str
 from conveyor.dlq._letter import DeadLetter, qualified_name
 
-__all__ = ["EncodedLetter", "decode", "encode", "encode_values", "json_text"]
+__all__ = [
+    "EncodedLetter",
+    "decode",
+    "encode",
+    "encode_values",
+    "json_text",
+    "warn_unloadable",
+]
 
 _log = logging.getLogger("conveyor.dlq")
 
@@ -167,12 +174,16 @@ def encode_values(letter: DeadLetter) -> tuple[Any, ...]:
     )
 
 
-def decode(row: EncodedLetter) -> DeadLetter:
+def decode(row: EncodedLetter, failures: list[str] | None = None) -> DeadLetter:
     """The letter stored as ``row``; the exact record when its pickle loads, else the JSON.
 
-    Raises ``ValueError`` when the JSON parts are corrupt.
+    A pickle that cannot be loaded is logged as a warning on the ``conveyor.dlq`` logger,
+    or, when ``failures`` is given, its reason (``"ModuleNotFoundError: No module named
+    'pipeline'"``) is appended there instead, so that a caller decoding many letters can
+    say it once (see :func:`warn_unloadable`). Raises ``ValueError`` when the JSON parts
+    are corrupt.
     """
-    exact = _unpickle(row)
+    exact = _unpickle(row, failures)
     if exact is not None:
         record, offset, output = exact
     else:
@@ -217,7 +228,27 @@ def _pickle(letter: DeadLetter) -> bytes | None:
         return None
 
 
-def _unpickle(row: EncodedLetter) -> tuple[Any, Any, Any] | None:
+def warn_unloadable(failures: list[str], total: int) -> None:
+    """One warning for the letters of one read whose exact records could not be loaded.
+
+    >>> warn_unloadable([], 3)  # nothing to say
+    """
+    if not failures:
+        return
+    reasons = list(dict.fromkeys(failures))
+    shown = "; ".join(reasons[:3]) + (
+        f"; and {len(reasons) - 3} other reason(s)" if len(reasons) > 3 else ""
+    )
+    _log.warning(
+        "%d of %d dead letter(s): the exact record cannot be loaded here (%s); using the JSON "
+        "rendering instead (is the record's class importable in this process?)",
+        len(failures),
+        total,
+        shown,
+    )
+
+
+def _unpickle(row: EncodedLetter, failures: list[str] | None = None) -> tuple[Any, Any, Any] | None:
     if row.record_pickle is None:
         return None
     try:
@@ -227,6 +258,9 @@ def _unpickle(row: EncodedLetter) -> tuple[Any, Any, Any] | None:
                 f"expected (record, source_offset, output), got {qualified_name(type(loaded))}"
             )
     except Exception as exc:
+        if failures is not None:
+            failures.append(f"{type(exc).__name__}: {safe_str(exc)}")
+            return None
         _log.warning(
             "dead letter %s: its exact record cannot be loaded here (%s: %s); using the JSON "
             "rendering instead (is the record's class importable in this process?)",

@@ -113,6 +113,10 @@ class JsonlDeadLetterStore(DeadLetterStore):
         row = scan.letters.get(id)
         return None if row is None else scan.resolve(row)
 
+    def _find_many(self, ids: builtins.list[str]) -> builtins.list[EncodedLetter]:
+        scan = self._scan()  # one read of the file for them all
+        return [scan.resolve(scan.letters[i]) for i in ids if i in scan.letters]
+
     def _count(self, query: LetterQuery) -> int:
         return sum(1 for row in self._scan().rows() if query.matches(row))
 
@@ -127,6 +131,40 @@ class JsonlDeadLetterStore(DeadLetterStore):
                 self._append_locked(file, _line(marker))
             return len(fresh)
 
+    def _delete(self, ids: builtins.list[str]) -> int:
+        """Rewrite the file without these letters (the only change that is not an append).
+
+        Under the exclusive lock, the letters kept (with their replay marks folded in) are
+        written to a new file beside it, synced, and moved over the old one in one rename,
+        so a crash leaves either file whole. Another store that has the file open (a run
+        writing to it) sees it replaced and stops with an error instead of writing into the
+        old file: purge a JSON-lines store between runs.
+        """
+        action = f"cannot delete {len(ids)} dead letter(s)"
+        lost = "the letters were not deleted"
+        with self._locked_file(action, lost, check_after=False) as file:
+            scan = _parse(_read_all(file), self.description)
+            gone = set(ids)
+            kept = [scan.resolve(row) for i, row in scan.letters.items() if i not in gone]
+            deleted = len(scan.letters) - len(kept)
+            if not deleted:
+                return 0
+            data = b"".join(_letter_line(row) for row in kept)
+            temporary = self._path.with_name(f".{self._path.name}.{os.getpid()}.purge")
+            try:
+                with open(temporary, "wb", buffering=0) as out:
+                    _write_all(out, data)
+                    os.fsync(out.fileno())
+                os.replace(temporary, self._path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(temporary)
+                raise
+            _fsync_folder(self._path.parent)
+            stat = os.stat(self._path)
+            self._identity = (stat.st_dev, stat.st_ino)
+            return deleted
+
     def _close(self) -> None:
         """Nothing to release: the file is opened per call."""
 
@@ -138,7 +176,9 @@ class JsonlDeadLetterStore(DeadLetterStore):
             return _parse(_read_all(file), self.description)
 
     @contextlib.contextmanager
-    def _locked_file(self, action: str, lost: str) -> Iterator[io.FileIO]:
+    def _locked_file(
+        self, action: str, lost: str, *, check_after: bool = True
+    ) -> Iterator[io.FileIO]:
         """The store's file, opened for appending (never created) and locked exclusively.
 
         Raises :class:`~conveyor.errors.DeadLetterStoreError` if the file is no longer the
@@ -154,7 +194,8 @@ class JsonlDeadLetterStore(DeadLetterStore):
             if (stat.st_dev, stat.st_ino) != self._identity:
                 raise file_lost_error(self.description, self._path, action, lost, gone=False)
             yield file
-            check_same_file(self.description, self._path, self._identity, action, lost)
+            if check_after:
+                check_same_file(self.description, self._path, self._identity, action, lost)
 
     def _append_locked(self, file: io.FileIO, data: bytes) -> None:
         end = self._repair_tail(file)
@@ -334,6 +375,20 @@ def _write_all(file: io.FileIO, data: bytes) -> None:
         if not written:
             raise OSError(f"write to {file.name!r} made no progress")
         view = view[written:]
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (where the platform can open folders)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # pragma: no cover - not POSIX
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - a file system that cannot sync folders
+        pass
+    finally:
+        os.close(fd)
 
 
 def _open_existing(path: str, flags: int) -> int:

@@ -8,6 +8,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -175,8 +176,31 @@ class SqliteDeadLetterStore(DeadLetterStore):
     def _select(self, query: LetterQuery) -> builtins.list[EncodedLetter]:
         where, params = _where(query)
         limit = -1 if query.limit is None else query.limit
-        sql = f"{_SELECT}{where} ORDER BY seq LIMIT ?"
+        if query.newest and query.limit is not None:
+            inner = f"SELECT seq, {', '.join(_COLUMNS)} FROM dead_letters{where}"
+            sql = (
+                f"SELECT {', '.join(_COLUMNS)} FROM ({inner} ORDER BY seq DESC LIMIT ?) "
+                "ORDER BY seq"
+            )
+        else:
+            sql = f"{_SELECT}{where} ORDER BY seq LIMIT ?"
         return [_row(values) for values in self._conn.execute(sql, [*params, limit])]
+
+    def _ids(self, query: LetterQuery) -> builtins.list[str]:
+        where, params = _where(query)
+        sql = f"SELECT id FROM dead_letters{where} ORDER BY seq"
+        return [str(values[0]) for values in self._conn.execute(sql, params)]
+
+    def _delete(self, ids: builtins.list[str]) -> int:
+        action = f"cannot delete {len(ids)} dead letter(s)"
+        lost = "the letters were not deleted"
+        self._check_file(action, lost)
+        with self._transaction() as conn:
+            deleted = conn.executemany(
+                "DELETE FROM dead_letters WHERE id = ?", [(id,) for id in ids]
+            ).rowcount
+        self._check_file(action, lost)
+        return deleted
 
     def _find(self, id: str) -> EncodedLetter | None:
         values = self._conn.execute(f"{_SELECT} WHERE id = ?", [id]).fetchone()
@@ -217,8 +241,13 @@ class SqliteDeadLetterStore(DeadLetterStore):
             raise
 
 
+def _before(created_at: str, before: str) -> bool:
+    return datetime.fromisoformat(created_at) < datetime.fromisoformat(before)
+
+
 def _connect(path: Path, timeout: float) -> sqlite3.Connection:
     conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
+    conn.create_function("conveyor_before", 2, _before, deterministic=True)
     try:
         retry_while_busy(lambda: _prepare(conn), timeout)
     except BaseException:
@@ -294,8 +323,15 @@ def _where(query: LetterQuery) -> tuple[str, builtins.list[Any]]:
     if query.run_id is not None:
         clauses.append("run_id = ?")
         params.append(query.run_id)
-    if not query.include_replayed:
+    if query.only_replayed:
+        clauses.append("replayed = 1")
+    elif not query.include_replayed:
         clauses.append("replayed = 0")
+    if query.before is not None:
+        # created_at is ISO 8601 in UTC (+00:00), so text order is time order; the
+        # comparison runs in Python to be exact about fractions of seconds.
+        clauses.append("conveyor_before(created_at, ?)")
+        params.append(query.before.isoformat())
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
 
 

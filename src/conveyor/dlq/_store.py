@@ -9,11 +9,13 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Self, TypeVar
 
-from conveyor.dlq._codec import EncodedLetter, decode, encode
+from conveyor.dlq._codec import EncodedLetter, decode, encode, warn_unloadable
 from conveyor.dlq._letter import DeadLetter
+from conveyor.dlq._review import LetterGroup, group_rows
 from conveyor.errors import DeadLetterStoreError
 
 __all__ = [
@@ -71,23 +73,37 @@ def file_lost_error(
 
 @dataclass(frozen=True, slots=True)
 class LetterQuery:
-    """Which letters a ``list`` or ``count`` asks for (``None`` means any)."""
+    """Which letters a ``list`` or ``count`` asks for (``None`` means any).
+
+    ``before`` (an aware datetime) keeps the letters created before it; ``only_replayed``
+    the replayed ones (it implies ``include_replayed``); ``newest`` makes ``limit`` keep
+    the *last* ``limit`` matching letters (still in write order) instead of the first.
+    """
 
     stage: str | None = None
     run_id: str | None = None
     include_replayed: bool = False
     limit: int | None = None
+    newest: bool = False
+    before: datetime | None = None
+    only_replayed: bool = False
 
     def matches(self, row: EncodedLetter) -> bool:
-        """Whether ``row`` passes the stage, run and replayed filters (``limit`` aside)."""
+        """Whether ``row`` passes the filters (``limit`` aside)."""
         return (
             (self.stage is None or row.stage == self.stage)
             and (self.run_id is None or row.run_id == self.run_id)
-            and (self.include_replayed or not row.replayed)
+            and (self.include_replayed or self.only_replayed or not row.replayed)
+            and (not self.only_replayed or row.replayed)
+            and (self.before is None or datetime.fromisoformat(row.created_at) < self.before)
         )
 
     def take(self, rows: Iterable[EncodedLetter]) -> builtins.list[EncodedLetter]:
-        """The matching rows of ``rows``, in order, at most ``limit`` of them."""
+        """The matching rows of ``rows``, in order, at most ``limit`` of them (the last
+        ones when ``newest``)."""
+        if self.newest and self.limit is not None:
+            matching = [row for row in rows if self.matches(row)]
+            return matching[len(matching) - self.limit :] if self.limit else []
         out: builtins.list[EncodedLetter] = []
         for row in rows:
             if self.limit is not None and len(out) >= self.limit:
@@ -95,6 +111,14 @@ class LetterQuery:
             if self.matches(row):
                 out.append(row)
         return out
+
+
+def _utc(when: datetime | None) -> datetime | None:
+    if when is None:
+        return None
+    if when.tzinfo is None or when.utcoffset() is None:
+        raise ValueError(f"before must be timezone-aware, got naive {when!r}")
+    return when.astimezone(UTC)
 
 
 class DeadLetterStore(abc.ABC):
@@ -161,18 +185,118 @@ class DeadLetterStore(abc.ABC):
         run_id: str | None = None,
         include_replayed: bool = False,
         limit: int | None = None,
+        newest: bool = False,
     ) -> builtins.list[DeadLetter]:
         """Stored letters in the order they were written, filtered by stage and run.
 
-        Replayed letters are left out unless ``include_replayed``; ``limit`` caps the count.
+        Replayed letters are left out unless ``include_replayed``; ``limit`` caps the count:
+        the first ``limit`` letters, or the last (the newest) with ``newest``. Letters
+        whose exact records cannot be loaded here are read from their JSON, with one
+        warning for the whole list on the ``conveyor.dlq`` logger.
         """
         if limit is not None and limit < 0:
             raise ValueError(f"limit must be >= 0 or None, got {limit}")
-        query = LetterQuery(stage, run_id, include_replayed, limit)
-        return self._call(
-            "cannot list dead letters",
-            lambda: [decode(row) for row in self._select(query)],
+        query = LetterQuery(stage, run_id, include_replayed, limit, newest=newest)
+
+        def read() -> builtins.list[DeadLetter]:
+            failures: builtins.list[str] = []
+            letters = [decode(row, failures) for row in self._select(query)]
+            warn_unloadable(failures, len(letters))
+            return letters
+
+        return self._call("cannot list dead letters", read)
+
+    def groups(
+        self,
+        *,
+        stage: str | None = None,
+        run_id: str | None = None,
+        include_replayed: bool = False,
+        before: datetime | None = None,
+        only_replayed: bool = False,
+    ) -> builtins.list[LetterGroup]:
+        """The stored letters folded into failures: one :class:`LetterGroup` for the
+        letters of the same record, stage and error type (see
+        :func:`~conveyor.dlq._review.record_digest`), ordered by their newest letter.
+
+        Filters as for :meth:`list` (``before``: created before this aware datetime;
+        ``only_replayed``: replayed letters only). Reads the stored JSON, never a pickle.
+        """
+        query = LetterQuery(
+            stage,
+            run_id,
+            include_replayed,
+            before=_utc(before),
+            only_replayed=only_replayed,
         )
+        return self._call("cannot list dead letters", lambda: group_rows(self._select(query)))
+
+    def latest_run(self, *, stage: str | None = None, include_replayed: bool = False) -> str | None:
+        """The run id of the newest letter (of ``stage``; replayed ones only with
+        ``include_replayed``), or ``None`` when there is none."""
+        query = LetterQuery(stage, None, include_replayed, 1, newest=True)
+        rows = self._call("cannot list dead letters", lambda: self._select(query))
+        return rows[-1].run_id if rows else None
+
+    def find_ids(self, fragment: str) -> builtins.list[str]:
+        """The ids (of every letter, replayed or not) that start or end with ``fragment``
+        (as ``dlq list`` shows their last 12 characters); no letter is decoded."""
+        if not fragment:
+            return []
+        ids = self._call(
+            "cannot list dead letters", lambda: self._ids(LetterQuery(include_replayed=True))
+        )
+        return [i for i in ids if i.startswith(fragment) or i.endswith(fragment)]
+
+    def purge(
+        self,
+        *,
+        replayed: bool = False,
+        before: datetime | None = None,
+        stage: str | None = None,
+        run_id: str | None = None,
+        dry_run: bool = False,
+    ) -> builtins.list[LetterGroup]:
+        """Delete the letters that every given filter selects; returns them as groups.
+
+        ``replayed``: only replayed letters. ``before``: letters created before this aware
+        datetime. ``stage`` / ``run_id``: that stage's / run's letters. The rule: a letter
+        that is not replayed is deleted only when a filter other than ``replayed`` names it
+        (``before``, ``stage`` or ``run_id``); with no filter at all nothing is deleted and
+        :class:`ValueError` is raised. With ``dry_run`` nothing is deleted: the groups say
+        what would be.
+
+        >>> store = MemoryDeadLetterStore()
+        >>> a = DeadLetter.from_exception(1, ValueError("x"), stage="s", attempts=1, run_id="r")
+        >>> b = DeadLetter.from_exception(2, ValueError("x"), stage="s", attempts=1, run_id="r")
+        >>> store.write([a, b]); store.mark_replayed([a.id])
+        1
+        >>> [g.ids == (a.id,) for g in store.purge(replayed=True)]
+        [True]
+        >>> store.count(include_replayed=True)
+        1
+        """
+        if not replayed and before is None and stage is None and run_id is None:
+            raise ValueError(
+                "purge() without a filter would delete every letter, the unreplayed ones too: "
+                "pass replayed=True, before=, stage= or run_id="
+            )
+        query = LetterQuery(
+            stage,
+            run_id,
+            include_replayed=True,
+            before=_utc(before),
+            only_replayed=replayed,
+        )
+
+        def purge() -> builtins.list[LetterGroup]:
+            found = group_rows(self._select(query))
+            ids = [i for group in found for i in group.ids]
+            if ids and not dry_run:
+                self._delete(ids)
+            return found
+
+        return self._call("cannot purge dead letters", purge)
 
     def get(self, id: str) -> DeadLetter:
         """The letter with this ``id``, replayed or not.
@@ -184,7 +308,32 @@ class DeadLetterStore(abc.ABC):
             raise KeyError(
                 f"no dead letter with id {id!r} in {self.description}; list() shows the stored ids"
             )
-        return self._call(f"cannot read dead letter {id!r}", lambda: decode(row))
+
+        def read() -> DeadLetter:
+            assert row is not None
+            failures: builtins.list[str] = []
+            letter = decode(row, failures)
+            warn_unloadable(failures, 1)
+            return letter
+
+        return self._call(f"cannot read dead letter {id!r}", read)
+
+    def get_many(self, ids: Iterable[str]) -> builtins.list[DeadLetter]:
+        """The letters with these ids (replayed or not), in the order of ``ids``; unknown
+        ids are left out. One warning for the letters whose exact records cannot be loaded.
+        """
+        if isinstance(ids, str):
+            raise TypeError("get_many() takes an iterable of ids; use get_many([id])")
+        wanted = builtins.list(dict.fromkeys(ids))
+
+        def read() -> builtins.list[DeadLetter]:
+            found = {row.id: row for row in self._find_many(wanted)}
+            failures: builtins.list[str] = []
+            letters = [decode(found[i], failures) for i in wanted if i in found]
+            warn_unloadable(failures, len(letters))
+            return letters
+
+        return self._call("cannot read dead letters", read) if wanted else []
 
     def count(
         self,
@@ -289,6 +438,21 @@ class DeadLetterStore(abc.ABC):
     def _close(self) -> None:
         """Release resources (called once)."""
 
+    def _find_many(self, ids: builtins.list[str]) -> builtins.list[EncodedLetter]:
+        """The rows with these (distinct) ids, in any order; by default one ``_find`` each."""
+        return [row for row in map(self._find, ids) if row is not None]
+
+    def _ids(self, query: LetterQuery) -> builtins.list[str]:
+        """The ids of the rows matching ``query``; a store may read only the ids."""
+        return [row.id for row in self._select(query)]
+
+    def _delete(self, ids: builtins.list[str]) -> int:
+        """Delete the letters with these (distinct) ids, atomically; return how many went.
+
+        Not abstract, so that a store written before purging existed still works; it
+        cannot purge."""
+        raise NotImplementedError(f"{type(self).__name__} cannot delete letters")
+
     # -- plumbing ---------------------------------------------------------------------------
 
     def _call(self, action: str, operation: Callable[[], T]) -> T:
@@ -361,6 +525,9 @@ class MemoryDeadLetterStore(DeadLetterStore):
                 self._rows[id] = dataclasses.replace(row, replayed=True)
                 marked += 1
         return marked
+
+    def _delete(self, ids: builtins.list[str]) -> int:
+        return sum(1 for id in ids if self._rows.pop(id, None) is not None)
 
     def _close(self) -> None:
         self._rows.clear()

@@ -30,6 +30,7 @@ from typing import Any
 
 from conveyor.contracts._check import ContractCheck
 from conveyor.core.checkpoint import (
+    Checkpoint,
     PipelineIdentity,
     SeekableSource,
     pipeline_fingerprint,
@@ -228,6 +229,24 @@ class StreamRunner:
     def progress(self) -> tuple[list[StageStats], list[Any]]:
         """Live counters of every stage and the sink, and channel statistics."""
         return self._stage_stats(), [ch.statistics() for ch in self._channels]
+
+    def live_stats(self) -> list[StageStats]:
+        """Live counters of every stage, branch arms included (``branch/arm/stage``), and
+        the sink: read as they are, not copied (for live metrics)."""
+        head = [] if self._source_part is None else [self._source_part.stats]
+        return head + [rt.stats for rt in self._all_runtimes()] + [self._sink.stats]
+
+    @property
+    def last_checkpoint(self) -> Checkpoint | None:
+        """The last checkpoint this run wrote (``None``: none yet, or no checkpoints)."""
+        cp = self._checkpointer
+        return None if cp is None else cp.last
+
+    @property
+    def checkpoints_written(self) -> int | None:
+        """Checkpoints this run committed so far (``None``: the run keeps no checkpoints)."""
+        cp = self._checkpointer
+        return None if cp is None else cp.commits
 
     def _stage_stats(self) -> list[StageStats]:
         head = [] if self._source_part is None else [self._source_part.stats]
