@@ -41,3 +41,10 @@ def test_run_finds_the_project_from_a_subfolder(tmp_path: Path) -> None:
     result = runner.invoke(app, ["run", str(project / "src" / "pipeline" / "stages")])
     assert result.exit_code == 0, result.output
     assert (project / "data").is_dir()
+
+
+def test_run_help_names_key_value_overrides() -> None:
+    result = runner.invoke(app, ["run", "--help"], env={"COLUMNS": "200", "NO_COLOR": "1"})
+    assert result.exit_code == 0
+    assert "[key=value ...]" in result.output
+    assert "seed=1" in result.output

@@ -174,8 +174,9 @@ EXIT_INTERRUPTED = 130
 def run(
     args: list[str] = typer.Argument(
         None,
-        help="[PATH] [key=value ...]: config overrides, dotted for nesting "
-        "(stages.enrich.concurrency=4); stage=NAME runs one stage",
+        help="[PATH] \\[key=value ...]: config overrides as key=value, dotted for nesting "
+        "(stages.enrich.concurrency=4; in the dataset layout preprocess.image_size=16 for a "
+        "stage's parameter, seed=1 for a shared one); stage=NAME runs one stage",
     ),
     force: bool = typer.Option(
         False, "--force", help="Run every stage, also the unchanged persisted ones."

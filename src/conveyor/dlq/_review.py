@@ -25,6 +25,7 @@ from typing import Any, Final
 
 from conveyor.core._render import _CONTROL_CODES, printable
 from conveyor.dlq._codec import EncodedLetter
+from conveyor.dlq._letter import _first_line, _shorten
 
 __all__ = [
     "EXPORT_COLUMNS",
@@ -225,14 +226,3 @@ def _json_value(text: str) -> Any:
 
 def _when(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%SZ")
-
-
-def _first_line(text: str) -> str:
-    lines = text.strip().splitlines()
-    if not lines:
-        return ""
-    return lines[0] + (" …" if len(lines) > 1 else "")
-
-
-def _shorten(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"

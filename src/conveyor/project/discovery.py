@@ -253,12 +253,20 @@ def _where_raised(exc: BaseException, stage_path: Path) -> tuple[Path, int | Non
     else the stage file."""
     if isinstance(exc, SyntaxError) and exc.filename:
         return Path(exc.filename), exc.lineno
-    root = stage_path.resolve().parent.parent
-    found: tuple[Path, int | None] = (stage_path, None)
+    file, line = raised_in(exc, stage_path.resolve().parent.parent)
+    return (file, line) if file is not None else (stage_path, None)
+
+
+def raised_in(exc: BaseException, root: Path) -> tuple[Path | None, int | None]:
+    """The innermost frame of ``exc``'s traceback in files below ``root`` (the project's
+    own code, not installed packages), as the place to look first; ``(None, None)`` when
+    no frame is there."""
+    found: tuple[Path | None, int | None] = (None, None)
+    base = root.resolve()
     tb = exc.__traceback__
     while tb is not None:
         file = Path(tb.tb_frame.f_code.co_filename)
-        if file.is_absolute() and file.resolve().is_relative_to(root):
+        if file.is_absolute() and file.resolve().is_relative_to(base):
             found = (file, tb.tb_lineno)
         tb = tb.tb_next
     return found

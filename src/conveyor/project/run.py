@@ -26,7 +26,7 @@ from conveyor.core.sink import RunMode
 from conveyor.core.sink import Sink as RunSink
 from conveyor.core.source import Source as KnownSource
 from conveyor.errors import ConveyorError, ProjectError, UsageError
-from conveyor.project.discovery import project_root
+from conveyor.project.discovery import project_root, raised_in
 from conveyor.project.kinds import TaskStage, TaskStageFailed
 from conveyor.project.project import (
     DiscardSink,
@@ -174,7 +174,7 @@ def _run_tasks(project: Project, only: str | None) -> ProjectRun:
         except ConveyorError:
             raise
         except Exception as exc:
-            file, line = _raised_in(exc, project.root)
+            file, line = raised_in(exc, project.root)
             raise TaskStageFailed(
                 f"stage {loaded.name!r} failed: {type(exc).__name__}: {exc}; fix it, then "
                 f"re-run it with: conveyor run {project.root} stage={loaded.name}",
@@ -183,20 +183,6 @@ def _run_tasks(project: Project, only: str | None) -> ProjectRun:
             ) from exc
         run.tasks_run.append(loaded.name)
     return run
-
-
-def _raised_in(exc: BaseException, root: Path) -> tuple[Path | None, int | None]:
-    """The innermost frame of ``exc``'s traceback in the project's own files (not in
-    installed packages), as the place to look first."""
-    found: tuple[Path | None, int | None] = (None, None)
-    tb = exc.__traceback__
-    base = root.resolve()
-    while tb is not None:
-        file = Path(tb.tb_frame.f_code.co_filename)
-        if file.is_absolute() and file.resolve().is_relative_to(base):
-            found = (file, tb.tb_lineno)
-        tb = tb.tb_next
-    return found
 
 
 # -- plans -----------------------------------------------------------------------------------
