@@ -102,6 +102,21 @@ class Project:
                 return loaded
         raise _unknown_stage(name, [s.name for s in self.stages])
 
+    def runnable(self, name: str) -> LoadedStage:
+        """What ``stage=NAME`` runs: the stage called ``name``, or for a group of
+        ``branches:`` its first member (a run of a member runs its whole branch group, from
+        the dataset before it); a ConfigError listing the stages and branches otherwise."""
+        branches = self.config.config.branches
+        if name in branches and name not in {s.name for s in self.stages}:
+            members = {m for arms in branches[name].values() for m in arms}
+            for loaded in self.middle:
+                if loaded.name in members:
+                    return loaded
+        for loaded in self.stages:
+            if loaded.name == name:
+                return loaded
+        raise _unknown_stage(name, [s.name for s in self.stages] + sorted(branches))
+
     @property
     def source(self) -> Source | None:
         """Where the run's records come from: the ``source:`` section's connector, or the

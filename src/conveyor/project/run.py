@@ -137,7 +137,7 @@ def run_project(
         elif stage_name is None:
             plan = whole_run_plan(project, force=force)
         else:
-            plan = stage_run_plan(project, project.stage(stage_name), force=force)
+            plan = stage_run_plan(project, project.runnable(stage_name), force=force)
         run = ProjectRun(
             project, stage=stage_name, skipped=list(plan.skipped), notes=list(plan.notes)
         )
