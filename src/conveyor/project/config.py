@@ -110,6 +110,13 @@ class StageSection(_Strict):
     retry: RetryConfig | None = None
     timeout: float | None = Field(None, gt=0)
     rate_limit: float | None = Field(None, gt=0)
+    input_contract: str | None = None
+    """What the records entering the stage must satisfy: a model or type as
+    ``module:Name`` (``pipeline.contracts.models:Penguin``), or a schema file (``.json``,
+    ``.avsc``, ``.proto[:Message]``) relative to the pipeline's ``contracts/`` folder or to
+    the project."""
+    output_contract: str | None = None
+    """The same for the records the stage gives on."""
     persist: PersistConfig | None = None
     params: dict[str, Any] = {}
 

@@ -161,7 +161,48 @@ class Project:
             retry=RetryPolicy() if retry is None else _retry_policy(self, loaded, retry),
             timeout=section.timeout,
             rate_limit=section.rate_limit,
+            input_contract=self._contract(loaded, "input_contract"),
+            output_contract=self._contract(loaded, "output_contract"),
         )
+
+    def _contract(self, loaded: LoadedStage, key: str) -> Any:
+        """The contract ``stages.NAME.input_contract`` / ``output_contract`` names, made
+        (``None``: none configured); a bad one is a ConfigError at its key."""
+        from conveyor.core._imports import OptionError, import_reference, is_reference
+        from conveyor.errors import PipelineDefinitionError
+
+        ref = getattr(loaded.section, key)
+        if ref is None:
+            return None
+        where = ("stages", loaded.name, key)
+        schema_file = ref.endswith((".json", ".avsc", ".proto")) or ".proto:" in ref
+        try:
+            if not schema_file and is_reference(ref):
+                spec: Any = import_reference(ref, self.root, key=".".join(where))
+            elif not schema_file:
+                raise OptionError(
+                    ".".join(where),
+                    f"{'.'.join(where)} {ref!r} is neither a model (package.module:Class) nor "
+                    "a schema file (.json, .avsc, .proto)",
+                )
+            else:
+                file, _, message = ref.partition(".proto:")
+                name = f"{file}.proto" if message else ref
+                candidates = [self.pipeline_dir / "contracts" / name, self.path(name)]
+                found = next((c for c in candidates if c.is_file()), None)
+                if found is None:
+                    raise OptionError(
+                        ".".join(where),
+                        f"{'.'.join(where)} {ref!r}: no such schema file in "
+                        f"{self.pipeline_dir / 'contracts'} or the project; name a model as "
+                        "package.module:Class or a .json/.avsc/.proto file",
+                    )
+                spec = f"{found}:{message}" if message else found
+            return contract_for(spec)
+        except OptionError as exc:
+            raise self.config.error(where, str(exc)) from None
+        except (PipelineDefinitionError, FileNotFoundError) as exc:
+            raise self.config.error(where, f"{'.'.join(where)} {ref!r}: {exc}") from None
 
     def run_options(self, *, handle_signals: bool = False, sink: bool = False) -> RunOptions:
         """The run options of config.yaml's ``pipeline:`` section (stage options come with
