@@ -37,6 +37,8 @@ STAGE_KEYS = (
     "retry",
     "timeout",
     "rate_limit",
+    "input_contract",
+    "output_contract",
     "persist",
     "params",
 )
