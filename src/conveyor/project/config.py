@@ -749,10 +749,9 @@ def _stage_documents(
         if file.suffix not in (".yaml", ".yml") or not file.is_file():
             continue
         name = file.stem
-        if name not in order and not every:
-            continue
         if name not in order:
-            loaded.stray_files.append(file)
+            if every:
+                loaded.stray_files.append(file)
             continue
         if name in found:
             raise ConfigError(

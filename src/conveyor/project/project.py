@@ -42,8 +42,8 @@ from conveyor.project.discovery import (
     dataset_stage_files,
     discover_stage_files,
     find_layout,
+    layout_of,
     load_stage,
-    project_root,
 )
 from conveyor.project.kinds import Sink, Source, TaskStage
 
@@ -405,8 +405,14 @@ def _unknown_stage(name: str, names: list[str], config: LoadedConfig | None = No
 
 
 def _instantiate(
-    stage_file: StageFile, found: Any, section: StageSection, config: LoadedConfig
+    stage_file: StageFile,
+    found: Any,
+    section: StageSection,
+    config: LoadedConfig,
+    given: dict[str, Any],
 ) -> Any:
+    """The stage of ``found`` (a class built with its validated ``Config`` from ``given``,
+    the parameters of :func:`_given`, or an instance), named after its file."""
     stage: Any
     if not inspect.isclass(found):
         found.name = stage_file.name
@@ -420,8 +426,6 @@ def _instantiate(
     model: Any = getattr(found, "Config", None)
     if model is not None:
         where = ("stages", stage_file.name, "params")
-        fields = _fields(found)
-        given = _given(config, stage_file.name, fields, section)
         if model.model_config.get("extra") is None:
             # A plain BaseModel ignores unknown keys; a typo in params must be an error.
             strict = type(model.__name__, (model,), {"model_config": ConfigDict(extra="forbid")})
@@ -463,7 +467,7 @@ def stage_files(pipeline_dir: Path, config: LoadedConfig) -> list[StageFile]:
     error at its name in the list, with a did-you-mean)."""
     if config.order is None:
         return discover_stage_files(pipeline_dir)
-    layout = find_layout(project_root(pipeline_dir))
+    layout = layout_of(pipeline_dir)
     files = dataset_stage_files(layout, config.order)
     present = sorted(
         p.stem
@@ -512,10 +516,10 @@ def load_project(path: Path, overrides: Sequence[str] = ()) -> Project:
     for stage_file in files:
         found, _ = load_stage(stage_file, pipeline_dir)
         section = config.config.stages.get(stage_file.name, StageSection())
-        stage = _instantiate(stage_file, found, section, config)
         fields = _fields(found)
         declared.update(fields)
-        given = _given(config, stage_file.name, fields, section) if fields else section.params
+        given = _given(config, stage_file.name, fields, section)
+        stage = _instantiate(stage_file, found, section, config, given)
         project.stages.append(LoadedStage(stage_file, stage, section, given))
     if not config.order_overridden:  # (a shorter order may leave a shared key unused)
         _check_shared(config, declared)

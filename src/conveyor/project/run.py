@@ -160,9 +160,10 @@ def _split_stage(overrides: Sequence[str]) -> tuple[str | None, list[str]]:
 def _run_tasks(project: Project, only: str | None) -> ProjectRun:
     run = ProjectRun(project, stage=only)
     chosen = [project.stage(only)] if only else project.stages
+    options = project.run_options(handle_signals=True)
     for loaded in chosen:
         stage: TaskStage = loaded.stage
-        stage.run_options = project.run_options(handle_signals=True)
+        stage.run_options = options
         if not stage.validate():
             raise ProjectError(
                 f"stage {loaded.name!r}: validate() returned False; fix its inputs or config, "
