@@ -498,6 +498,26 @@ class Chain:
         )
 
 
+def sqlite_sink_committed(db: Path, pipeline: str) -> int:
+    """Records an exactly-once SQLite sink at ``db`` has committed for ``pipeline`` (from
+    the checkpoint it writes with its rows; 0 before the first one)."""
+    if not db.exists():
+        return 0
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    try:
+        row = conn.execute(
+            "SELECT payload FROM conveyor_checkpoints WHERE pipeline LIKE ?",
+            (f"{pipeline} -> %",),
+        ).fetchone()
+    except sqlite3.OperationalError:
+        return 0
+    finally:
+        conn.close()
+    if row is None:
+        return 0
+    return int(json.loads(row[0])["checkpoint"]["records"].get("written", 0))
+
+
 def check_exactly_once(
     n: int,
     rows: list[tuple[int, int]],

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _faultkit import check_exactly_once, record_figures
+from _faultkit import check_exactly_once, record_figures, sqlite_sink_committed
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -251,21 +251,7 @@ class BrokerChain:
 
     def committed(self) -> int:
         """Sink records committed (from the checkpoint the sink writes with its rows)."""
-        if not self.db.exists():
-            return 0
-        conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=10)
-        try:
-            row = conn.execute(
-                "SELECT payload FROM conveyor_checkpoints WHERE pipeline LIKE ?",
-                (f"{self.pipeline} -> %",),
-            ).fetchone()
-        except sqlite3.OperationalError:
-            return 0
-        finally:
-            conn.close()
-        if row is None:
-            return 0
-        return int(json.loads(row[0])["checkpoint"]["records"].get("written", 0))
+        return sqlite_sink_committed(self.db, self.pipeline)
 
     def checkpoint(self) -> dict[str, Any] | None:
         """The stored checkpoint's body (without its source state's ids, for messages)."""

@@ -34,7 +34,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _faultkit import CHILD_TIMEOUT, FULL, PG_DSN, pg_connect, record_figures, require_postgres
+from _faultkit import (
+    CHILD_TIMEOUT,
+    FULL,
+    PG_DSN,
+    pg_connect,
+    record_figures,
+    require_postgres,
+    sqlite_sink_committed,
+)
 
 N = 300_000 if FULL else 40_000
 KILLS = 10 if FULL else 4
@@ -196,21 +204,7 @@ class SourceChain:
 
     def committed(self) -> int:
         """Sink records committed so far (the checkpoint the sink wrote with them)."""
-        if not self.out.exists():
-            return 0
-        conn = sqlite3.connect(f"file:{self.out}?mode=ro", uri=True, timeout=10)
-        try:
-            row = conn.execute(
-                "SELECT payload FROM conveyor_checkpoints WHERE pipeline LIKE ?",
-                (f"{self.pipeline} -> %",),
-            ).fetchone()
-        except sqlite3.OperationalError:
-            return 0
-        finally:
-            conn.close()
-        return (
-            0 if row is None else int(json.loads(row[0])["checkpoint"]["records"].get("written", 0))
-        )
+        return sqlite_sink_committed(self.out, self.pipeline)
 
     def kill_at(self, target: int, resume: bool | None) -> bool:
         """Run until ``target`` sink records are committed (plus jitter), then SIGKILL;
