@@ -10,8 +10,9 @@ EXAMPLE := examples/digits
 # No phoning home from anything the project runs.
 export DVC_NO_ANALYTICS := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
+export SE_AVOID_STATS := true
 
-.PHONY: run run-user-import test lint format typecheck imports pytest faults bench clean help
+.PHONY: run run-user-import test lint format typecheck imports pytest browser faults bench clean help
 
 help:
 	@echo "make run   - set up .venv and run the main job (the digits dataset pipeline)"
@@ -45,7 +46,15 @@ typecheck: $(STAMP)
 imports: $(STAMP)
 	$(BIN)/lint-imports
 
-pytest: $(STAMP)
+# The run report's browser test drives Debian's chromium through chromedriver.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  echo "installing Debian's chromium and chromium-driver for the browser test"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+	    chromium chromium-driver >/dev/null || echo "could not install chromium: the browser test will say so"; }
+
+pytest: $(STAMP) browser
 	$(BIN)/python -m pytest --cov --cov-report=term
 
 test: format lint typecheck imports pytest

@@ -14,7 +14,8 @@ the default 1 s interval, against the same runs without); W8 the ``PostgresSink`
 hand-written psycopg 3 COPY loop and W9 the ``SqliteSink`` against a hand-written sqlite3
 ``executemany`` loop (same batch size, same commit cadence: checkpoints every 1 s against a
 commit every second, no checkpoints against a commit per batch); W10 the cost of live
-metrics (W1 with the Prometheus exporter on, scraped every 0.5 s or not, against off);
+metrics and of the run report (W1 with the Prometheus exporter on, scraped every 0.5 s or
+not, and with ``--report``'s sampling and page, against neither);
 IMPORT the time of ``import conveyor`` in a fresh interpreter (median of 10, ``python -c
 "import conveyor"`` minus ``python -c pass``) and the top 10 modules of ``python -X
 importtime``.
@@ -654,22 +655,25 @@ WORKLOADS: dict[str, Workload] = {
     ),
     "W10": Workload(
         name="W10",
-        title="W10 — live metrics (W1 with the Prometheus exporter on against off)",
+        title="W10 — live metrics and the run report (W1 with them on against off)",
         description=(
             "W1's pipeline and sink (1,000,000 records, validate → enrich → keep even, "
             "batch_size=1000, capacity=2) run by a `StreamRunner` (as `conveyor run` does), "
             "with the metrics exporter off, on (`conveyor.observe.serve_metrics(runner)` on "
             "127.0.0.1, a free port: its collector reads the runner's counters on each "
             "scrape) with nobody scraping, and on with a thread scraping `/metrics` over "
-            "HTTP at the start and then every 0.5 s, in the same rounds. Starting and "
-            "stopping the server are inside the timed region; importing prometheus_client "
+            "HTTP at the start and then every 0.5 s; with the run report of `conveyor run "
+            "--report run.html` (a `RunRecorder` sampling the runner at each 0.25 s "
+            "progress tick, then the page written with the pipeline's drawing); and with "
+            "both, in the same rounds. Starting and stopping the server and writing the "
+            "page are inside the timed region; importing prometheus_client "
             "(once per process, at start-up) is not. Verified: W1's closed form; with a "
             "scraper, at least one scrape that names `conveyor_stage_records_in_total`."
         ),
         sizes=(1_000_000,),
         quick_sizes=(50_000,),
-        target="Conveyor with live metrics on (scraped every 0.5 s or not) ≥ 0.95x the "
-        "throughput of the same run without them",
+        target="Conveyor with live metrics on (scraped every 0.5 s or not) and the run report "
+        "on ≥ 0.95x the throughput of the same run without them",
         target_ratio=0.95,
         variants=(
             Variant(
@@ -697,6 +701,25 @@ WORKLOADS: dict[str, Workload] = {
                 "w10_conveyor",
                 "conveyor",
                 {"metrics": "scraped"},
+                requires="prometheus_client",
+                versus="metrics-off",
+            ),
+            Variant(
+                "report",
+                "Conveyor `StreamRunner`",
+                "W1, run report on (sampled every 0.25 s, run.html written)",
+                "w10_conveyor",
+                "conveyor",
+                {"report": True},
+                versus="metrics-off",
+            ),
+            Variant(
+                "metrics-scraped+report",
+                "Conveyor `StreamRunner`",
+                "W1, exporter scraped every 0.5 s and the run report on",
+                "w10_conveyor",
+                "conveyor",
+                {"metrics": "scraped", "report": True},
                 requires="prometheus_client",
                 versus="metrics-off",
             ),

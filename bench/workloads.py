@@ -1253,10 +1253,16 @@ def w9_conveyor(n: int, checkpoint: bool = True, batch_size: int = 1000, **_: An
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def w10_conveyor(n: int, metrics: str = "off", batch_size: int = 1000, **_: Any) -> Measured:
+def w10_conveyor(
+    n: int, metrics: str = "off", report: bool = False, batch_size: int = 1000, **_: Any
+) -> Measured:
     """W1 run by a ``StreamRunner`` with the live-metrics exporter ``off``, ``on`` (nobody
-    scraping) or ``scraped`` (a thread fetching ``/metrics`` at once and then every 0.5 s).
-    Starting and stopping the server are timed; importing prometheus_client is not."""
+    scraping) or ``scraped`` (a thread fetching ``/metrics`` at once and then every 0.5 s),
+    and with ``report`` the run report of ``conveyor run --report run.html`` (a
+    :class:`~conveyor.observe.RunRecorder` sampling at each 0.25 s progress tick, then the
+    page written with the pipeline's drawing). Starting and stopping the server and
+    writing the page are timed; importing prometheus_client is not."""
+    import tempfile
     import threading
     import urllib.request
 
@@ -1272,6 +1278,7 @@ def w10_conveyor(n: int, metrics: str = "off", batch_size: int = 1000, **_: Any)
         batch_size=batch_size, capacity=2, dead_letters="memory", handle_signals=False
     )
     scrapes: list[int] = []
+    pages: list[int] = []
 
     def go() -> Tally:
         tally = Tally()
@@ -1295,24 +1302,57 @@ def w10_conveyor(n: int, metrics: str = "off", batch_size: int = 1000, **_: Any)
 
             scraper = threading.Thread(target=scrape, daemon=True)
             scraper.start()
+        recorder: Any = None
+        if report:
+            from conveyor.observe import RunRecorder
+
+            recorder = RunRecorder()
         try:
-            report = asyncio.run(runner.run(records(n)))
+            result = asyncio.run(_with_ticks(runner, runner.run(records(n)), recorder))
         finally:
             done.set()
             if scraper is not None:
                 scraper.join()
             if server is not None:
                 server.close()
-        if report.records_in != n or report.dead_lettered:
-            raise VerificationError(f"report: {report.records_in} in, {report.dead_lettered} dead")
+        if result.records_in != n or result.dead_lettered:
+            raise VerificationError(f"report: {result.records_in} in, {result.dead_lettered} dead")
+        if recorder is not None:
+            from conveyor.observe import render_svg, report_document, write_report
+
+            doc = report_document(result, samples=recorder, graph_svg=render_svg(pipeline))
+            with tempfile.TemporaryDirectory() as folder:
+                page = write_report(doc, f"{folder}/run.html")
+                pages.append(page.stat().st_size)
         return tally
 
     measured = _timed(go)
     if metrics == "scraped" and not any(scrapes):
         raise VerificationError(f"W10: no scrape named the stage counters ({scrapes})")
+    if report and not all(pages):
+        raise VerificationError("W10: the run report was not written")
     measured.tally.extra["shape"] = "W1"
     measured.info["scrapes"] = len(scrapes)
     return measured
+
+
+async def _with_ticks(runner: Any, run: Any, recorder: Any) -> Any:
+    """Await ``run``, calling ``recorder(runner)`` every 0.25 s as ``conveyor run``'s
+    progress ticks do (and once at the end); just ``run`` without a recorder."""
+    if recorder is None:
+        return await run
+
+    async def tick() -> None:
+        while True:
+            await asyncio.sleep(0.25)
+            recorder(runner)
+
+    ticker = asyncio.create_task(tick())
+    try:
+        return await run
+    finally:
+        ticker.cancel()
+        recorder(runner)
 
 
 CONTENDERS: dict[str, Callable[..., Measured]] = {

@@ -109,12 +109,13 @@ def _stats_table(runner: Any) -> Table:
     table = Table(title=_cell(runner.name), title_justify="left")
     for column in ("stage", "in", "out", "filtered", "dead", "rate/s", "queue"):
         table.add_column(column, justify="left" if column == "stage" else "right")
+    sink = str(getattr(getattr(runner, "sink", None), "description", "") or "")
     for s in stats:
         ch = fill.get(s.name)
         elapsed = runner.elapsed_seconds
         rate = s.records_in / elapsed if elapsed else 0.0
         table.add_row(
-            _cell(s.name),
+            _cell(_row_name(s, stats, sink)),
             f"{s.records_in:,}",
             f"{s.records_out:,}",
             f"{s.records_filtered:,}",
@@ -123,6 +124,11 @@ def _stats_table(runner: Any) -> Table:
             f"{ch.buffered}/{ch.capacity}" if ch else "",
         )
     return table
+
+
+def _row_name(stats: Any, stages: Sequence[Any], sink: str) -> str:
+    """A stage's name in a table; the sink's (the last row) with where it writes."""
+    return f"{stats.name} ({sink})" if sink and stats is stages[-1] else str(stats.name)
 
 
 class _Progress:
@@ -204,6 +210,14 @@ def run(
     metrics_host: str = typer.Option(
         "127.0.0.1", "--metrics-host", help="The address --metrics-port listens on."
     ),
+    report_file: Path | None = typer.Option(
+        None,
+        "--report",
+        metavar="FILE",
+        help="When the run ends, write its report to FILE: run.html is a self-contained page "
+        "(graph, per-stage counts, rates, queue fill, dead letters, resume point), run.json "
+        "the same figures for tools.",
+    ),
 ) -> None:
     """Run a pipeline project (the whole pipeline, one stage with stage=NAME, or the stages
     after a persisted stage with --after NAME).
@@ -231,6 +245,7 @@ def run(
             force=force,
             resume=True if resume else False if fresh else None,
             after=after,
+            report=report_file,
         )
     except ConveyorError as exc:
         progress.stop()
@@ -249,6 +264,8 @@ def run(
         if report is None:
             raise
         _print_report(report, path)
+        if report_file is not None:
+            _say(f"wrote the run report to {report_file}")
         raise typer.Exit(EXIT_INTERRUPTED) from None
     progress.stop()
     for name in outcome.skipped:
@@ -265,8 +282,14 @@ def run(
             _say(f"{name}: {summary}")
         if outcome.tasks_run:
             _say(f"ran task stages: {', '.join(outcome.tasks_run)}")
+        if report_file is not None:
+            _say(
+                f"no run report: every stage was unchanged, nothing ran ({report_file} not written)"
+            )
         return
     _print_report(report, path)
+    if outcome.report_path is not None:
+        _say(f"wrote the run report to {report_file}")
     _exit_for(report)
 
 
@@ -312,7 +335,7 @@ def _stats_table_from_report(report: Any) -> Table:
         table.add_column(column, justify="left" if column == "stage" else "right")
     for s in report.stages:
         table.add_row(
-            _cell(s.name),
+            _cell(_row_name(s, report.stages, getattr(report, "sink_description", ""))),
             f"{s.records_in:,}",
             f"{s.records_out:,}",
             f"{s.records_filtered:,}",

@@ -89,8 +89,7 @@ def test_one_dvc_stage_per_persisted_stage(tmp_path: Path) -> None:
             "params": [{config: ["stages.enrich.params", "stages.enrich.persist"]}],
             "outs": ["data/enriched"],
         },
-        # The Sink runs as the last DVC stage; the scaffold's names no outputs(), so it
-        # has no outs (a warning says so: tests/project/test_dvc_complete.py).
+        # The Sink runs as the last DVC stage; the file its outputs() names is its out.
         "sink": {
             "cmd": "conveyor run . stage=sink",
             "deps": [
@@ -100,6 +99,7 @@ def test_one_dvc_stage_per_persisted_stage(tmp_path: Path) -> None:
                 "src/pipeline/contracts",
             ],
             "params": [{config: ["stages.sink.params"]}],
+            "outs": ["data/readings.jsonl"],
         },
     }
 

@@ -183,6 +183,11 @@ class _ByteFileSink(Sink):
         """The file (folder) it writes, for checkpoints."""
         return str(self.path.absolute())
 
+    @property
+    def description(self) -> str:
+        """The format and the file (folder) as given, e.g. ``csv out/penguins.csv``."""
+        return f"{type(self).__name__.removesuffix('Sink').lower()} {self.path}"
+
     # -- the lifecycle ---------------------------------------------------------------------
 
     def open(self, run: RunInfo) -> None:
@@ -764,6 +769,11 @@ class ParquetSink(Sink):
     def identity(self) -> str:
         """The file (folder) it writes, for checkpoints."""
         return str(self.path.absolute())
+
+    @property
+    def description(self) -> str:
+        """The format and the file (folder) as given, e.g. ``csv out/penguins.csv``."""
+        return f"{type(self).__name__.removesuffix('Sink').lower()} {self.path}"
 
     # -- the lifecycle ---------------------------------------------------------------------
 

@@ -203,6 +203,12 @@ class _SqlSink(Sink):
         (a restored backup) carries its checkpoint along."""
         return f"table {self.table}"
 
+    @property
+    def description(self) -> str:
+        """The kind of database, where it is and the table, e.g. ``sqlite out.db table
+        orders`` (a PostgreSQL DSN without its password)."""
+        return self.where
+
     def checkpoint_store(self) -> CheckpointStore:
         """The checkpoints live in ``conveyor_checkpoints`` of this sink's database."""
         return _SinkCheckpointStore(self)
@@ -568,7 +574,7 @@ it to allow this path
 
     @property
     def where(self) -> str:
-        return f"{self.path} table {self.table}"
+        return f"sqlite {self.path} table {self.table}"
 
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -106,6 +106,12 @@ class Sink(ABC):
         same pipeline into another place is refused. By default its class."""
         return f"{type(self).__module__}.{type(self).__qualname__}"
 
+    @property
+    def description(self) -> str:
+        """Where it writes, for people: a file's name, a table (summaries and run reports
+        show it beside the sink's row). By default the class's name."""
+        return type(self).__qualname__
+
     def open(self, run: RunInfo) -> Any:  # noqa: B027 - an optional hook, not abstract
         """Called once before the first write (may be ``async``). When ``run.resume_from``
         is set, go back to the place its ``sink`` field records."""
@@ -148,6 +154,11 @@ class FunctionSink(Sink):
     def write(self, records: list[Any]) -> Any:
         return self.fn(records)
 
+    @property
+    def description(self) -> str:
+        """The callable's name."""
+        return str(getattr(self.fn, "__qualname__", None) or type(self.fn).__qualname__)
+
     def __repr__(self) -> str:
         return f"<FunctionSink {self.fn!r}>"
 
@@ -162,6 +173,11 @@ class StageSink(Sink):
     def __init__(self, stage: PipelineStage[list[Any], Any]) -> None:
         self.stage = stage
         self.name = "sink"
+
+    @property
+    def description(self) -> str:
+        """The stage's name."""
+        return str(getattr(self.stage, "name", "") or type(self.stage).__qualname__)
 
     async def write(self, records: list[Any]) -> None:
         result = await run_stage(self.stage, records, PipelineContext(pipeline_name="sink"))

@@ -44,6 +44,11 @@ class Sink(RunSink):
         that names them becomes the last stage of ``conveyor dvc``'s ``dvc.yaml``."""
         return []
 
+    @property
+    def description(self) -> str:
+        """The files it writes (:meth:`outputs`), else its class's name."""
+        return ", ".join(self.outputs()) or type(self).__qualname__
+
 
 class TaskStage(ABC):
     """Seed 002's stage interface: a whole-dataset step, ``run(config)`` after

@@ -679,6 +679,7 @@ class DiscardSink(RunSink):
 
     idempotent = True
     name = "discarded"
+    description = ""  # keeps nothing: no sink line in the summary
 
     def __init__(self) -> None:
         self.count = 0

@@ -57,6 +57,8 @@ class ProjectRun:
     tasks_run: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    report_path: Path | None = None
+    """Where the run's report was written (``report=`` of :func:`run_project`)."""
 
 
 @dataclass
@@ -108,14 +110,26 @@ def run_project(
     event_bus: EventBus | None = None,
     resume: bool | None = None,
     after: str | None = None,
+    report: str | Path | None = None,
 ) -> ProjectRun:
     """Load the project at ``path`` and run it; ``stage=NAME`` among ``overrides`` runs one
     stage only; ``after=NAME`` runs every stage after the persisted stage NAME, on its
     dataset, into the Sink (:func:`after_run_plan`). Unchanged persisted stages are skipped
     unless ``force``. ``hooks`` and ``event_bus`` are added to those of config.yaml. A
     whole run keeps checkpoints (``pipeline.checkpoints``): ``resume=True`` continues an
-    unfinished one, ``False`` starts afresh, ``None`` stops if there is one."""
+    unfinished one, ``False`` starts afresh, ``None`` stops if there is one. ``report``
+    names a ``.html`` or ``.json`` file to write the run's report to when it ends (also
+    when a signal stopped it; see :mod:`conveyor.observe.run_page`)."""
+    from conveyor.project.run_report import report_target, write_run_report
+
     stage_name, rest = _split_stage(overrides)
+    target = None if report is None else report_target(report)
+    recorder = None
+    if target is not None:
+        from conveyor.observe.run_page import RunRecorder
+
+        recorder = RunRecorder()
+        progress = _also(progress, recorder)
     if after is not None and stage_name is not None:
         raise UsageError(
             f"--after {after} and stage={stage_name} exclude each other: stage=NAME runs one "
@@ -126,6 +140,11 @@ def run_project(
     with contextlib.chdir(project_root(path)):
         project = load_project(Path.cwd(), rest)
         if all(isinstance(s.stage, TaskStage) for s in project.stages):
+            if target is not None:
+                raise UsageError(
+                    f"--report {report}: a project of task stages has no record flow to "
+                    "report; each stage's summary line is what it did"
+                )
             if after is not None:
                 raise UsageError(
                     f"--after {after}: a project of task stages has no datasets to start "
@@ -142,8 +161,29 @@ def run_project(
             project, stage=stage_name, skipped=list(plan.skipped), notes=list(plan.notes)
         )
         if plan.stages or plan.sink is project.sink or plan.sink is project.sink_stage:
-            run.report = asyncio.run(execute_plan(project, plan, extra))
+            try:
+                run.report = asyncio.run(execute_plan(project, plan, extra))
+            except (KeyboardInterrupt, SystemExit) as stop:
+                stopped = getattr(stop, "report", None)  # drained after a signal: report it
+                if target is not None and isinstance(stopped, RunReport):
+                    write_run_report(project, stopped, recorder, target)
+                raise
+            if target is not None:
+                run.report_path = write_run_report(project, run.report, recorder, target)
         return run
+
+
+def _also(progress: Progress | None, recorder: Progress) -> Progress:
+    """``progress`` and then ``recorder`` at each tick (only ``recorder`` without one)."""
+    if progress is None:
+        return recorder
+    first = progress
+
+    def both(runner: StreamRunner) -> None:
+        first(runner)
+        recorder(runner)
+
+    return both
 
 
 def _split_stage(overrides: Sequence[str]) -> tuple[str | None, list[str]]:

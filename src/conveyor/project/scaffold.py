@@ -175,6 +175,9 @@ class JsonLines(Sink):
     def __init__(self, config: Config) -> None:
         self.path = Path(config.path)
 
+    def outputs(self) -> list[str]:  # what it writes: named in summaries and dvc.yaml
+        return [str(self.path)]
+
     def open(self, run: RunInfo) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if run.resume_from is not None:  # back to where the last checkpoint left the file

@@ -174,6 +174,9 @@ class RunReport:
     at-least-once sink may hold up to this many twice (an exactly-once sink never does)."""
     sink_guarantee: str = ""
     """``exactly-once`` or ``at-least-once`` across a crash (runs with checkpoints)."""
+    sink_description: str = ""
+    """Where the sink writes, for people (its :attr:`~conveyor.Sink.description`: a file's
+    name, a table); empty for a sink that keeps nothing."""
 
     @property
     def sink(self) -> StageStats:
@@ -332,6 +335,8 @@ class RunReport:
             f"{self.records_out} out, {self.filtered} filtered, {self.dead_lettered} "
             f"dead-lettered, {self.retried} retried in {self.duration_seconds:.2f}s"
         )
+        if self.sink_description:
+            line += f"\nsink: {self.sink_description}"
         if self.failure:
             line += f"\n{self.failure}"
         line += self._resume_lines()

@@ -484,6 +484,7 @@ class StreamRunner:
             low_watermark=self._tracker.low_watermark,
             in_flight_records=self._tracker.in_flight_records,
             dead_letter_store=self._store.description,
+            sink_description=str(getattr(self.sink, "description", "") or ""),
             branches={
                 rt.name: {arm: [a.stats for a in chain] for arm, chain in rt.arms.items()}
                 for rt in self._runtimes
