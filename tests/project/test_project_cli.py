@@ -110,6 +110,8 @@ def test_single_stage_run_without_persisted_input_is_refused(project: Path) -> N
         run_project(project, ["stage=enrich"], handle_signals=False)
     with pytest.raises(ConfigError, match="unknown stage 'enrihc'; did you mean 'enrich'"):
         run_project(project, ["stage=enrihc"], handle_signals=False)
+    with pytest.raises(ConfigError, match=r"stage= names no stage: write stage=NAME .*"):
+        run_project(project, ["stage="], handle_signals=False)
 
 
 TASK = '''"""A seed-002 task stage."""

@@ -399,6 +399,12 @@ def _unknown_stage(name: str, names: list[str], config: LoadedConfig | None = No
     close = difflib.get_close_matches(name, names, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     message = f"unknown stage {name!r}{hint} (stages: {', '.join(names)})"
+    if not name.strip():
+        example = names[1] if len(names) > 1 else names[0] if names else "NAME"
+        message = (
+            f"stage= names no stage: write stage=NAME to run one stage, e.g. "
+            f"stage={example} (stages: {', '.join(names)})"
+        )
     if config is not None:
         return config.error(("stages", name), message, names)
     return ConfigError(message, key=name, valid_keys=tuple(names))
