@@ -302,13 +302,28 @@ def _rerun_hint(path: Path, overrides: Sequence[str], exc: BaseException) -> str
             f"is reachable, continue with: conveyor run {path} --resume (a project whose "
             "stages persist datasets keeps no checkpoints: run it again)"
         )
-    if isinstance(exc, ProjectError | PipelineDefinitionError):
-        return ""  # the project is wrong: re-running the same command cannot help
-    stage = next((o for o in overrides if o.startswith("stage=") and len(o) > 6), None)
+    if isinstance(exc, ProjectError | PipelineDefinitionError | UsageError):
+        return ""  # the project or the command is wrong: running it again cannot help
+    named = [o.partition("=")[2] for o in overrides if o.startswith("stage=")]
     failed = getattr(exc, "stage", None)  # HookError, ConservationError … name it
-    if stage is None and isinstance(failed, str) and failed and "/" not in failed:
-        stage = f"stage={failed}"
-    return f"re-run with: conveyor run {path} {stage}" if stage else ""
+    name = named[-1] if named else failed if isinstance(failed, str) else ""
+    if not name.strip() or "/" in name or not _is_stage(path, overrides, name):
+        return ""  # never `stage=` nor a stage the project does not have
+    return f"re-run with: conveyor run {path} stage={name}"
+
+
+def _is_stage(path: Path, overrides: Sequence[str], name: str) -> bool:
+    """Whether ``name`` is a stage (or a group of ``branches:``) of the project at
+    ``path``: read from its config and stage file names, importing no stage."""
+    from conveyor.project.project import load_project_config, stage_files
+
+    rest = [o for o in overrides if not o.startswith("stage=")]
+    try:
+        _, package_dir, config = load_project_config(path, rest)
+        names = {f.name for f in stage_files(package_dir, config)}
+    except ConveyorError:
+        return False
+    return name in names or name in config.config.branches
 
 
 def _print_report(report: Any, path: Path) -> None:
@@ -621,6 +636,11 @@ def dlq_replay(
         _exit_for(report)
 
 
+_STAGE_KINDS = ("map", "filter", "validate", "source", "sink", "aggregate", "batch")
+"""The kinds of `new stage --kind` (conveyor.project.scaffold.STAGE_KINDS, which a test
+keeps equal: the scaffold is imported only when the command runs)."""
+
+
 @app.command(context_settings={"allow_extra_args": True})
 def new(
     what: list[str] = typer.Argument(..., help="PROJECT, or: stage NAME"),
@@ -633,21 +653,33 @@ def new(
     ),
     after: int | None = typer.Option(None, help="For a stage: the number it comes after."),
     project: Path = typer.Option(Path("."), help="For a stage: the project."),
+    kind: str | None = typer.Option(
+        None,
+        "--kind",
+        metavar="|".join(_STAGE_KINDS),
+        help="For a stage: what it is. map (the default), filter, validate, aggregate: a "
+        "function and the built-in stage calling it; batch: lists of `size` records; "
+        "source: the first stage, a conveyor.project.Source; sink: the last stage, a "
+        "conveyor.project.Sink writing JSON lines.",
+    ),
 ) -> None:
     """Create a working project (`new [--template dataset] PROJECT`) or one stage (`new
-    stage NAME`)."""
+    stage NAME [--kind KIND]`)."""
     from conveyor.project.scaffold import TEMPLATES, new_project, new_stage
 
     try:
         if len(what) == 2 and what[0] == "stage":
             if template is not None:
                 raise typer.BadParameter("--template is for a new project, not a stage")
-            written = new_stage(project, what[1], after=after)
+            written = new_stage(project, what[1], after=after, kind=kind or _STAGE_KINDS[0])
         elif len(what) == 1:
+            if kind is not None:
+                raise typer.BadParameter("--kind is for a new stage: conveyor new stage NAME")
             written = new_project(Path(what[0]), template or TEMPLATES[0])
         else:
             raise typer.BadParameter(
-                "use: conveyor new [--template dataset] PROJECT  or  conveyor new stage NAME"
+                "use: conveyor new [--template dataset] PROJECT  or  conveyor new stage NAME "
+                "[--kind KIND]"
             )
     except ConveyorError as exc:
         _fail(exc)

@@ -559,7 +559,7 @@ class SqliteSink(_SqlSink):
         inside it unless ``allow_outside_project``).
 
         >>> SqliteSink.from_config(SqliteSink.Config(path="out.db", table="t"), Path("/proj")).where
-        '/proj/out.db table t'
+        'sqlite /proj/out.db table t'
         >>> SqliteSink.from_config(SqliteSink.Config(path="/tmp/x.db", table="t"), Path("/proj"))
         Traceback (most recent call last):
         ...

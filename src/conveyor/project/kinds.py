@@ -67,6 +67,20 @@ class TaskStage(ABC):
     records through a :class:`~conveyor.Pipeline` passes them to ``run(options=...)`` so
     that its dead letters land where ``conveyor dlq`` looks."""
 
+    refusal: str = ""
+    """Why the last :meth:`validate` said no, when it said so through :meth:`refuse`."""
+    refused_keys: tuple[str, ...] = ()
+    """The parameters :meth:`refuse` named as the ones at fault."""
+
+    def refuse(self, problem: str, *keys: str) -> bool:
+        """Say why the stage cannot run, and return ``False`` (for :meth:`validate`:
+        ``return self.refuse("data/raw/x.csv does not exist", "input_dir")``). The run's
+        error line says ``problem``, and names ``keys`` — the fields of the stage's
+        ``Config`` that lead to it — where the config sets them (file:line)."""
+        self.refusal = problem
+        self.refused_keys = keys
+        return False
+
     def inputs(self) -> list[str]:
         """Files or folders (relative to the project) the stage reads; by default its
         config's ``input_dir``. ``conveyor dvc`` makes them the DVC stage's deps."""

@@ -14,6 +14,8 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import os
+import traceback
 from collections.abc import AsyncIterable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +30,7 @@ from conveyor.core.source import Source as KnownSource
 from conveyor.errors import ConveyorError, ProjectError, UsageError
 from conveyor.project.discovery import project_root, raised_in
 from conveyor.project.kinds import TaskStage, TaskStageFailed
+from conveyor.project.missing import keys_naming, missing_input, refusal_error
 from conveyor.project.project import (
     DiscardSink,
     LoadedStage,
@@ -168,6 +171,11 @@ def run_project(
                 if target is not None and isinstance(stopped, RunReport):
                     write_run_report(project, stopped, recorder, target)
                 raise
+            except FileNotFoundError as exc:  # the Source's file is not there: say which
+                located = _run_failed(project, plan, exc)
+                if located is None:
+                    raise
+                raise located from exc
             if target is not None:
                 run.report_path = write_run_report(project, run.report, recorder, target)
         return run
@@ -199,31 +207,148 @@ def _split_stage(overrides: Sequence[str]) -> tuple[str | None, list[str]]:
 
 def _run_tasks(project: Project, only: str | None) -> ProjectRun:
     run = ProjectRun(project, stage=only)
-    chosen = [project.stage(only)] if only else project.stages
+    chosen = [project.stage(only)] if only is not None else project.stages  # (stage= too)
     options = project.run_options(handle_signals=True)
     for loaded in chosen:
         stage: TaskStage = loaded.stage
         stage.run_options = options
-        if not stage.validate():
-            raise ProjectError(
-                f"stage {loaded.name!r}: validate() returned False; fix its inputs or config, "
-                f"then re-run it with: conveyor run {project.root} stage={loaded.name}",
-                file=loaded.file.path,
-            )
+        again = f", then re-run it with: conveyor run {project.root} stage={loaded.name}"
         try:
+            stage.refusal = ""
+            if not stage.validate():
+                if stage.refusal:  # said why, with refuse()
+                    raise refusal_error(
+                        project, loaded, stage.refusal, stage.refused_keys, then=again
+                    )
+                raise ProjectError(
+                    f"stage {loaded.name!r}: validate() returned False; fix its inputs or "
+                    f"config{again}",
+                    file=loaded.file.path,
+                )
             stage.run(getattr(stage, "config", None))
         except ConveyorError:
             raise
         except Exception as exc:
-            file, line = raised_in(exc, project.root)
-            raise TaskStageFailed(
-                f"stage {loaded.name!r} failed: {type(exc).__name__}: {exc}; fix it, then "
-                f"re-run it with: conveyor run {project.root} stage={loaded.name}",
-                file=file or loaded.file.path,
-                line=line,
-            ) from exc
+            raise _task_failed(project, loaded, exc, again) from exc
         run.tasks_run.append(loaded.name)
     return run
+
+
+def _task_failed(project: Project, loaded: LoadedStage, exc: Exception, again: str) -> ProjectError:
+    """What a task stage's exception becomes: one error naming the stage and the place in
+    the project's code where it was raised; for a missing file, the path and the config
+    key that names it too (located there)."""
+    file, line = raised_in(exc, project.root)
+    missing = _missing_file(exc)
+    if missing is not None:
+        keys = keys_naming(project, loaded, Path(missing))
+        return missing_input(
+            project,
+            f"stage {loaded.name!r}",
+            missing,
+            keys,
+            file=file or loaded.file.path,
+            line=line,
+            opened=_place(project, file, line),
+            then=again,
+        )
+    return TaskStageFailed(
+        f"stage {loaded.name!r} failed: {type(exc).__name__}: {exc}; fix it{again}",
+        file=file or loaded.file.path,
+        line=line,
+    )
+
+
+def _missing_file(exc: BaseException) -> str | None:
+    """The path a :class:`FileNotFoundError` names, if it names one."""
+    if not isinstance(exc, FileNotFoundError):
+        return None
+    name = exc.filename
+    if isinstance(name, bytes):
+        name = name.decode(errors="replace")
+    return str(name) if isinstance(name, str | os.PathLike) and str(name) else None
+
+
+def _place(project: Project, file: Path | None, line: int | None) -> str:
+    """``file:line``, relative to the project folder when inside it ("" when unknown)."""
+    if file is None:
+        return ""
+    try:
+        shown = file.resolve().relative_to(project.root.resolve()).as_posix()
+    except ValueError:
+        shown = str(file)
+    return f"{shown}:{line}" if line else shown
+
+
+def _check_source_inputs(project: Project) -> None:
+    """Before a run reads its Source: what its ``inputs()`` name is there. A missing file
+    is one error naming the source, the config key that names the file and the path,
+    raised before anything started (no checkpoint is left to resume or discard)."""
+    assert project.source is not None
+    for name in project.source.inputs():
+        if any(c in name for c in "*?[") or project.path(name).exists():
+            continue  # (a pattern is the Source's own business)
+        raise _source_missing(project, name)
+
+
+def _source_missing(
+    project: Project,
+    name: str,
+    *,
+    file: Path | None = None,
+    line: int | None = None,
+    then: str = "",
+) -> ProjectError:
+    """The error for the Source reading ``name``, which is not there (``file``/``line``:
+    where its code tried to open it)."""
+    if project.configured_source is not None:
+        connector = (project.config.config.source or {}).get("connector")
+        who, loaded = f"the source ({connector} connector)", None
+    else:
+        loaded = project.stages[0]
+        who = f"the source stage {loaded.name!r} ({loaded.file.path.name})"
+    return missing_input(
+        project,
+        who,
+        name,
+        keys_naming(project, loaded, Path(name)),
+        file=file or (loaded.file.path if loaded is not None else project.config.file),
+        line=line,
+        opened=_place(project, file, line),
+        then=then,
+    )
+
+
+def _source_failed(project: Project, exc: FileNotFoundError, then: str = "") -> ProjectError | None:
+    """What a :class:`FileNotFoundError` becomes when the Source raised it (reading a file
+    that is not there): the error of :func:`_source_missing`, ending with ``then`` (how to
+    go on once it is there); ``None`` when it came from elsewhere."""
+    missing = _missing_file(exc)
+    if missing is None or project.source is None:
+        return None
+    if project.source_stage is not None:
+        source_file = project.stages[0].file.path.resolve()
+        frames = traceback.walk_tb(exc.__traceback__)
+        if not any(Path(f.f_code.co_filename).resolve() == source_file for f, _ in frames):
+            return None
+    file, line = raised_in(exc, project.root)
+    return _source_missing(project, missing, file=file, line=line, then=then)
+
+
+def _run_failed(project: Project, plan: RunPlan, exc: FileNotFoundError) -> ProjectError | None:
+    """:func:`_source_failed` for a run that read its Source (not a dataset), saying how
+    to go on from the checkpoint the run keeps, if it keeps one."""
+    if plan.input_path is not None:
+        return None
+    settings = project.config.config.pipeline
+    persisting = any(persist_path(project, s) is not None for s in plan.stages)
+    checkpointed = settings.checkpoints and plan.mode == "run" and not persisting
+    then = (
+        f"; then go on from the run's checkpoint with: conveyor run {project.root} --resume"
+        if checkpointed
+        else ""
+    )
+    return _source_failed(project, exc, then)
 
 
 # -- plans -----------------------------------------------------------------------------------
@@ -450,7 +575,14 @@ def _input_at(
                 "{connector: csv, path: data/in.csv}`; `conveyor connectors` lists them)",
                 file=project.stages[0].file.path if project.stages else project.config.file,
             )
-        return source_records(project.source), None
+        _check_source_inputs(project)
+        try:
+            return source_records(project.source), None
+        except FileNotFoundError as exc:  # read() opened a file at once (nothing started)
+            located = _source_failed(project, exc)
+            if located is None:
+                raise
+            raise located from exc
     previous = project.middle[index - 1]
     name = (reader or project.stages[-1]).name
     path = persist_path(project, previous)

@@ -1,4 +1,5 @@
-"""``conveyor new``: a working project, or one new stage file between its neighbours.
+"""``conveyor new``: a working project, or one new stage file (of a kind: map, filter, validate,
+source, sink, aggregate, batch) between its neighbours.
 
 Two templates (``conveyor new --template NAME PROJECT``):
 
@@ -16,6 +17,9 @@ Two templates (``conveyor new --template NAME PROJECT``):
 
 from __future__ import annotations
 
+import builtins
+import difflib
+import inspect
 import keyword
 import re
 import sys
@@ -28,10 +32,17 @@ from typing import Final
 from conveyor._version import __version__
 from conveyor.core._paths import shown
 from conveyor.core._render import printable
-from conveyor.errors import ProjectError
-from conveyor.project.discovery import discover_stage_files, find_pipeline_dir
+from conveyor.errors import ConfigError, ProjectError
+from conveyor.project.discovery import (
+    StageFile,
+    discover_stage_files,
+    find_pipeline_dir,
+    load_stage,
+)
+from conveyor.project.kinds import Sink, Source
 
 __all__ = [
+    "STAGE_KINDS",
     "TEMPLATES",
     "new_project",
     "new_stage",
@@ -405,42 +416,295 @@ def _write_template(path: Path, template: str, values: Mapping[str, str]) -> lis
     return written
 
 
-_STAGE_TEMPLATE = '''"""{title}: one job, one stage."""
+STAGE_KINDS: Final = ("map", "filter", "validate", "source", "sink", "aggregate", "batch")
+"""The kinds of stage ``conveyor new stage NAME --kind KIND`` writes; the first is the
+default. Each is a file that imports, type-checks (``mypy --strict``), passes ``conveyor
+check`` and runs as it is written:
+
+- ``map``, ``filter``, ``validate``, ``aggregate``: a function and the built-in stage that
+  calls it (:class:`~conveyor.MapStage`, :class:`~conveyor.FilterStage`,
+  :class:`~conveyor.ValidateStage`, :class:`~conveyor.AggregateStage`), placed before the
+  last stage (or after ``--after NN``);
+- ``batch``: a :class:`~conveyor.BatchStage` whose ``size`` is a parameter in config.yaml;
+- ``source``: a :class:`conveyor.project.Source` stage file, the project's first stage (a
+  project reads one source: one with a source stage file or a ``source:`` section is
+  refused, naming it);
+- ``sink``: a :class:`conveyor.project.Sink` stage file writing JSON lines, the project's
+  last stage (refused likewise when the project has a sink).
+"""
+
+_STAGE_FILES: Final = {
+    "map": '''"""{title}: one job, one stage."""
 
 from typing import Any
 
 from conveyor import MapStage
 
 
-def {name}(record: Any) -> Any:
+def {fn}(record: Any) -> Any:
     """Transform one record."""
     return record
 
 
-stage = MapStage({name})
-'''
+stage = MapStage({fn})
+''',
+    "filter": '''"""{title}: keeps the records that pass, drops the others."""
 
-_TEST_TEMPLATE = '''"""Tests of the {name} stage."""
+from typing import Any
+
+from conveyor import FilterStage
+
+
+def {fn}(record: Any) -> bool:
+    """True passes the record on; False drops it (counted as filtered, not an error)."""
+    return True
+
+
+stage = FilterStage({fn})
+''',
+    "validate": '''"""{title}: sends the records that are not valid to the dead-letter queue."""
+
+from typing import Any
+
+from conveyor import ValidateStage
+
+
+def {fn}(record: Any) -> bool | str:
+    """True for a valid record; False, or a message saying why, makes it a dead letter
+    of this stage (``conveyor dlq list``), and the run goes on."""
+    return True
+
+
+stage = ValidateStage({fn})
+''',
+    "aggregate": '''"""{title}: reduces the whole stream to one result."""
+
+from typing import Any
+
+from conveyor import AggregateStage
+
+
+def {fn}(records: list[Any]) -> dict[str, Any]:
+    """One record made of every record of the run (the stage waits for the whole stream:
+    a barrier). Return a list to pass several records on."""
+    return {{"records": len(records)}}
+
+
+stage = AggregateStage({fn})
+''',
+    "batch": '''"""{title}: groups the records into lists of ``size``."""
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from conveyor import BatchStage
+
+
+class {cls}(BatchStage[Any]):
+    """Cuts the stream into lists of ``size`` records (the last may be shorter), across
+    micro-batch borders: the stages after it, and the sink, get one list per group."""
+
+    class Config(BaseModel):
+        size: int = Field(default=100, ge=1)
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config.size)
+''',
+    "source": '''"""{title}: where the run's records come from (the first stage)."""
+
+from collections.abc import Iterator
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from conveyor.project import Source
+
+
+class {cls}(Source):
+    """Yields the run's records, here ``count`` records made from its params alone: that
+    is why it says ``deterministic = True`` (an unchanged pipeline does not read them
+    twice). A Source that reads files opens them in ``read()`` and names them in
+    ``inputs()`` instead (paths relative to the project folder), and drops
+    ``deterministic``. CSV, JSON lines, Parquet, SQL tables, downloads and brokers need no
+    stage file: a ``source:`` section in config.yaml reads them (``conveyor connectors``).
+    """
+
+    deterministic = True
+
+    class Config(BaseModel):
+        count: int = Field(default=10, ge=0)
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    def read(self) -> Iterator[dict[str, Any]]:
+        for i in range(self.config.count):
+            yield {{"id": i}}
+''',
+    "sink": '''"""{title}: where the run's records go (the last stage)."""
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from conveyor import Checkpoint, RunInfo
+from conveyor.project import Sink
+
+
+class {cls}(Sink):
+    """Writes each micro-batch to ``path`` as JSON lines: a fresh file per run, which a
+    replay of dead letters (``conveyor dlq replay``) extends. Exactly once across a crash:
+    each checkpoint records the file's durable length, and a resumed run (``conveyor run
+    --resume``) cuts the file back to it. Files, SQLite and PostgreSQL need no stage file:
+    a ``sink:`` section in config.yaml writes them (``conveyor connectors``)."""
+
+    exactly_once = True
+
+    class Config(BaseModel):
+        path: str = "data/{name}.jsonl"
+
+    def __init__(self, config: Config) -> None:
+        self.path = Path(config.path)
+
+    def outputs(self) -> list[str]:  # what it writes: named in summaries and dvc.yaml
+        return [str(self.path)]
+
+    def open(self, run: RunInfo) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if run.resume_from is not None:  # back to where the last checkpoint left the file
+            length = (run.resume_from.sink or {{}}).get("length", 0)
+            with self.path.open("ab") as out:
+                out.truncate(length)
+        elif not run.appends:
+            self.path.write_text("")
+
+    def write(self, records: list[Any]) -> None:
+        with self.path.open("a", encoding="utf-8") as out:
+            out.writelines(json.dumps(record, default=str) + "\\n" for record in records)
+
+    def commit(self, checkpoint: Checkpoint) -> dict[str, int]:
+        with self.path.open("ab") as out:  # make what was written durable...
+            os.fsync(out.fileno())
+        return {{"length": self.path.stat().st_size}}  # ...and say how far it goes
+''',
+}
+"""The stage file of each kind: ``{title}``, ``{name}`` (the stage), ``{fn}`` (its
+function) and ``{cls}`` (its class) filled in."""
+
+_TEST_HEAD = '''"""Tests of the {name} stage."""
 
 import importlib.util
+import json
 from pathlib import Path
 
+from conveyor import RunInfo
 from conveyor.testing import run_stage_on
 
 FILE = Path(__file__).parent.parent / "{file}"
 
 
-def test_{name}_passes_records_on() -> None:
+def load():
     spec = importlib.util.spec_from_file_location("{name}", FILE)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    assert run_stage_on(module.stage, [{{"id": 1}}]).outputs == [{{"id": 1}}]
+    return module
 '''
 
+_STAGE_TESTS: Final = {
+    "map": """
 
-def new_stage(project: Path, name: str, *, after: int | None = None) -> list[Path]:
-    """Add ``NN_name.py`` after stage number ``after`` (default: before the last stage),
-    with a test and a config stub; the number is free and between its neighbours."""
+def test_{name}_passes_records_on() -> None:
+    assert run_stage_on(load().stage, [{{"id": 1}}]).outputs == [{{"id": 1}}]
+""",
+    "filter": """
+
+def test_{name}_keeps_records() -> None:
+    run = run_stage_on(load().stage, [{{"id": 1}}, {{"id": 2}}])
+    assert run.outputs == [{{"id": 1}}, {{"id": 2}}]
+    assert run.report.filtered == 0
+""",
+    "validate": """
+
+def test_{name}_passes_valid_records_on() -> None:
+    run = run_stage_on(load().stage, [{{"id": 1}}])
+    assert run.outputs == [{{"id": 1}}]
+    assert run.dead_letters == []
+""",
+    "aggregate": """
+
+def test_{name}_reduces_the_stream_to_one_record() -> None:
+    run = run_stage_on(load().stage, [{{"id": 1}}, {{"id": 2}}])
+    assert run.outputs == [{{"records": 2}}]
+""",
+    "batch": """
+
+def test_{name}_groups_records() -> None:
+    module = load()
+    stage = module.{cls}(module.{cls}.Config(size=2))
+    assert run_stage_on(stage, [1, 2, 3]).outputs == [[1, 2], [3]]
+""",
+    "source": """
+
+def test_{name}_reads_records() -> None:
+    module = load()
+    source = module.{cls}(module.{cls}.Config(count=3))
+    assert list(source.read()) == [{{"id": 0}}, {{"id": 1}}, {{"id": 2}}]
+""",
+    "sink": """
+
+def test_{name}_writes_json_lines(tmp_path: Path) -> None:
+    module = load()
+    sink = module.{cls}(module.{cls}.Config(path=str(tmp_path / "out.jsonl")))
+    sink.open(RunInfo(run_id="test", pipeline_name="test"))
+    sink.write([{{"id": 1}}, {{"id": 2}}])
+    lines = (tmp_path / "out.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == [{{"id": 1}}, {{"id": 2}}]
+""",
+}
+"""The test of each kind (after :data:`_TEST_HEAD`), for ``stages/__tests__/``."""
+
+_CONFIG_PARAMS: Final = {
+    "source": "{count: 10}",
+    "sink": "{path: data/%s.jsonl}",
+    "batch": "{size: 100}",
+}
+"""The ``params`` of a new stage's config stub (``{}`` for the kinds without a Config)."""
+
+_TAKEN: Final = frozenset(dir(builtins)) | {"stage", "json", "os"}
+"""Names a stage's function or class must not take (they would hide what its file uses)."""
+
+
+def _identifiers(name: str, kind: str) -> dict[str, str]:
+    """The names a stage file of ``kind`` uses for stage ``name``: its function and class,
+    suffixed when they would hide a builtin or a name the file imports."""
+    fn = name if name not in _TAKEN else f"{name}_{kind}"
+    cls = "".join(part[:1].upper() + part[1:] for part in name.split("_")) or "Stage"
+    imported = {"Any", "BaseModel", "Field", "Iterator", "Path", "Config", "Checkpoint"}
+    imported |= {"RunInfo", "Source", "Sink", "BatchStage"}
+    if cls in imported or cls in _TAKEN:
+        cls += "Stage"
+    return {"fn": fn, "cls": cls}
+
+
+def _refuse_kind(kind: str) -> ProjectError:
+    close = difflib.get_close_matches(kind, STAGE_KINDS, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return ProjectError(f"unknown stage kind {shown(kind)}{hint} (kinds: {', '.join(STAGE_KINDS)})")
+
+
+def new_stage(
+    project: Path, name: str, *, after: int | None = None, kind: str = STAGE_KINDS[0]
+) -> list[Path]:
+    """Add ``NN_name.py``, a stage of ``kind`` (one of :data:`STAGE_KINDS`), with a test
+    and a config stub, and return the files written. A record stage goes after stage
+    number ``after`` (default: before the last stage), on a free number between its
+    neighbours; a ``source`` goes before the first stage and a ``sink`` after the last."""
+    if kind not in STAGE_KINDS:
+        raise _refuse_kind(kind)
     if not _NAME.match(name) or keyword.iskeyword(name):
         why = (
             f"{shown(name)} is a Python keyword, which the stage's function cannot be named"
@@ -460,11 +724,53 @@ def new_stage(project: Path, name: str, *, after: int | None = None) -> list[Pat
     files = discover_stage_files(pipeline_dir)
     if any(f.name == name for f in files):
         raise ProjectError(f"a stage named {name!r} exists already", file=pipeline_dir)
+    number = _stage_number(pipeline_dir, files, kind, after)
+    file = f"{number:02d}_{name}.py"
+    values = {"title": name.title(), "name": name, "file": file, **_identifiers(name, kind)}
+    stage_path = pipeline_dir / "stages" / file
+    stage_path.write_text(_STAGE_FILES[kind].format(**values), encoding="utf-8")
+    test_path = pipeline_dir / "stages" / "__tests__" / f"test_{name}.py"
+    test_path.parent.mkdir(exist_ok=True)
+    test = _TEST_HEAD + _STAGE_TESTS[kind]
+    test_path.write_text(test.format(**values), encoding="utf-8")
+    config = pipeline_dir / "config.yaml"
+    params = _CONFIG_PARAMS.get(kind, "{}").replace("%s", name)
+    _add_config_stub(config, name, params)
+    return [stage_path, test_path, config]
+
+
+def _stage_number(pipeline_dir: Path, files: list[StageFile], kind: str, after: int | None) -> int:
+    """The number of a new stage of ``kind``: a source before the first stage, a sink
+    after the last, any other between stage ``after`` and the next one."""
     numbers = [f.number for f in files]
+    if kind in ("source", "sink"):
+        if after is not None:
+            where = "first" if kind == "source" else "last"
+            raise ProjectError(
+                f"a {kind} is the {where} stage of a project, so --after does not apply to "
+                f"--kind {kind}; leave it out"
+            )
+        _refuse_a_second(pipeline_dir, files, kind)
+        if kind == "source":
+            if numbers[0] == 0:
+                raise ProjectError(
+                    f"no free number before {files[0].path.name} for a source; renumber the "
+                    "stages (leave gaps of 10)",
+                    file=files[0].path,
+                )
+            return 0
+        last = numbers[-1]
+        return min(last + 10, (last + 100) // 2) if last < 99 else last + 10
     if after is None:
         after = numbers[-2] if len(numbers) > 1 else numbers[-1]
     if after not in numbers:
         raise ProjectError(f"no stage numbered {after:02d}; numbers: {numbers}")
+    if after == numbers[-1] and _defines(files[-1], Sink, pipeline_dir):
+        raise ProjectError(
+            f"stage {files[-1].name!r} is the Sink, the last stage: --after {after:02d} "
+            "would put a stage after it; pick an earlier number",
+            file=files[-1].path,
+        )
     following = [n for n in numbers if n > after]
     upper = following[0] if following else after + 20
     if upper - after < 2:
@@ -472,23 +778,55 @@ def new_stage(project: Path, name: str, *, after: int | None = None) -> list[Pat
             f"no free number between {after:02d} and {upper:02d}; renumber the stages "
             "(leave gaps of 10)"
         )
-    number = after + (upper - after) // 2
-    file = f"{number:02d}_{name}.py"
-    stage_path = pipeline_dir / "stages" / file
-    stage_path.write_text(_STAGE_TEMPLATE.format(title=name.title(), name=name), encoding="utf-8")
-    test_path = pipeline_dir / "stages" / "__tests__" / f"test_{name}.py"
-    test_path.parent.mkdir(exist_ok=True)
-    test_path.write_text(_TEST_TEMPLATE.format(name=name, file=file), encoding="utf-8")
+    return after + (upper - after) // 2
+
+
+def _refuse_a_second(pipeline_dir: Path, files: list[StageFile], kind: str) -> None:
+    """A project reads from one source and writes to one sink: a ``source``/``sink`` kind
+    is refused, naming what the project has (a stage file, or config.yaml's section)."""
+    from conveyor.project.config import _compose, _read
+
+    reads, method = ("reads from", "read()") if kind == "source" else ("writes to", "write()")
     config = pipeline_dir / "config.yaml"
+    document, positions = _compose(_read(config), config)  # as written: no ${VAR} needed
+    section = document.get(kind) if isinstance(document, dict) else None
+    if section is not None:
+        connector = section.get("connector") if isinstance(section, dict) else None
+        _, line, column = positions.get((kind,), (config, None, None))
+        raise ConfigError(
+            f"config.yaml's {kind}: section (connector {connector}) is the project's {kind} "
+            f"already, and a project {reads} one: delete the section first to make a {kind} "
+            "stage file instead",
+            file=config,
+            line=line,
+            column=column,
+            key=kind,
+        )
+    existing = files[0] if kind == "source" else files[-1]
+    base = Source if kind == "source" else Sink
+    if _defines(existing, base, pipeline_dir):
+        raise ProjectError(
+            f"stage {existing.name!r} ({existing.path.name}) is the project's {kind} "
+            f"already, and a project {reads} one: delete {existing.path.name} (and "
+            f"{existing.name}: under stages: in config.yaml) first, or edit its {method}",
+            file=existing.path,
+        )
+
+
+def _defines(stage_file: StageFile, base: type, pipeline_dir: Path) -> bool:
+    """Whether ``stage_file`` defines a ``base`` (a Source or a Sink): imported as a run
+    would import it (so a file that does not import is an error naming its line)."""
+    found, _ = load_stage(stage_file, pipeline_dir)
+    return isinstance(found, base) or (inspect.isclass(found) and issubclass(found, base))
+
+
+def _add_config_stub(config: Path, name: str, params: str) -> None:
+    """``stages.NAME.params`` in config.yaml, at the top of its ``stages:`` section (which
+    is added when there is none)."""
     text = config.read_text(encoding="utf-8") if config.exists() else ""
-    stub = (
-        f"  {name}:\n    params: {{}}\n"
-        if "\nstages:" in f"\n{text}"
-        else (f"stages:\n  {name}:\n    params: {{}}\n")
-    )
+    stub = f"  {name}:\n    params: {params}\n"
     if "\nstages:" in f"\n{text}":
         text = text.replace("stages:\n", "stages:\n" + stub, 1)
     else:
-        text = text + ("" if text.endswith("\n") or not text else "\n") + stub
+        text = text + ("" if text.endswith("\n") or not text else "\n") + "stages:\n" + stub
     config.write_text(text, encoding="utf-8")
-    return [stage_path, test_path, config]
