@@ -11,6 +11,7 @@ never wrapped: a failed :class:`~conveyor.StageResult` carries the original exce
     ├── PipelineDefinitionError(ConveyorError, TypeError)   a pipeline or stage is built wrong
     ├── UsageError(ConveyorError, RuntimeError)             an API is called in the wrong place
     ├── RecordValidationError(ConveyorError, ValueError)    a record failed a ValidateStage
+    ├── LateRecordError(ConveyorError, ValueError)          a record came after its window closed
     ├── BranchError(ConveyorError, RuntimeError)            a branch of a BranchStage failed
     ├── HookError(ConveyorError, RuntimeError)              a pipeline hook raised
     ├── ContractViolation(ConveyorError, ValueError)        a record broke a stage's contract
@@ -35,6 +36,7 @@ __all__ = [
     "ConveyorError",
     "DeadLetterStoreError",
     "HookError",
+    "LateRecordError",
     "PipelineDefinitionError",
     "ProjectError",
     "RecordValidationError",
@@ -77,6 +79,59 @@ class RecordValidationError(ConveyorError, ValueError):
 
     def __reduce__(self) -> tuple[type[RecordValidationError], tuple[str, str]]:
         return (type(self), (self.stage, self.reason))
+
+
+class LateRecordError(ConveyorError, ValueError):
+    """A record reached a window stage after the window it belongs to had closed (its
+    event time is behind the watermark by more than the allowed lateness): its dead letter
+    says which window, where the watermark was, and the record's event time.
+
+    Attributes:
+        stage: the window stage.
+        key: the record's key.
+        window: ``(start, end)`` of the closed window it belongs to (for a session window,
+            the session the record alone would open).
+        watermark: the stage's watermark when the record came.
+        event_time: the record's event time.
+        allowed_lateness: the stage's allowed lateness.
+    """
+
+    def __init__(
+        self,
+        stage: str,
+        key: object,
+        window: tuple[object, object],
+        watermark: object,
+        event_time: object,
+        allowed_lateness: float,
+    ) -> None:
+        self.stage = stage
+        self.key = key
+        self.window = window
+        self.watermark = watermark
+        self.event_time = event_time
+        self.allowed_lateness = allowed_lateness
+        start, end = window
+        slack = f" + allowed lateness {allowed_lateness:g}" if allowed_lateness else ""
+        super().__init__(
+            f"{stage}: late record: event time {event_time} of key {key!r} belongs to window "
+            f"[{start}, {end}), which closed when the watermark passed its end{slack} "
+            f"(watermark {watermark}); raise max_out_of_orderness or allowed_lateness to "
+            "keep records this late"
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (
+            type(self),
+            (
+                self.stage,
+                self.key,
+                self.window,
+                self.watermark,
+                self.event_time,
+                self.allowed_lateness,
+            ),
+        )
 
 
 class BranchError(ConveyorError, RuntimeError):

@@ -15,6 +15,7 @@ from conveyor.core.checkpoint import (
 from conveyor.core.context import NO_ITEM, ErrorRecord, PipelineContext
 from conveyor.core.events import Event, EventBus, EventHandler, EventType
 from conveyor.core.hooks import Hook, HookName, RunEvents, StageEvent, call_hooks
+from conveyor.core.keyed import KeyedStage, StatefulStage
 from conveyor.core.kinds import StageKind, flatten_stages, stage_kind
 from conveyor.core.options import (
     DeadLetterBudget,
@@ -47,6 +48,7 @@ from conveyor.core.stages import (
     RecordStage,
     ValidateStage,
 )
+from conveyor.core.windows import Count, Session, Sliding, Stats, Tumbling, WindowStage, window
 
 __all__ = [
     "NO_ITEM",
@@ -58,6 +60,7 @@ __all__ = [
     "Checkpoint",
     "CheckpointInterval",
     "CheckpointStore",
+    "Count",
     "DeadLetterBudget",
     "ErrorRecord",
     "Event",
@@ -72,6 +75,7 @@ __all__ = [
     "HasSpec",
     "Hook",
     "HookName",
+    "KeyedStage",
     "MapStage",
     "PipelineContext",
     "PipelineResult",
@@ -90,7 +94,9 @@ __all__ = [
     "RunOptions",
     "RunStatus",
     "SeekableSource",
+    "Session",
     "Sink",
+    "Sliding",
     "Source",
     "SqliteCheckpointStore",
     "StageEvent",
@@ -98,11 +104,16 @@ __all__ = [
     "StageOptions",
     "StageResult",
     "StageSink",
+    "StatefulStage",
+    "Stats",
+    "Tumbling",
     "ValidateStage",
+    "WindowStage",
     "as_sink",
     "call_hooks",
     "flatten_stages",
     "run_stage",
     "spec_of",
     "stage_kind",
+    "window",
 ]

@@ -51,8 +51,9 @@ __all__ = [
     "source_identity",
 ]
 
-CHECKPOINT_FORMAT = 2
-"""The format version this Conveyor writes; a checkpoint of a newer one is refused."""
+CHECKPOINT_FORMAT = 3
+"""The format version this Conveyor writes; a checkpoint of a newer one is refused (format
+3 added the state of stateful stages: an older Conveyor must not resume without it)."""
 
 Range = tuple[int, int]
 
@@ -141,6 +142,9 @@ def _describe(stage: Any) -> list[Any]:
     fn = getattr(stage, "fn", None)
     if callable(fn):
         described.append(_callable_name(fn))
+    state = getattr(stage, "state_identity", None)  # a stateful stage: what its state means
+    if isinstance(state, list):
+        described.append(state)
     branches = getattr(stage, "branches", None)
     if isinstance(branches, Mapping):
         described.append(
@@ -193,6 +197,9 @@ class Checkpoint:
         sink: what the sink recorded for its resume (a file's committed length, a shard list).
         source_state: what an acknowledging source keeps for a resume (the covered messages
             it had not acknowledged yet when the checkpoint was written).
+        state: the state of each stateful stage (windows, keyed state) by stage name, as
+            JSON text, consistent with :attr:`position` and :attr:`done`: it holds exactly
+            the records those positions cover (ADR 0011).
         finished: the source was read to its end and every record is out: nothing to resume.
         written_at: when it was written (ISO 8601, UTC).
         format: the format version (:data:`CHECKPOINT_FORMAT`).
@@ -211,6 +218,7 @@ class Checkpoint:
     finished: bool = False
     written_at: str = ""
     format: int = CHECKPOINT_FORMAT
+    state: Mapping[str, str] = field(default_factory=dict)
 
     def covers(self, first: int, last: int) -> bool:
         """Whether positions ``first..last`` are all done."""
@@ -256,6 +264,7 @@ class Checkpoint:
             "source_state": self.source_state,
             "finished": self.finished,
             "written_at": self.written_at,
+            "state": dict(self.state),
         }
 
     def to_json(self) -> str:
@@ -315,6 +324,8 @@ class Checkpoint:
                 finished=bool(body["finished"]),
                 written_at=str(body["written_at"]),
                 format=version,
+                # (format 3 added it: an earlier checkpoint has no stateful stage's state)
+                state=_states(body["state"]) if version >= 3 else {},
             )
         except (KeyError, TypeError, ValueError, AttributeError):
             raise refuse("damaged (a field is missing or of the wrong type)") from None
@@ -341,6 +352,14 @@ class Checkpoint:
             "pipelines' records. Run with --fresh (resume=False in code) to start from the "
             "beginning",
         )
+
+
+def _states(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise TypeError("state")
+    return value
 
 
 def _canonical(data: Any) -> str:

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from enum import StrEnum
 from typing import Any
 
+from conveyor.core.keyed import StatefulStage
 from conveyor.core.stage import ChainedStage, PipelineStage
 from conveyor.core.stages import BatchStage, BranchStage, FlattenStage
 
@@ -22,7 +23,10 @@ class StageKind(StrEnum):
     may become several (``expands = True``, ``FlattenStage``). ``batch``: re-cuts the
     stream into groups (``BatchStage``). ``barrier``: needs its whole input before it
     emits (``barrier = True``, ``AggregateStage``). ``branch``: broadcasts to named
-    sub-pipelines (``BranchStage``). ``sink``: where the records leave (not a stage).
+    sub-pipelines (``BranchStage``). ``stateful``: keeps keyed state across micro-batches
+    and emits as it goes (``KeyedStage``, ``WindowStage``): records in = absorbed into its
+    state + dead-lettered (late ones too), and its outputs are born; its state is part of
+    every checkpoint. ``sink``: where the records leave (not a stage).
     ``source``: where they come from (a :class:`conveyor.Source`'s row; not a stage).
     """
 
@@ -31,6 +35,7 @@ class StageKind(StrEnum):
     BATCH = "batch"
     BARRIER = "barrier"
     BRANCH = "branch"
+    STATEFUL = "stateful"
     SINK = "sink"
     SOURCE = "source"
 
@@ -46,6 +51,8 @@ def stage_kind(stage: PipelineStage[Any, Any]) -> StageKind:
         return StageKind.BRANCH
     if isinstance(stage, BatchStage):
         return StageKind.BATCH
+    if isinstance(stage, StatefulStage):
+        return StageKind.STATEFUL
     if stage.barrier:
         return StageKind.BARRIER
     if isinstance(stage, FlattenStage) or stage.expands:
@@ -69,7 +76,7 @@ def flatten_stages(stages: Iterable[PipelineStage[Any, Any]]) -> list[PipelineSt
 def group_depth(kind: StageKind, depth: int, stage: PipelineStage[Any, Any]) -> int:
     """How deep the records leaving a stage are nested in groups, given the depth of the
     records entering it: a ``BatchStage`` adds a level, a ``FlattenStage`` removes one, a
-    barrier or branch emits plain values again; other stages keep it.
+    barrier, branch or stateful stage emits plain values again; other stages keep it.
 
     >>> group_depth(StageKind.BATCH, 0, BatchStage(3)), group_depth(
     ...     StageKind.EXPAND, 1, FlattenStage())
@@ -79,6 +86,6 @@ def group_depth(kind: StageKind, depth: int, stage: PipelineStage[Any, Any]) -> 
         return depth + 1
     if isinstance(stage, FlattenStage):
         return max(depth - 1, 0)
-    if kind in (StageKind.BARRIER, StageKind.BRANCH):
+    if kind in (StageKind.BARRIER, StageKind.BRANCH, StageKind.STATEFUL):
         return 0
     return depth

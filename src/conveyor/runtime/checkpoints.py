@@ -8,6 +8,13 @@ writes the checkpoint in the same transaction as its rows; a file sink fsyncs an
 its length), then stores the checkpoint unless the sink did. Dead letters are durable
 before their records count as gone, so a checkpoint never covers a letter that could be
 lost. At the end of a drained run a final checkpoint is taken the same way.
+
+A run with stateful stages (windows, keyed state) also needs their state to be a cut with
+the checkpoint's coverage: :class:`~conveyor.runtime.stateful.Snapshots` holds the first of
+them at a micro-batch border until every record they took has left, then their states go
+into the checkpoint (``Checkpoint.state``) and a resume restores them. Such a run also
+checkpoints while the sink waits for a batch, once records have left since the last one
+(windows absorb most records and emit seldom).
 """
 
 from __future__ import annotations
@@ -36,9 +43,11 @@ from conveyor.dlq import DeadLetterStore
 from conveyor.errors import CheckpointError, PipelineDefinitionError, ResumeRequired
 from conveyor.runtime.lineage import OffsetTracker
 from conveyor.runtime.parts import SinkRuntime
+from conveyor.runtime.stateful import PAUSE_LIMIT
 
 if TYPE_CHECKING:
     from conveyor.runtime.channel import Channel
+    from conveyor.runtime.stateful import Snapshots
 
 T = TypeVar("T")
 
@@ -97,6 +106,7 @@ class Checkpointer:
         tracker: OffsetTracker,
         reader: Callable[[], tuple[int, Any]],
         source: AcknowledgingSource | None = None,
+        states: Snapshots | None = None,
     ) -> None:
         self.identity = identity
         self.run_id = run_id
@@ -127,6 +137,9 @@ class Checkpointer:
         self._delivery_fd: int | None = None
         self._requested = False  # the source asked for a checkpoint as soon as possible
         self._idle: asyncio.Timeout | None = None  # the sink loop's wait for a batch
+        self._states = states  # the stateful stages, snapshotted into each checkpoint
+        if states is not None:
+            states.wake = self._wake
 
     # -- before the run --------------------------------------------------------------------
 
@@ -177,6 +190,8 @@ class Checkpointer:
                 )
             if self._resume:
                 found.check_identity(self.identity, where)
+                if self._states is not None:
+                    self._states.restore(found.state, where)
                 self.resume_from = found
                 self._runs = (*found.runs, self.run_id)
                 self._base_done = found.records.get("done", 0)
@@ -254,20 +269,28 @@ class Checkpointer:
         waits for the acknowledgement of a message it lets through alone): the next write,
         or the sink loop's wait for one, takes it once records left since the last."""
         self._requested = True
+        self._wake()
+
+    def _wake(self) -> None:
+        """End the sink loop's wait for a batch now (it then tries a checkpoint)."""
         idle = self._idle
         if idle is not None and not idle.expired():
             idle.reschedule(asyncio.get_running_loop().time())
 
     async def receive(self, inp: Channel[T]) -> T:
         """The sink loop's next item from ``inp``. In a run from an acknowledging source,
-        a checkpoint is also taken while nothing comes to write (each interval, or soon
-        after :meth:`request`) if records left since the last one (a quiet broker, records
-        that all became dead letters), so that their messages are acknowledged."""
-        if self._source is None:
+        or with stateful stages, a checkpoint is also taken while nothing comes to write
+        (each interval, or soon after :meth:`request`) if records left since the last one
+        (a quiet broker, records that all became dead letters, records absorbed into
+        windows), so that their messages are acknowledged and a resume starts late."""
+        states = self._states
+        if self._source is None and states is None:
             return await inp.receive()
         every = self.interval.seconds or 1.0
         while True:
-            wait = 0.02 if self._requested else self._next_at - time.monotonic()
+            cutting = states is not None and states.requested
+            urgent = self._requested or cutting
+            wait = 0.05 if urgent else self._next_at - time.monotonic()
             try:
                 async with asyncio.timeout(max(wait, 0.02)) as self._idle:
                     return await inp.receive()
@@ -275,10 +298,29 @@ class Checkpointer:
                 pass
             finally:
                 self._idle = None
+            if cutting:
+                await self._cut(every)
+                continue
             if self._progressed():
                 await self.commit(finished=False)  # (not at a clean point: try again soon)
             elif not self._requested:
                 self._next_at = time.monotonic() + every
+
+    async def _cut(self, every: float) -> None:
+        """A cut of the stateful stages is wanted: take the checkpoint if it is one now,
+        or give up on it after :data:`~conveyor.runtime.stateful.PAUSE_LIMIT`."""
+        states = self._states
+        assert states is not None
+        if await self.commit(finished=False) is not None or not states.stale():
+            return
+        logger.warning(
+            "checkpoint: no consistent cut of the stateful stages within %.0fs (a BatchStage "
+            "before them joins source batches?); trying again in %.1fs",
+            PAUSE_LIMIT,
+            every,
+        )
+        states.release()
+        self._next_at = time.monotonic() + every
 
     def _progressed(self) -> bool:
         """Whether a checkpoint now would cover more than the last one."""
@@ -313,14 +355,30 @@ class Checkpointer:
     async def commit(self, *, finished: bool) -> Checkpoint | None:
         """Take a checkpoint now if this is a clean point: every source batch the sink
         holds uncommitted rows of has fully left (else ``None``: try after a later write)."""
-        tracker, sink = self._tracker, self._sink
+        tracker = self._tracker
         if tracker.pending(self._touched):
             return None
+        states, state = self._states, None
+        if states is not None:
+            if not states.ready(tracker):  # (an interrupted stage's state never is)
+                states.request()
+                return None
+            state = states.take()  # (with the coverage below: no await in between)
+        return await self._commit(finished, state, states)
+
+    async def _commit(
+        self, finished: bool, states: dict[str, str] | None, cut: Snapshots | None
+    ) -> Checkpoint:
+        tracker, sink = self._tracker, self._sink
         read, now = self._reader()
         base = self.resume_from
         if base is not None and read < base.position:  # stopped while reading past done ones
             read, now = base.position, base.offset
         position, offset, done = tracker.coverage(read, now)
+        if cut is not None:
+            # The cut is taken: the stateful stages may go on. What they make now waits in
+            # the channels, since this sink loop writes nothing until the commit is done.
+            cut.release()
         previous = self.last
         assert previous is not None
         checkpoint = previous.stamped(
@@ -335,6 +393,7 @@ class Checkpointer:
                 "written": self._base_written + sink.stats.records_out,
             },
             finished=finished and position >= read and not done,
+            **({} if states is None else {"state": states}),
         )
         if self._source is not None:
             checkpoint = replace(

@@ -118,6 +118,10 @@ class Flow:
                 await self._branch_loop(rt, inp, out)
             elif rt.kind is StageKind.BARRIER:
                 await self._barrier_loop(rt, inp, out)
+            elif rt.kind is StageKind.STATEFUL:
+                from conveyor.runtime.stateful import stateful_loop  # (it imports this module)
+
+                await stateful_loop(self, rt, inp, out)
             else:
                 await self._slice_loop(rt, inp, out)
         finally:

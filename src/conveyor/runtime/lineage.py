@@ -11,6 +11,11 @@ For checkpoints the tracker also remembers which source batches above the low wa
 are done already (:meth:`OffsetTracker.coverage`), and ties together source batches whose
 records were joined into one micro-batch (a ``BatchStage`` group, a barrier's output): tied
 batches are done together, so a checkpoint never covers one half of a joined group.
+
+A stateful stage that emits from its state alone (a window closed by a timer) gives its
+records a *hold* (:meth:`OffsetTracker.hold`): a reference like a source batch's, that
+stands for no source position. It never holds the low watermark back; it only tells a
+checkpoint that those records are still in flight (ADR 0011).
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ class OffsetTracker:
         self.completed_records = 0
         self.last_completed_offset: Any = None
         self._done_above: list[tuple[int, int]] = []
+        self._holds: dict[int, int] = {}  # hold id -> references
         self.checkpointing = False
         """Track what a checkpoint needs (done ranges, ties); off, nothing of it is kept."""
 
@@ -72,6 +78,21 @@ class OffsetTracker:
         self._pending[batch_id] = _SourceBatch(first, last, records, 1, token)
         return batch_id
 
+    def hold(self) -> int:
+        """A new reference that stands for no source position (held once); see the module
+        docstring. It is acquired and released like a source batch's id.
+
+        >>> t = OffsetTracker(); h = t.hold()
+        >>> t.pending((h,)), t.low_watermark
+        (True, None)
+        >>> t.release((h,)); t.pending((h,))
+        False
+        """
+        hold_id = self._next_id
+        self._next_id += 1
+        self._holds[hold_id] = 1
+        return hold_id
+
     def forget(self, batch_id: int) -> None:
         """Drop a source batch that never entered the pipeline (intake was stopped)."""
         del self._pending[batch_id]
@@ -81,12 +102,18 @@ class OffsetTracker:
         pending = self._pending
         if times:
             for batch_id in lineage:
-                pending[batch_id].refs += times
+                batch = pending.get(batch_id)
+                if batch is None:
+                    self._holds[batch_id] += times
+                else:
+                    batch.refs += times
         if not self.checkpointing or not isinstance(lineage, tuple) or len(lineage) < 2:
             return
         ties: dict[int, _Tie] = {}  # one micro-batch joins these: they are done together
         for batch_id in lineage:
-            batch = pending[batch_id]
+            batch = pending.get(batch_id)
+            if batch is None:  # a hold is never tied
+                continue
             if batch.tie is None:
                 batch.tie = _Tie({batch_id}, 1 if batch.refs else 0)
             ties[id(batch.tie)] = batch.tie
@@ -103,7 +130,10 @@ class OffsetTracker:
         """Drop one reference to each source batch in ``lineage``."""
         pending = self._pending
         for batch_id in lineage:
-            batch = pending[batch_id]
+            batch = pending.get(batch_id)
+            if batch is None:
+                self._release_hold(batch_id)
+                continue
             batch.refs -= 1
             if batch.refs:
                 continue
@@ -115,6 +145,13 @@ class OffsetTracker:
             if not tie.waiting:
                 for i in sorted(tie.members):
                     self._finish(i, pending[i])
+
+    def _release_hold(self, hold_id: int) -> None:
+        left = self._holds[hold_id] - 1
+        if left:
+            self._holds[hold_id] = left
+        else:
+            del self._holds[hold_id]
 
     def _finish(self, batch_id: int, batch: _SourceBatch) -> None:
         pending = self._pending
@@ -135,8 +172,8 @@ class OffsetTracker:
 
     def pending(self, batch_ids: Iterable[int]) -> bool:
         """Whether any of these source batches is still in flight."""
-        pending = self._pending
-        return any(batch_id in pending for batch_id in batch_ids)
+        pending, holds = self._pending, self._holds
+        return any(batch_id in pending or batch_id in holds for batch_id in batch_ids)
 
     def ranges(self, lineage: Iterable[int]) -> list[list[int]]:
         """The ``[first, last]`` positions of the source batches in ``lineage`` (in flight),

@@ -8,6 +8,7 @@ from typing import Any
 
 from conveyor.contracts._base import Contract
 from conveyor.contracts._check import ContractCheck
+from conveyor.core.keyed import StatefulStage
 from conveyor.core.kinds import StageKind, group_depth, stage_kind
 from conveyor.core.options import Executor, StageOptions
 from conveyor.core.sink import Sink
@@ -17,6 +18,7 @@ from conveyor.errors import PipelineDefinitionError
 from conveyor.runtime.executors import StageExecutor, make_executor
 from conveyor.runtime.limiter import RateLimiter
 from conveyor.runtime.report import StageStats
+from conveyor.runtime.stateful import Gate
 
 __all__ = ["Part", "SinkRuntime", "StageRuntime", "weigher"]
 
@@ -104,6 +106,11 @@ class StageRuntime(Part):
         )
         if options.timeout is not None and options.executor is Executor.INLINE:
             _check_inline_timeout(stage, name)
+        self.gate: Gate | None = None  # a stateful stage's state and snapshots
+        if kind is StageKind.STATEFUL:
+            assert isinstance(stage, StatefulStage)
+            _check_stateful(name, options, depth)
+            self.gate = Gate(name, stage.operator())
 
 
 class SinkRuntime(Part):
@@ -136,6 +143,30 @@ def _fusable(stage: PipelineStage[Any, Any], kind: StageKind, options: StageOpti
         and options.rate_limit is None
         and options.retry.attempts == 1
     )
+
+
+def _check_stateful(name: str, options: StageOptions, depth: int) -> None:
+    """A stateful stage keeps its state in the run's event loop and takes its micro-batches
+    in order, one at a time; its functions are called there (an async one may await I/O)."""
+    wrong = []
+    if options.executor is not Executor.INLINE:
+        wrong.append(f"executor={options.executor.value!r} (it runs inline)")
+    if options.concurrency != 1:
+        wrong.append(f"concurrency={options.concurrency} (it takes one micro-batch at a time)")
+    if options.timeout is not None:
+        wrong.append("a timeout")
+    if options.retry.attempts != 1:
+        wrong.append("retries (a failing record is a dead letter at once)")
+    if wrong:
+        raise PipelineDefinitionError(
+            f"stage {name!r} keeps keyed state, which its options do not allow: "
+            f"{'; '.join(wrong)}; drop them from its StageOptions"
+        )
+    if depth:
+        raise PipelineDefinitionError(
+            f"stage {name!r} keeps keyed state over records, but gets groups of records from "
+            "a BatchStage before it; put it before the BatchStage, or a FlattenStage between"
+        )
 
 
 def _check_sink_timeout(sink: Sink, options: StageOptions) -> None:

@@ -56,7 +56,7 @@ class ReplayGroup:
     depth: int
     """How deep the records entering that stage are nested in groups."""
     barrier: str | None
-    """The first barrier or branch after the stage, if any."""
+    """The first barrier or branch after the stage, or stateful stage from it on, if any."""
 
 
 def plan_replay(
@@ -95,8 +95,9 @@ def plan_replay(
         barrier = next(
             (
                 names[i]
-                for i in range(start + 1, len(leaves))
-                if kinds[i] in (StageKind.BARRIER, StageKind.BRANCH)
+                for i in range(start, len(leaves))
+                if (i > start and kinds[i] in (StageKind.BARRIER, StageKind.BRANCH))
+                or kinds[i] is StageKind.STATEFUL  # its windows closed: results again
             ),
             None,
         )
@@ -180,6 +181,14 @@ async def replay_dead_letters(
     return reports
 
 
+def _why(spec: PipelineSpec, group: ReplayGroup) -> str:
+    stage = next((s for s in spec.leaves if s.name == group.barrier), None)
+    if stage is not None and stage_kind(stage) is StageKind.STATEFUL:
+        where = "is" if group.barrier == group.stage else "after it is"
+        return f"{where} a stateful stage (its windows and keyed state closed long ago)"
+    return "after it is a barrier (it needs the whole stream)"
+
+
 def refuse_barriers(
     spec: PipelineSpec,
     plan: Sequence[ReplayGroup],
@@ -193,8 +202,8 @@ def refuse_barriers(
                 group.stage,
                 group.barrier,
                 f"dead letters of stage {group.stage!r} cannot be replayed: stage "
-                f"{group.barrier!r} after it is a barrier (it needs the whole stream) and "
-                "would compute its result again from the replayed records alone. Persist "
+                f"{group.barrier!r} {_why(spec, group)} and would compute its results again "
+                "from the replayed records alone. Persist "
                 f"the output of the stage before {group.barrier!r} (in a project: "
                 f"persist: in config.yaml, then run the pipeline again), so that the replay "
                 f"can recompute {group.barrier!r} from its whole input; nothing was replayed",

@@ -37,6 +37,13 @@ class StageStats:
     change the number of records (expand, barrier, branch, or a stage working on groups)
     ``absorbed`` (records that went into the stage's outputs without being one of them,
     e.g. aggregated) and ``born`` (records its outputs hold that it did not receive).
+
+    A stateful stage (windows, keyed state) books every record it took into its state as
+    ``absorbed`` and every result as ``born``; ``late`` counts its dead letters of records
+    that came after their window closed. Live, it also shows its state: ``open_windows``,
+    ``state_keys`` (keys with state), ``state_records`` (records held in open windows),
+    ``watermark`` (event time, POSIX seconds) and ``watermark_lag`` (seconds the watermark
+    is behind the wall clock: meaningful for event times that are real times).
     """
 
     name: str
@@ -59,6 +66,12 @@ class StageStats:
     absorbed: int = 0
     born: int = 0
     fused: bool = False
+    late: int = 0
+    open_windows: int = 0
+    state_keys: int = 0
+    state_records: int = 0
+    watermark: float | None = None
+    watermark_lag: float | None = None
 
     def check(self) -> None:
         """Raise :class:`ConservationError` if this stage's own counts do not add up."""
@@ -110,7 +123,7 @@ class StageStats:
 
     def as_dict(self) -> dict[str, Any]:
         """The counters as a plain dict (for JSON and progress views)."""
-        return {
+        counters: dict[str, Any] = {
             "stage": self.name,
             "kind": self.kind.value,
             "executor": self.executor,
@@ -129,6 +142,16 @@ class StageStats:
             "absorbed": self.absorbed,
             "born": self.born,
         }
+        if self.kind is StageKind.STATEFUL:
+            counters.update(
+                late=self.late,
+                open_windows=self.open_windows,
+                state_keys=self.state_keys,
+                state_records=self.state_records,
+                watermark=self.watermark,
+                watermark_lag=self.watermark_lag,
+            )
+        return counters
 
 
 @dataclass(slots=True)
@@ -212,6 +235,11 @@ class RunReport:
     def letters(self) -> int:
         """Dead letters written (a letter may hold a group of several records)."""
         return sum(s.dead_lettered for s in self._all_stages())
+
+    @property
+    def late(self) -> int:
+        """Records dead-lettered because they came after their window closed."""
+        return sum(s.late for s in self._all_stages())
 
     @property
     def retried(self) -> int:
@@ -333,7 +361,8 @@ class RunReport:
         line = (
             f"{self.pipeline_name} {self.status.value}: {self.records_in} in, "
             f"{self.records_out} out, {self.filtered} filtered, {self.dead_lettered} "
-            f"dead-lettered, {self.retried} retried in {self.duration_seconds:.2f}s"
+            f"dead-lettered{f' ({self.late} late)' if self.late else ''}, {self.retried} "
+            f"retried in {self.duration_seconds:.2f}s"
         )
         if self.sink_description:
             line += f"\nsink: {self.sink_description}"

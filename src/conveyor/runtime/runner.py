@@ -55,6 +55,7 @@ from conveyor.runtime.letters import LetterBox
 from conveyor.runtime.lineage import OffsetTracker
 from conveyor.runtime.parts import Part, SinkRuntime, StageRuntime, weigher
 from conveyor.runtime.report import RunReport, StageStats
+from conveyor.runtime.stateful import Snapshots
 
 __all__ = ["DEFAULT_DEAD_LETTERS", "StreamRunner", "run_stream"]
 
@@ -353,6 +354,7 @@ class StreamRunner:
             self._tracker,
             lambda: (self._read_count, self._next_token),
             source if isinstance(source, AcknowledgingSource) else None,
+            Snapshots.of(self._runtimes),  # the stateful stages' state goes in too
         )
         resume = cp.prepare()
         if isinstance(source, AcknowledgingSource):
