@@ -104,12 +104,17 @@ def _findings(findings: Sequence[object], failed: str, passed: str) -> None:
 
 
 def _stats_table(runner: Any) -> Table:
+    from conveyor.observe.state import STATE_COLUMNS, state_cells, stateful_stages
+
     stats, channels = runner.progress()
     fill = {ch.name.split(" -> ")[-1]: ch for ch in channels}
     table = Table(title=_cell(runner.name), title_justify="left")
-    for column in ("stage", "in", "out", "filtered", "dead", "rate/s", "queue"):
+    state = bool(stateful_stages(stats))  # windows, state, watermark lag: only then
+    columns = ("stage", "in", "out", "filtered", "dead", "rate/s", "queue")
+    for column in columns + (STATE_COLUMNS if state else ()):
         table.add_column(column, justify="left" if column == "stage" else "right")
     sink = str(getattr(getattr(runner, "sink", None), "description", "") or "")
+    now = time.time()
     for s in stats:
         ch = fill.get(s.name)
         elapsed = runner.elapsed_seconds
@@ -122,6 +127,7 @@ def _stats_table(runner: Any) -> Table:
             f"{s.records_dead:,}",
             f"{rate:,.0f}",
             f"{ch.buffered}/{ch.capacity}" if ch else "",
+            *(state_cells(s, now) if state else ()),
         )
     return table
 
@@ -150,8 +156,16 @@ class _Progress:
                 self.live.update(_stats_table(runner))
         elif time.monotonic() - self.last_line >= 2.0:
             self.last_line = time.monotonic()
+            from conveyor.observe.state import state_line
+
             stats, _ = runner.progress()
-            _say(" | ".join(f"{s.name}: {s.records_in:,} in, {s.records_out:,} out" for s in stats))
+            now = time.time()
+            _say(
+                " | ".join(
+                    f"{s.name}: {s.records_in:,} in, {s.records_out:,} out{state_line(s, now)}"
+                    for s in stats
+                )
+            )
 
     def stop(self) -> None:
         if self.live is not None:

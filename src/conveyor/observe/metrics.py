@@ -13,7 +13,16 @@ The metrics (every one named ``conveyor_…``, stage metrics labelled ``pipeline
   and ``conveyor_channel_capacity{channel}``;
 - ``conveyor_dead_letters_total`` (letters written by the run, all stages);
 - with checkpoints, ``conveyor_checkpoint_lag_seconds`` (seconds since the last checkpoint)
-  and ``conveyor_checkpoints_written_total``.
+  and ``conveyor_checkpoints_written_total``;
+- per stateful stage (windows, keyed state; none of these for a pipeline without one),
+  gauges ``conveyor_window_open`` (windows not emitted yet), ``conveyor_state_keys`` (keys
+  with state), ``conveyor_state_records`` (records held in open windows: the state's size),
+  ``conveyor_watermark_seconds`` (the event-time watermark, POSIX seconds) and
+  ``conveyor_watermark_lag_seconds`` (the wall clock at the scrape minus the watermark:
+  meaningful when event times are real times), and the counter
+  ``conveyor_late_records_total`` (records dead-lettered for coming after their window
+  closed). The two watermark gauges are absent until the stage has a watermark (and for
+  count windows, which have none). See :mod:`conveyor.observe.state`.
 
 This layer knows runs only by their shape (:class:`LiveRun`, which
 :class:`conveyor.runtime.StreamRunner` is); it never imports the runtime. It needs
@@ -25,11 +34,14 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Protocol, runtime_checkable
 from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+from conveyor.observe.state import stateful_stages, watermark_lag
 
 __all__ = ["DEFAULT_METRICS_HOST", "LiveRun", "MetricsServer", "serve_metrics"]
 
@@ -47,6 +59,16 @@ _STAGE_COUNTERS = (
     ("records_dead_lettered", "records_dead", "Records the stage sent to the dead-letter queue."),
     ("retries", "retried", "Record retries of the stage."),
     ("busy_seconds", "busy_seconds", "Seconds the stage spent working."),
+)
+
+_STATE_GAUGES = (
+    ("conveyor_window_open", "open_windows", "Windows of the stateful stage not emitted yet."),
+    ("conveyor_state_keys", "state_keys", "Keys with state in the stateful stage."),
+    (
+        "conveyor_state_records",
+        "state_records",
+        "Records held in the stateful stage's open windows (the state's size).",
+    ),
 )
 
 
@@ -145,6 +167,46 @@ class _RunCollector:
             value=letters,
         )
         yield from _checkpoint_metrics(run, GaugeMetricFamily, CounterMetricFamily)
+        yield from _state_metrics(pipeline, stages, GaugeMetricFamily, CounterMetricFamily)
+
+
+def _state_metrics(pipeline: str, stages: Sequence[Any], gauge: Any, counter: Any) -> Iterator[Any]:
+    """Windows, state and watermark of the stateful stages (nothing when there are none)."""
+    stateful = stateful_stages(stages)
+    if not stateful:
+        return
+    labels = ["pipeline", "stage"]
+    gauges = [(key, gauge(name, text, labels=labels)) for name, key, text in _STATE_GAUGES]
+    mark = gauge(
+        "conveyor_watermark_seconds",
+        "The stateful stage's event-time watermark (POSIX seconds).",
+        labels=labels,
+    )
+    lag = gauge(
+        "conveyor_watermark_lag_seconds",
+        "Wall clock at this scrape minus the stateful stage's event-time watermark.",
+        labels=labels,
+    )
+    late = counter(
+        "conveyor_late_records",
+        "Records dead-lettered for coming after their window closed.",
+        labels=labels,
+    )
+    now = time.time()
+    for stats in stateful:
+        names = [pipeline, str(stats.name)]
+        for key, family in gauges:
+            family.add_metric(names, getattr(stats, key))
+        late.add_metric(names, stats.late)
+        behind = watermark_lag(stats, now)
+        if behind is not None:
+            mark.add_metric(names, float(stats.watermark))
+            lag.add_metric(names, behind)
+    for _, family in gauges:
+        yield family
+    yield mark
+    yield lag
+    yield late
 
 
 def _checkpoint_metrics(run: Any, gauge: Any, counter: Any) -> Iterator[Any]:

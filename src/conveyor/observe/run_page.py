@@ -1,8 +1,9 @@
 """The report of a run to look at afterwards (``conveyor run --report run.html|run.json``).
 
 :class:`RunRecorder` samples a live run while it goes (queue fill per channel, records out
-of the sink) at the pace of the run's progress ticks, keeping at most ``max_samples``
-(older samples are thinned, never the first or the last); :func:`report_document` folds
+of the sink, and for each stateful stage its open windows, state and watermark lag) at the
+pace of the run's progress ticks, keeping at most ``max_samples`` (older samples are
+thinned, never the first or the last); :func:`report_document` folds
 the run's final report, those samples, the dead letters of the run and the pipeline's
 drawing into one JSON-able document; :func:`render_html` turns that document into a
 self-contained page: no script, no external address (a Content-Security-Policy forbids
@@ -17,6 +18,7 @@ it never imports the runtime or the dead-letter store.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -25,6 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from conveyor._version import __version__
+from conveyor.observe.state import (
+    format_lag,
+    format_watermark,
+    stateful_stages,
+    watermark_lag,
+)
 
 __all__ = [
     "REPORT_FORMAT",
@@ -46,7 +54,10 @@ class RunRecorder:
     """Samples a live run for its report: call it with the runner (a progress callback).
 
     Each call records the run's elapsed seconds, every channel's fill (items buffered over
-    capacity) and the records the sink has taken. At ``max_samples`` every other sample is
+    capacity) and the records the sink has taken; and for each stateful stage (windows,
+    keyed state; branch arms too) its open windows, state keys, held records, late records
+    and watermark lag (the wall clock at the sample minus the watermark; ``None`` before
+    it has one), in ``state[stage][figure]``. At ``max_samples`` every other sample is
     dropped and from then on only every second call is kept (and so on), so a run of any
     length leaves an even, bounded series.
     """
@@ -56,6 +67,7 @@ class RunRecorder:
     fill: dict[str, list[float]] = field(default_factory=dict)
     capacity: dict[str, int] = field(default_factory=dict)
     records_out: list[int] = field(default_factory=list)
+    state: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
     _stride: int = 1
     _calls: int = 0
 
@@ -71,23 +83,57 @@ class RunRecorder:
             series = self.fill.setdefault(name, [0.0] * (len(self.times) - 1))
             series.append(round(ch.buffered / ch.capacity, 4) if ch.capacity else 0.0)
             self.capacity[name] = int(ch.capacity)
+        live = getattr(runner, "live_stats", None)
+        stateful = stateful_stages(live() if callable(live) else stages)
+        if stateful:
+            self._sample_state(stateful)
         if len(self.times) >= self.max_samples:
             self._thin()
+
+    def _sample_state(self, stateful: Sequence[Any]) -> None:
+        now = time.time()
+        for stats in stateful:
+            name = str(stats.name)
+            figures = self.state.get(name)
+            if figures is None:
+                before = len(self.times) - 1
+                figures = self.state[name] = {
+                    "open_windows": [0] * before,
+                    "state_keys": [0] * before,
+                    "state_records": [0] * before,
+                    "late": [0] * before,
+                    "watermark_lag": [None] * before,
+                }
+            figures["open_windows"].append(int(stats.open_windows))
+            figures["state_keys"].append(int(stats.state_keys))
+            figures["state_records"].append(int(stats.state_records))
+            figures["late"].append(int(stats.late))
+            lag = watermark_lag(stats, now)
+            figures["watermark_lag"].append(None if lag is None else round(lag, 3))
 
     def _thin(self) -> None:
         keep = slice(None, None, 2)
         self.times = self.times[keep]
         self.records_out = self.records_out[keep]
         self.fill = {name: series[keep] for name, series in self.fill.items()}
+        self.state = {
+            name: {figure: series[keep] for figure, series in figures.items()}
+            for name, figures in self.state.items()
+        }
         self._stride *= 2
 
     def as_dict(self) -> dict[str, Any]:
-        """The samples: ``t`` (seconds), ``records_out`` and ``fill`` per channel."""
+        """The samples: ``t`` (seconds), ``records_out``, ``fill`` per channel, and
+        ``state`` per stateful stage (``{}``: none)."""
         return {
             "t": list(self.times),
             "records_out": list(self.records_out),
             "fill": {name: list(series) for name, series in self.fill.items()},
             "capacity": dict(self.capacity),
+            "state": {
+                name: {figure: list(series) for figure, series in figures.items()}
+                for name, figures in self.state.items()
+            },
         }
 
 
@@ -97,6 +143,34 @@ def _stage_row(stats: Any, duration: float, branch: str = "") -> dict[str, Any]:
     row["rate_per_second"] = round(stats.records_in / duration, 1) if duration > 0 else 0.0
     row["busy_share"] = round(stats.busy_seconds / duration, 4) if duration > 0 else 0.0
     return row
+
+
+def _state_rows(
+    samples: RunRecorder | None, rows: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """Per stateful stage: its figures at the end (as the run left them), the peaks of
+    the samples (and the end), and the largest sampled watermark lag."""
+    sampled = samples.state if samples is not None else {}
+    out = []
+    for row in rows:
+        if row.get("kind") != "stateful":
+            continue
+        name = str(row["stage"])
+        series = sampled.get(name, {})
+        entry: dict[str, Any] = {"stage": name, "branch": row["branch"]}
+        for figure in ("open_windows", "state_keys", "state_records"):
+            entry[figure] = row[figure]
+            entry[f"peak_{figure}"] = max([row[figure], *series.get(figure, [])])
+        lags = [lag for lag in series.get("watermark_lag", []) if lag is not None]
+        entry.update(
+            late=row["late"],
+            watermark=row["watermark"],
+            watermark_lag=None if row["watermark_lag"] is None else round(row["watermark_lag"], 3),
+            max_watermark_lag=max(lags) if lags else None,
+            samples=len(series.get("open_windows", [])),
+        )
+        out.append(entry)
+    return out
 
 
 def _when(moment: Any) -> str:
@@ -174,12 +248,20 @@ def report_document(
     ``report`` is the run's :class:`~conveyor.runtime.RunReport`; ``dead_letters`` the
     run's letters folded by :func:`dead_letter_groups`; ``graph_svg``/``graph_mermaid``
     the pipeline drawn (only the HTML page shows the SVG).
+
+    ``stateful`` has one entry per stateful stage (windows, keyed state; empty without
+    one): ``open_windows``, ``state_keys``, ``state_records``, ``watermark`` and
+    ``watermark_lag`` as the run left them (the lag as of the stage's last update), their
+    peaks over the samples (``peak_…``), ``max_watermark_lag`` (the largest sampled lag,
+    ``None`` without samples or watermark) and ``late`` records; ``samples["state"]`` holds
+    the series (see :class:`RunRecorder`).
     """
     duration = float(report.duration_seconds)
     stages = [_stage_row(s, duration) for s in report.stages]
     for branch, arms in getattr(report, "branches", {}).items():
         for arm, chain in arms.items():
             stages.extend(_stage_row(s, duration, f"{branch}/{arm}") for s in chain)
+    stateful = _state_rows(samples, stages)
     return {
         "format": REPORT_FORMAT,
         "conveyor": __version__,
@@ -193,6 +275,7 @@ def report_document(
             "records_out": report.records_out,
             "filtered": report.filtered,
             "dead_lettered": report.dead_lettered,
+            "late": getattr(report, "late", 0),
             "letters": report.letters,
             "retried": report.retried,
             "unfinished": report.unfinished,
@@ -204,6 +287,7 @@ def report_document(
             "summary": report.summary(),
         },
         "stages": stages,
+        "stateful": stateful,
         "channels": [
             {
                 "name": ch.name,
@@ -306,29 +390,37 @@ def _stages_table(stages: Sequence[Mapping[str, Any]], sink: str) -> str:
 _LEFT = 72  # room for the value axis's labels
 
 
-def _polyline(xs: Sequence[float], ys: Sequence[float], box: tuple[float, float, float]) -> str:
+def _polyline(
+    xs: Sequence[float], ys: Sequence[float | None], box: tuple[float, float, float]
+) -> str:
     width, height, top = box
     span = xs[-1] - xs[0] if len(xs) > 1 and xs[-1] > xs[0] else 1.0
-    ceiling = max(max(ys, default=0.0), 1e-9) if top <= 0 else top
+    ceiling = max(max(_values(ys), default=0.0), 1e-9) if top <= 0 else top
     points = " ".join(
         f"{_LEFT + (x - xs[0]) / span * (width - _LEFT - 10):.1f},"
-        f"{10 + (1 - min(y / ceiling, 1.0)) * (height - 30):.1f}"
+        f"{10 + (1 - min(max(y, 0.0) / ceiling, 1.0)) * (height - 30):.1f}"
         for x, y in zip(xs, ys, strict=False)
+        if y is not None  # (a watermark lag before the stage has a watermark)
     )
     return points
+
+
+def _values(ys: Sequence[float | None]) -> list[float]:
+    return [y for y in ys if y is not None]
 
 
 def _chart(
     title: str,
     times: Sequence[float],
-    series: Mapping[str, Sequence[float]],
+    series: Mapping[str, Sequence[float | None]],
     top: float,
     unit: str,
 ) -> str:
     width, height = 900.0, 220.0
     if len(times) < 2 or not series:
         return f'<p class="none">{escape(title)}: the run was too short to sample.</p>'
-    ceiling = top if top > 0 else max((max(s, default=0.0) for s in series.values()), default=1)
+    highest = max((max(_values(s), default=0.0) for s in series.values()), default=1.0)
+    ceiling = top if top > 0 else highest
     ceiling = ceiling or 1.0
     lines, legend = [], []
     for i, (name, ys) in enumerate(series.items()):
@@ -363,6 +455,8 @@ def _chart(
 def _axis(value: float, unit: str) -> str:
     if unit == "%":
         return f"{value * 100:.0f}%"
+    if unit == " s":
+        return format_lag(value)
     return f"{value:,.0f}{unit}"
 
 
@@ -374,6 +468,72 @@ def _rates(samples: Mapping[str, Any]) -> tuple[list[float], dict[str, list[floa
         gap = times[i] - times[i - 1]
         rates.append((out[i] - out[i - 1]) / gap if gap > 0 else rates[-1])
     return list(times), {"records out of the sink per second": rates}
+
+
+_STATE_COLUMNS = (
+    ("open_windows", "open windows"),
+    ("peak_open_windows", "peak"),
+    ("state_keys", "keys"),
+    ("peak_state_keys", "peak"),
+    ("state_records", "held records"),
+    ("peak_state_records", "peak"),
+    ("late", "late"),
+)
+
+
+def _state_html(doc: Mapping[str, Any]) -> str:
+    """Windows, state and watermark per stateful stage, and their samples over the run
+    (``""``: the pipeline has no stateful stage, the page has no such section)."""
+    rows = doc.get("stateful") or []
+    if not rows:
+        return ""
+    head = "".join(f"<th>{label}</th>" for _, label in _STATE_COLUMNS)
+    body = []
+    for row in rows:
+        name = str(row["stage"])
+        shown = f"{row['branch']} / {name.rsplit('/', 1)[-1]}" if row["branch"] else name
+        cells = "".join(f'<td data-field="{key}">{_n(row[key])}</td>' for key, _ in _STATE_COLUMNS)
+        mark = row["watermark"]
+        lag, most = row["watermark_lag"], row["max_watermark_lag"]
+        body.append(
+            f'<tr data-state="{escape(name)}"><td>{escape(shown)}</td>{cells}'
+            f'<td data-field="watermark" data-value="{escape(str(mark))}">'
+            f"{escape(format_watermark(mark))}</td>"
+            f'<td data-field="watermark_lag" data-value="{escape(str(lag))}">'
+            f"{escape(format_lag(lag))}</td>"
+            f'<td data-field="max_watermark_lag" data-value="{escape(str(most))}">'
+            f"{escape(format_lag(most))}</td></tr>"
+        )
+    table = (
+        f"<table><thead><tr><th>stage</th>{head}<th>watermark</th><th>watermark lag</th>"
+        f"<th>max lag</th></tr></thead><tbody>{''.join(body)}</tbody></table>"
+        '<p class="meta">Figures as the run left them (a completed run closes every window), '
+        "peaks over the samples. The watermark is the newest event time seen minus "
+        "max_out_of_orderness; its lag is the wall clock minus the watermark (at the stage's "
+        "last update; max: over the samples), meaningful when event times are real times.</p>"
+    )
+    samples = doc.get("samples") or {}
+    state = samples.get("state") or {}
+    if not state:
+        return table
+    times = samples["t"]
+
+    def series(figure: str) -> dict[str, list[Any]]:
+        return {name: list(figures[figure]) for name, figures in state.items()}
+
+    return (
+        f"{table}<h3>Open windows over the run</h3>"
+        f"{_chart('Open windows over the run', times, series('open_windows'), 0.0, '')}"
+        "<h3>Records held in state over the run</h3>"
+        f"{_chart('Records held over the run', times, series('state_records'), 0.0, '')}"
+        "<h3>Watermark lag over the run</h3>"
+        f"{_chart('Watermark lag over the run', times, series('watermark_lag'), 0.0, ' s')}"
+    )
+
+
+def _state_section(doc: Mapping[str, Any]) -> str:
+    inner = _state_html(doc)
+    return f'<h2 id="state">Windows and state</h2>{inner}' if inner else ""
 
 
 def _dead_letters(groups: Sequence[Mapping[str, Any]], run: Mapping[str, Any]) -> str:
@@ -475,7 +635,7 @@ def render_html(doc: Mapping[str, Any]) -> str:
 {_totals(run)}{failure}
 <h2>Pipeline</h2><div class="graph">{svg or '<p class="none">No drawing.</p>'}</div>
 <h2>Stages</h2>{_stages_table(doc["stages"], str(run["sink"]))}
-<h2>Queues</h2>{fill}
+{_state_section(doc)}<h2>Queues</h2>{fill}
 <table><thead><tr><th>channel</th><th>capacity</th><th>peak</th><th>micro-batches</th></tr>
 </thead><tbody>{channels}</tbody></table>
 <h2>Throughput</h2>{rate}
