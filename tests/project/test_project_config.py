@@ -40,6 +40,7 @@ STAGE_KEYS = (
     "input_contract",
     "output_contract",
     "persist",
+    "window",
     "params",
 )
 SECRET = "s3cr3t-value"

@@ -116,7 +116,11 @@ def _element(
         return _Branch(ids.new(stage.name), stage.name, lanes)
     kind = stage_kind(stage)
     shape: _Shape = "barrier" if kind is StageKind.BARRIER else "stage"
-    return _Node(ids.new(stage.name), stage.name, _detail(kind, options.get(stage.name)), shape)
+    detail = _detail(kind, options.get(stage.name))
+    windowing = getattr(stage, "windowing", None)  # a window stage: its kind and size
+    if kind is StageKind.STATEFUL and windowing is not None:
+        detail = f"window {windowing}"
+    return _Node(ids.new(stage.name), stage.name, detail, shape)
 
 
 def _model(

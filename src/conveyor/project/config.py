@@ -26,9 +26,19 @@ from pathlib import Path
 from typing import Any, Final, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from conveyor.core.checkpoint import CheckpointInterval
+from conveyor.core.keyed import duration
 from conveyor.core.options import DeadLetterBudget
 from conveyor.errors import ConfigError, PipelineDefinitionError
 
@@ -39,11 +49,13 @@ __all__ = [
     "MAX_KEY_CHARS",
     "MAX_NAME_CHARS",
     "MAX_NODES",
+    "WINDOW_AGGREGATES",
     "PersistConfig",
     "PipelineSection",
     "ProjectConfig",
     "RetryConfig",
     "StageSection",
+    "WindowSection",
     "check_paths",
     "load_config",
     "parse_overrides",
@@ -100,6 +112,206 @@ class PersistConfig(_Strict):
     :func:`check_paths`)."""
 
 
+WINDOW_KINDS: Final = ("tumbling", "sliding", "session", "count")
+"""The keys of ``window:`` that say what kind of window it is (exactly one is given)."""
+WINDOW_AGGREGATES: Final = ("count", "sum", "mean", "min", "max")
+"""The built-in aggregates ``window.aggregate`` names (:class:`~conveyor.Stats`)."""
+_KINDS_TEXT: Final = "tumbling, sliding (with slide), session or count"
+
+
+def _refused(message: str) -> PydanticCustomError:
+    """A validation error saying ``message`` as it is (no "Value error," before it)."""
+    return PydanticCustomError("window", "{message}", {"message": message})
+
+
+class WindowSection(_Strict):
+    """``window:`` of a stage: the stage becomes a window stage (:func:`~conveyor.window`).
+
+    One kind: ``tumbling: SIZE``, ``sliding: SIZE`` with ``slide: STEP``, ``session: GAP``
+    (durations as :func:`~conveyor.core.keyed.duration` reads them: ``60``, ``"250ms"``,
+    ``"10s"``, ``"5m"``, ``"2h"``, ``"1d"``; kept here in seconds) or ``count: N``;
+    ``time`` (the field with each record's event time; required but for count windows),
+    ``key`` (the field to group by; none: one window sequence for the whole stream),
+    ``max_out_of_orderness``, ``allowed_lateness``, ``idle_timeout``; and ``aggregate``,
+    one name or a list of :data:`WINDOW_AGGREGATES` of the values of ``field`` (``count``
+    alone needs none), or nothing when the stage file's ``AggregateStage`` gives it.
+
+    Each rule is checked at the key it concerns, so its error names that key's
+    file:line:column (a rule about a key that is absent: the ``window:`` key's)."""
+
+    tumbling: float | None = None
+    sliding: float | None = None
+    slide: float | None = Field(None, validate_default=True)
+    session: float | None = None
+    count: int | None = None
+    time: str | None = Field(None, validate_default=True)
+    key: str | None = None
+    max_out_of_orderness: float = Field(0.0, validate_default=True)
+    allowed_lateness: float = Field(0.0, validate_default=True)
+    idle_timeout: float | None = Field(None, validate_default=True)
+    aggregate: list[str] | None = None
+    """The built-in aggregates, in the order written (one name: a list of one)."""
+    field: str | None = Field(None, validate_default=True)
+
+    @property
+    def kind(self) -> str:
+        """``tumbling``, ``sliding``, ``session`` or ``count``."""
+        return next(k for k in WINDOW_KINDS if getattr(self, k) is not None)
+
+    @field_validator("tumbling", "sliding", "slide", "session", mode="before")
+    @classmethod
+    def _size(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None:
+            return None
+        try:
+            return duration(value, str(info.field_name))
+        except PipelineDefinitionError as exc:
+            raise _refused(str(exc)) from None
+
+    @field_validator("max_out_of_orderness", "allowed_lateness", "idle_timeout", mode="before")
+    @classmethod
+    def _bound(cls, value: Any, info: ValidationInfo) -> Any:
+        name = str(info.field_name)
+        if value is None and name == "idle_timeout":
+            return None
+        try:
+            return duration(value, name, zero=name != "idle_timeout")
+        except PipelineDefinitionError as exc:
+            raise _refused(str(exc)) from None
+
+    @field_validator("count", mode="before")
+    @classmethod
+    def _count(cls, value: Any) -> Any:
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
+            raise _refused(f"count is the number of records of a window, >= 1; got {value!r}")
+        return value
+
+    @field_validator("sliding", "session", "count")
+    @classmethod
+    def _one_kind(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None:
+            given = [k for k in WINDOW_KINDS if info.data.get(k) is not None]
+            if given:
+                raise _refused(
+                    f"two window kinds, {given[0]} and {info.field_name}: a window is one of "
+                    f"{_KINDS_TEXT}; keep one"
+                )
+        return value
+
+    @field_validator("slide")
+    @classmethod
+    def _slide(cls, value: float | None, info: ValidationInfo) -> float | None:
+        if "sliding" not in info.data:  # (sliding has an error of its own)
+            return value
+        sliding = info.data["sliding"]
+        if value is not None and sliding is None:
+            raise _refused(
+                "slide goes with sliding (windows of SIZE starting every slide), e.g. "
+                "`sliding: 60s` and `slide: 10s`; tumbling and session windows have none"
+            )
+        if value is None and sliding is not None:
+            raise _refused(
+                f"sliding windows need slide:, how often one starts (at most the size, "
+                f"{sliding:g}s), e.g. `slide: 10s`"
+            )
+        if value is not None and value > sliding:
+            raise _refused(
+                f"slide ({value:g}s) must not exceed the window's size (sliding: {sliding:g}s): "
+                "records between the windows would belong to none"
+            )
+        return value
+
+    @field_validator("time")
+    @classmethod
+    def _time(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and not value.strip():
+            raise _refused("time must name a field (the one with each record's event time)")
+        if any(k not in info.data for k in WINDOW_KINDS):  # (a kind has an error of its own)
+            return value
+        given = [k for k in WINDOW_KINDS if info.data[k] is not None]
+        if not given:
+            return value  # (the window's own error says so)
+        if given[0] == "count" and value is not None:
+            raise _refused(
+                "count windows close by count, not by event time: drop time (or use "
+                "tumbling, sliding or session windows)"
+            )
+        if given[0] != "count" and value is None:
+            raise _refused(
+                f"{given[0]} windows need time:, the field with each record's event time (a "
+                "number of seconds, a datetime or an ISO 8601 string), e.g. `time: ts`"
+            )
+        return value
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise _refused("key must name a field (the one to group the records by)")
+        return value
+
+    @field_validator("max_out_of_orderness", "allowed_lateness", "idle_timeout")
+    @classmethod
+    def _watermark(cls, value: float | None, info: ValidationInfo) -> float | None:
+        if info.data.get("count") is not None and value:
+            raise _refused(
+                f"count windows have no watermark: drop {info.field_name} (or use tumbling, "
+                "sliding or session windows)"
+            )
+        return value
+
+    @field_validator("aggregate", mode="before")
+    @classmethod
+    def _aggregate(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        names = [value] if isinstance(value, str) else value
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise _refused(
+                f"aggregate is a name or a list of names of {', '.join(WINDOW_AGGREGATES)}, "
+                f"got {value!r}"
+            )
+        for name in names:
+            if name not in WINDOW_AGGREGATES:
+                close = difflib.get_close_matches(name, WINDOW_AGGREGATES, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise _refused(
+                    f"unknown aggregate {name!r}{hint} (built-in: {', '.join(WINDOW_AGGREGATES)}; "
+                    "for another, leave aggregate out and define it in the stage file: "
+                    "stage = AggregateStage(fn))"
+                )
+        return list(dict.fromkeys(names))
+
+    @field_validator("field")
+    @classmethod
+    def _field(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and not value.strip():
+            raise _refused("field must name a field (the one whose values are aggregated)")
+        if "aggregate" not in info.data:  # (aggregate has an error of its own)
+            return value
+        names = info.data["aggregate"]
+        if names is None and value is not None:
+            raise _refused(
+                "field goes with a built-in aggregate (e.g. `aggregate: mean`); the stage "
+                "file's aggregate reads the records itself"
+            )
+        needing = [n for n in names or () if n != "count"]
+        if needing and value is None:
+            raise _refused(
+                f"aggregate {needing[0]} needs field:, the field whose values it takes, e.g. "
+                "`field: value`"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _a_kind(self) -> WindowSection:
+        if all(getattr(self, k) is None for k in WINDOW_KINDS):
+            raise _refused(f"a window needs one of {_KINDS_TEXT}, e.g. `tumbling: 60s`")
+        return self
+
+
 class StageSection(_Strict):
     """One entry of ``stages:``: runner options, persistence and the stage's parameters."""
 
@@ -118,6 +330,8 @@ class StageSection(_Strict):
     output_contract: str | None = None
     """The same for the records the stage gives on."""
     persist: PersistConfig | None = None
+    window: WindowSection | None = None
+    """Makes the stage a window stage (see :class:`WindowSection`)."""
     params: dict[str, Any] = {}
 
 

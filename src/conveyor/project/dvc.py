@@ -346,7 +346,7 @@ class _StreamStages:
             else:
                 deps, keys = [outs[middle[index - 1].name]], []
             deps += [_relative(project, loaded.file.path), *self._code()]
-            keys += self._stage_keys(loaded, ("params", "persist"))
+            keys += self._stage_keys(loaded, ("params", "persist", "window"))
             stages.append(
                 DvcStage(
                     loaded.name,
@@ -616,7 +616,7 @@ class _StreamStages:
         seen: set[str] = set()
         for loaded in trailing:
             deps.append(_relative(project, loaded.file.path))
-            keys += self._stage_keys(loaded, ("params",))
+            keys += self._stage_keys(loaded, ("params", "window"))
             group = members.get(loaded.name)
             if group is None:
                 self.warnings.append(

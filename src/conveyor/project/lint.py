@@ -274,6 +274,8 @@ class _Checker:
         found = _stage_definitions(module.tree)
         if len(found) == 1:
             return
+        if not found and self._windowed(module.path):
+            return  # its window in config.yaml has a built-in aggregate (ADR 0013)
         if not found:
             self.add(
                 module.path,
@@ -291,6 +293,24 @@ class _Checker:
             f"defines {len(found)} stages: {listing}; keep one stage per file and move the "
             f"others to their own {'name.py' if self.dataset else 'NN_name.py'} files",
         )
+
+    def _windowed(self, path: Path) -> bool:
+        """Whether config.yaml (as written) gives stage file ``path`` a ``window:`` with an
+        ``aggregate:``, so that the file may define no stage (stream layout)."""
+        match = STAGE_FILE.match(path.name)
+        if self.dataset or match is None:
+            return False
+        from conveyor.errors import ConfigError
+        from conveyor.project.config import read_config_document
+
+        try:
+            document = read_config_document(self.root / "config.yaml")
+        except ConfigError:
+            return False
+        stages = document.get("stages") if isinstance(document, dict) else None
+        section = stages.get(match["name"]) if isinstance(stages, dict) else None
+        window = section.get("window") if isinstance(section, dict) else None
+        return isinstance(window, dict) and window.get("aggregate") is not None
 
     # -- import rules ------------------------------------------------------------------------
 

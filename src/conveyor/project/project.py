@@ -17,6 +17,7 @@ from pydantic import ConfigDict
 from conveyor.contracts._spec import contract_for
 from conveyor.core.events import EventBus, EventType
 from conveyor.core.hooks import Hook, HookName
+from conveyor.core.keyed import StatefulStage
 from conveyor.core.options import RetryPolicy, RunOptions, StageOptions
 from conveyor.core.result import RunStatus, StageResult
 from conveyor.core.sink import Sink as RunSink
@@ -153,9 +154,12 @@ class Project:
         defaults = self.config.config.pipeline
         section = loaded.section
         retry = section.retry
+        # A stateful stage (windows, keyed state) runs inline, one micro-batch at a time:
+        # the pipeline's defaults do not reach it (its own section's options would be refused).
+        inline = isinstance(loaded.stage, StatefulStage)
         return StageOptions(
-            concurrency=section.concurrency or defaults.concurrency,
-            executor=section.executor or defaults.executor,  # type: ignore[arg-type]
+            concurrency=section.concurrency or (1 if inline else defaults.concurrency),
+            executor=section.executor or ("inline" if inline else defaults.executor),  # type: ignore[arg-type]
             workers=section.workers,
             ordered=True if section.ordered is None else section.ordered,
             retry=RetryPolicy() if retry is None else _retry_policy(self, loaded, retry),
@@ -520,8 +524,14 @@ def load_project(path: Path, overrides: Sequence[str] = ()) -> Project:
     project = Project(root, pipeline_dir, config)
     declared: set[str] = set()
     for stage_file in files:
-        found, _ = load_stage(stage_file, pipeline_dir)
         section = config.config.stages.get(stage_file.name, StageSection())
+        if section.window is not None:  # a window stage: with the file's aggregate, or none
+            from conveyor.project.windows import load_window_stage
+
+            stage = load_window_stage(stage_file, pipeline_dir, config, section)
+            project.stages.append(LoadedStage(stage_file, stage, section, {}))
+            continue
+        found, _ = load_stage(stage_file, pipeline_dir)
         fields = _fields(found)
         declared.update(fields)
         given = _given(config, stage_file.name, fields, section)

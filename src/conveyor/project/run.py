@@ -386,7 +386,9 @@ def fingerprint(project: Project, loaded: LoadedStage, input_path: Path | None) 
     from conveyor.project.cache import StageFingerprint
 
     # What changes the output: parameters and persistence, not runner options.
-    section = {"params": loaded.params, "persist": loaded.section.persist}
+    section: dict[str, Any] = {"params": loaded.params, "persist": loaded.section.persist}
+    if loaded.section.window is not None:  # a window stage's settings (ADR 0013)
+        section["window"] = loaded.section.window
     found = StageFingerprint.compute(
         loaded.file.path,
         section,
