@@ -621,7 +621,7 @@ def dlq_export(
 )
 def dlq_replay(
     args: list[str] = typer.Argument(
-        None, help="[PATH] [key=value ...]: config overrides, e.g. pipeline.max_dead_letters=0"
+        None, help="[PATH] \\[key=value ...]: config overrides, e.g. pipeline.max_dead_letters=0"
     ),
     stage: str | None = typer.Option(None, help="Only this stage's letters."),
     run_id: str | None = typer.Option(None, "--run", help="Only the letters of this run."),

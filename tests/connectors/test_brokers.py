@@ -236,6 +236,34 @@ def test_nats_reads_letters_and_acks_everything(
     assert report.checkpoint.source_state is None
 
 
+def test_an_old_nats_server_is_named_once(
+    tmp_path: Path, nats_url: str, nats_stream: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A nats-server before 2.10.14 miscounts redeliveries: the source says so, once."""
+    from conveyor.connectors import brokers
+
+    async def version() -> tuple[int, int, int]:
+        nc = await _nats(nats_url)
+        found = nc.connected_server_version
+        await nc.close()
+        return (found.major, found.minor, found.patch)
+
+    server = asyncio.run(version())
+    brokers._warned.discard(nats_url)
+    nats_publish(nats_url, nats_stream, bodies(3))
+    for name in ("old_1", "old_2"):
+        source = NatsSource(url=nats_url, stream=nats_stream, durable=name, idle_timeout=0.5)
+        with caplog.at_level("WARNING", logger="conveyor.connectors"):
+            run(tmp_path / name, name, source)
+    warned = [r.getMessage() for r in caplog.records if "counts redeliveries" in r.getMessage()]
+    if server < (2, 10, 14):
+        assert len(warned) == 1, warned
+        assert f"nats-server {'.'.join(map(str, server))} counts redeliveries" in warned[0]
+        assert "upgrade nats-server to 2.10.14 or newer" in warned[0]
+    else:
+        assert warned == []
+
+
 def test_nats_raw_format_and_max_messages(tmp_path: Path, nats_url: str, nats_stream: str) -> None:
     nats_publish(nats_url, nats_stream, [b"\x00\x01", b"two", b"three"])
     source = NatsSource(

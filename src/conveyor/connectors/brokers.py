@@ -385,6 +385,35 @@ class _BrokerSource(Source):
                 await keeper
 
 
+_EXACT_COUNTS = (2, 10, 14)
+"""The first nats-server whose pull consumers count redeliveries exactly (nats-io/nats-server
+#5305 and #5338): before it a message can be handed out again as new, or its delivery count
+raised by a pull request that has gone."""
+_warned: set[str] = set()
+
+
+def _warn_old_server(nc: Any, url: str) -> None:
+    """Warn once per server URL when nats-server is older than :data:`_EXACT_COUNTS`."""
+    try:
+        version = nc.connected_server_version
+        found = (int(version.major), int(version.minor), int(version.patch))
+    except (AttributeError, TypeError, ValueError):
+        return
+    if found >= _EXACT_COUNTS or url in _warned:
+        return
+    _warned.add(url)
+    logger.warning(
+        "nats %s: nats-server %s counts redeliveries inexactly (fixed in %s): a message may "
+        "come again as new (acknowledged again here, not processed twice) and, rarely, a "
+        "message that never crashed the consumer may reach max_deliveries and be "
+        "dead-lettered as poison; upgrade nats-server to %s or newer",
+        url,
+        ".".join(map(str, found)),
+        ".".join(map(str, _EXACT_COUNTS)),
+        ".".join(map(str, _EXACT_COUNTS)),
+    )
+
+
 def _positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
@@ -610,6 +639,7 @@ class NatsSource(_BrokerSource):
                 f"{budget:g}s (unavailable_after); is nats-server running there "
                 "(nats-server -js)?",
             ) from exc
+        _warn_old_server(self._nc, self.url)
         js = self._js = self._nc.jetstream()
         try:
             await js.stream_info(self.stream)
@@ -729,7 +759,13 @@ class NatsSource(_BrokerSource):
                 alone = None
                 last = max(time.monotonic(), self._quiet_until)
             room = 1 if careful else self._room()
-            wait = 1.0
+            # A pull request lives a quarter of ack_wait at most: one left behind by a
+            # killed run must expire before a message delivered before it comes due again.
+            # (nats-server before 2.10.14 takes a due redelivery for such a request, finds
+            # it gone, and counts a delivery that never happened, nats-io/nats-server#5338:
+            # enough of those and a message that never crashed the consumer would look
+            # poisonous.)
+            wait = min(1.0, max(0.05, self.ack_wait / 4))
             if self.idle_timeout is not None:
                 wait = min(wait, max(0.05, last + self.idle_timeout - time.monotonic()))
             msgs = await self._fetch(room, wait, outage)

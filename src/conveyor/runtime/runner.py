@@ -790,10 +790,12 @@ def _stage_event(stats: StageStats) -> StageEvent:
 
 def _over_budget(report: RunReport, allowed: int) -> str:
     where = ", ".join(f"{name} {n}" for name, n in report.dead_letters_by_stage().items())
-    dead = report.dead_for_budget
-    share = 100.0 * dead / report.records_in if report.records_in else 0.0
+    dead, read = report.dead_for_budget, report.records_in
+    share = 100.0 * dead / read if read else 0.0
+    letters = f"{dead} dead letter{'' if dead == 1 else 's'}"
+    records = f"{read} record{'' if read == 1 else 's'}"
+    exceed = "exceeds" if dead == 1 else "exceed"
     return (
-        f"{dead} dead letters ({share:.3g}% of {report.records_in} records "
-        f"read) exceed max_dead_letters={report.max_dead_letters} (at most {allowed} "
-        f"allowed): {where}"
+        f"{letters} ({share:.3g}% of {records} read) {exceed} max_dead_letters="
+        f"{report.max_dead_letters} (at most {allowed} allowed): {where}"
     )
