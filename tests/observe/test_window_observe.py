@@ -487,3 +487,27 @@ def test_the_recorder_thins_the_state_series_with_the_rest() -> None:
     assert state["open_windows"] == [round(t / 0.25) for t in samples["t"]]
     assert state["watermark_lag"][0] is None
     assert all(10 <= lag < 11 for lag in state["watermark_lag"][1:])
+
+
+def test_synthetic_event_times_show_the_watermark_not_a_lag_of_decades() -> None:
+    from types import SimpleNamespace
+
+    from conveyor.core.kinds import StageKind
+    from conveyor.observe.state import state_cells, state_line
+
+    def stats(watermark: float | None) -> Any:
+        return SimpleNamespace(
+            kind=StageKind.STATEFUL,
+            watermark=watermark,
+            open_windows=2,
+            state_keys=1,
+            state_records=5,
+            late=0,
+        )
+
+    now = 1_800_000_000.0
+    assert state_line(stats(125.0), now).endswith("0 late, watermark 125)")
+    assert state_cells(stats(125.0), now)[-1] == "wm 125"
+    assert state_line(stats(now - 2.5), now).endswith("0 late, watermark lag 2.5s)")
+    assert state_cells(stats(now - 2.5), now)[-1] == "2.5s"
+    assert state_cells(stats(None), now)[-1] == "-"

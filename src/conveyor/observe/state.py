@@ -18,7 +18,8 @@ sets them after every micro-batch and every timer, only for stateful stages):
   figure is read (a scrape, a table refresh, a sample), not when the watermark last moved:
   a stream that stalls shows a growing lag. It is at least ``max_out_of_orderness`` while
   records flow. It means something when event times are real times (datetimes, ISO
-  strings, POSIX seconds); for synthetic event times (0, 1, 2…) read the watermark instead.
+  strings, POSIX seconds); for synthetic event times (0, 1, 2…: a watermark before 2000)
+  the live table and log lines show the watermark instead (``wm 130``).
 
 Stages whose ``kind`` is not ``stateful`` have none of these: callers show nothing for
 them (:func:`stateful_stages` picks the ones that have).
@@ -96,6 +97,19 @@ def format_watermark(watermark: float | None) -> str:
     return f"{watermark:g}"
 
 
+def _real(watermark: float | None) -> bool:
+    low, high = _REAL_TIMES
+    return watermark is not None and low <= watermark < high
+
+
+def _lag_cell(stats: Any, now: float | None) -> str:
+    """The lag of a watermark of real times; the watermark itself (``wm 130``) for synthetic
+    event times, whose lag behind the wall clock would read as decades."""
+    if stats.watermark is None or _real(stats.watermark):
+        return format_lag(watermark_lag(stats, now))
+    return f"wm {format_watermark(stats.watermark)}"
+
+
 STATE_COLUMNS = ("windows", "keys", "held", "late", "wm lag")
 """The live table's extra columns, shown only when the run has a stateful stage."""
 
@@ -109,7 +123,7 @@ def state_cells(stats: Any, now: float | None = None) -> list[str]:
         f"{stats.state_keys:,}",
         f"{stats.state_records:,}",
         f"{stats.late:,}",
-        format_lag(watermark_lag(stats, now)),
+        _lag_cell(stats, now),
     ]
 
 
@@ -117,8 +131,9 @@ def state_line(stats: Any, now: float | None = None) -> str:
     """What a log line adds for a stateful stage (``""`` for any other stage)."""
     if not is_stateful(stats):
         return ""
+    cell = _lag_cell(stats, now)
+    watermark = f"watermark {cell[3:]}" if cell.startswith("wm ") else f"watermark lag {cell}"
     return (
         f" ({stats.open_windows:,} open windows, {stats.state_keys:,} keys, "
-        f"{stats.state_records:,} held, {stats.late:,} late, watermark lag "
-        f"{format_lag(watermark_lag(stats, now))})"
+        f"{stats.state_records:,} held, {stats.late:,} late, {watermark})"
     )
