@@ -17,8 +17,9 @@ from typing import Any, Generic, TypeVar, overload
 
 from conveyor.core._callables import call_maybe_async, callable_name, is_async_callable
 from conveyor.core.context import PipelineContext
+from conveyor.core.keyed import StatefulStage
 from conveyor.core.result import RecordFailure, StageResult, count_records
-from conveyor.core.stage import PipelineStage, run_stage
+from conveyor.core.stage import ChainedStage, PipelineStage, run_stage
 from conveyor.errors import BranchError, PipelineDefinitionError, RecordValidationError
 
 __all__ = [
@@ -534,17 +535,41 @@ class AggregateStage(PipelineStage[Iterable[T], R]):
         return StageResult.ok(value, records_in=len(items), records_out=1)
 
 
-class BranchStage(PipelineStage[In, dict[str, Any]]):
-    """Run every branch concurrently on the same input; output ``{branch_name: output}``.
+class BranchStage(PipelineStage[In, Any]):
+    """Run every branch concurrently on the same input.
 
-    If a branch fails, the stage fails with a :class:`~conveyor.errors.BranchError` naming it
-    (the first failing branch in declaration order), with the branch's error as the cause.
-    A streaming runner treats it as a barrier: every branch sees the whole stream.
+    A branch of plain stages (no window or keyed state in any branch) outputs one record
+    ``{branch_name: output}`` at the end; a streaming runner treats it as a barrier: every
+    branch sees the whole stream.
 
     >>> import asyncio
     >>> stage = BranchStage({"total": AggregateStage(sum), "count": AggregateStage(len)})
     >>> asyncio.run(stage.process([1, 2, 3], PipelineContext())).data
     {'total': 6, 'count': 3}
+
+    A branch with windows (some branch holds a :class:`~conveyor.WindowStage` or a
+    :class:`~conveyor.KeyedStage`) *streams*: several metrics computed in parallel from
+    one unbounded stream. Each branch's results flow on as they are made (a window's when
+    it closes) instead of at the end, each as one record tagged with its branch by
+    :meth:`tagged`: a dict result gets ``"branch"`` as its first field (a window's
+    ``{"branch", "key", "start", "end", "value"}``), any other result (or a dict with a
+    ``branch`` field of its own) becomes ``{"branch": name, "value": result}``. Its
+    branches may hold per-record, expanding and stateful stages, but no barrier, batch or
+    branch (they would hold the stream until its end). Collection mode gives the same
+    records, branch by branch in declaration order (a stream interleaves them as they
+    come); the windows' state is in every checkpoint of a streaming run (ADR 0011).
+
+    >>> from conveyor import window
+    >>> two = BranchStage({"n": window(count=2, aggregate=len), "sum": window(count=3,
+    ...     aggregate=sum)})
+    >>> for result in asyncio.run(two.process([1, 2, 3], PipelineContext())).data:
+    ...     print(result)
+    {'branch': 'n', 'key': None, 'start': 0, 'end': 2, 'value': 2}
+    {'branch': 'n', 'key': None, 'start': 2, 'end': 3, 'value': 1}
+    {'branch': 'sum', 'key': None, 'start': 0, 'end': 3, 'value': 6}
+
+    If a branch fails, the stage fails with a :class:`~conveyor.errors.BranchError` naming it
+    (the first failing branch in declaration order), with the branch's error as the cause.
     """
 
     barrier = True
@@ -561,8 +586,24 @@ class BranchStage(PipelineStage[In, dict[str, Any]]):
                 )
         self.branches = dict(branches)
         self.name = name or "branch(" + ", ".join(self.branches) + ")"
+        self.streams = _streams(self.name, self.branches)
+        """Whether the branches' results flow on as they are made (a branch with windows or
+        keyed state) instead of as one ``{branch: output}`` record at the end."""
 
-    async def process(self, data: In, context: PipelineContext) -> StageResult[dict[str, Any]]:
+    @staticmethod
+    def tagged(branch: str, result: Any) -> dict[str, Any]:
+        """A streaming branch's output record for ``result`` of ``branch``.
+
+        >>> BranchStage.tagged("per_minute", {"key": "a", "value": 3})
+        {'branch': 'per_minute', 'key': 'a', 'value': 3}
+        >>> BranchStage.tagged("raw", 7), BranchStage.tagged("x", {"branch": 1})
+        ({'branch': 'raw', 'value': 7}, {'branch': 'x', 'value': {'branch': 1}})
+        """
+        if type(result) is dict and "branch" not in result:
+            return {"branch": branch, **result}
+        return {"branch": branch, "value": result}
+
+    async def process(self, data: In, context: PipelineContext) -> StageResult[Any]:
         import asyncio
 
         names = list(self.branches)
@@ -575,8 +616,40 @@ class BranchStage(PipelineStage[In, dict[str, Any]]):
                 return StageResult.fail(
                     BranchError(self.name, key, result.error), records_in=count_records(data)
                 )
+        if self.streams:
+            tagged = self.tagged
+            records = [
+                tagged(key, item)
+                for key, result in zip(names, results, strict=True)
+                for item in (result.data if isinstance(result.data, list) else [result.data])
+            ]
+            return StageResult.ok(records, records_in=count_records(data), records_out=len(records))
         outputs = {key: result.data for key, result in zip(names, results, strict=True)}
         return StageResult.ok(outputs, records_in=count_records(data), records_out=len(outputs))
+
+
+def _streams(name: str, branches: Mapping[str, PipelineStage[Any, Any]]) -> bool:
+    """Whether a branch streams (some branch keeps keyed state); checks that none of its
+    branches then holds a stage that would wait for the end of the stream."""
+    leaves = {
+        key: list(stage.stages) if isinstance(stage, ChainedStage) else [stage]
+        for key, stage in branches.items()
+    }
+    if not any(isinstance(s, StatefulStage) for chain in leaves.values() for s in chain):
+        return False
+    for key, chain in leaves.items():
+        for stage in chain:
+            if isinstance(stage, BranchStage | BatchStage) or (
+                stage.barrier and not isinstance(stage, StatefulStage)
+            ):
+                raise PipelineDefinitionError(
+                    f"{name}: branch {key!r} holds {stage.name!r}, which waits for whole "
+                    "inputs, but the branch streams (a branch of it keeps windows or keyed "
+                    "state, whose results flow on as they are made): put "
+                    f"{stage.name!r} in a BranchStage of its own, or after this one, or "
+                    "make it a window (window(count=N, aggregate=...))"
+                )
+    return True
 
 
 class FunctionStage(PipelineStage[In, R]):

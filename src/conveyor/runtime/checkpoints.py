@@ -12,7 +12,10 @@ lost. At the end of a drained run a final checkpoint is taken the same way.
 A run with stateful stages (windows, keyed state) also needs their state to be a cut with
 the checkpoint's coverage: :class:`~conveyor.runtime.stateful.Snapshots` holds the first of
 them at a micro-batch border until every record they took has left, then their states go
-into the checkpoint (``Checkpoint.state``) and a resume restores them. Such a run also
+into the checkpoint (``Checkpoint.state``) and a resume restores them. The stateful stages
+of a streaming branch's arms are among them, and the branch's broadcast is such a border;
+since its arms write results of source batches that the other arms still hold, a run with
+one asks for a cut also when the sink's writes are not at a clean point yet. Such a run also
 checkpoints while the sink waits for a batch, once records have left since the last one
 (windows absorb most records and emit seldom).
 """
@@ -356,9 +359,14 @@ class Checkpointer:
         """Take a checkpoint now if this is a clean point: every source batch the sink
         holds uncommitted rows of has fully left (else ``None``: try after a later write)."""
         tracker = self._tracker
-        if tracker.pending(self._touched):
-            return None
         states, state = self._states, None
+        if tracker.pending(self._touched):
+            if states is not None and states.broadcasts:
+                # A streaming branch's arms write results of source batches that another
+                # arm still holds: under a steady flow that is never clean unless the
+                # branch stops at a border and its arms drain (the cut does that).
+                states.request()
+            return None
         if states is not None:
             if not states.ready(tracker):  # (an interrupted stage's state never is)
                 states.request()

@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from conveyor.core._render import format_traceback
@@ -115,7 +116,10 @@ class Flow:
                 await self._batch_loop(rt, rt.stage.size, inp, out)
             elif rt.kind is StageKind.BRANCH:
                 assert isinstance(rt.stage, BranchStage)
-                await self._branch_loop(rt, inp, out)
+                if rt.stage.streams:
+                    await self._streaming_branch_loop(rt, rt.stage, inp, out)
+                else:
+                    await self._branch_loop(rt, inp, out)
             elif rt.kind is StageKind.BARRIER:
                 await self._barrier_loop(rt, inp, out)
             elif rt.kind is StageKind.STATEFUL:
@@ -464,27 +468,103 @@ class Flow:
     async def _arm(self, chain: list[StageRuntime], feed: Channel[Chunk]) -> Any:
         """Run one arm of a branch; return its value (a barrier's own output, or the
         records that came out of it)."""
+        collected: list[Any] = []
+
+        async def drain(end: Channel[Chunk]) -> None:
+            async for chunk in end:
+                collected.extend(chunk.records)
+
+        await self._chain(chain, feed, drain)
+        last = chain[-1]
+        if last.kind is StageKind.BARRIER:
+            return last.barrier_output
+        return collected
+
+    async def _chain(
+        self,
+        chain: list[StageRuntime],
+        feed: Channel[Chunk],
+        drain: Callable[[Channel[Chunk]], Awaitable[None]],
+    ) -> None:
+        """Run an arm's stages as tasks joined by channels from ``feed``; ``drain`` takes
+        what comes out of the last."""
         channels = [feed]
         tasks = []
         for group in self.groups(chain):
             nxt = Channel[Chunk](self.capacity, name=f"{group[0].name} ->")
             tasks.append(asyncio.create_task(self.stage_task(group, channels[-1], nxt)))
             channels.append(nxt)
-        collected: list[Any] = []
-
-        async def drain() -> None:
-            async for chunk in channels[-1]:
-                collected.extend(chunk.records)
-
         try:
-            await asyncio.gather(drain(), *tasks)
+            await asyncio.gather(drain(channels[-1]), *tasks)
         finally:
             for task in tasks:
                 task.cancel()
-        last = chain[-1]
-        if last.kind is StageKind.BARRIER:
-            return last.barrier_output
-        return collected
+
+    async def _streaming_branch_loop(
+        self, rt: StageRuntime, stage: BranchStage[Any], inp: Channel[Chunk], out: Channel[Chunk]
+    ) -> None:
+        """A branch with windows (ADR 0011, decision 12): broadcast each micro-batch to
+        every arm, each copy holding its own reference to the source batches (so the branch
+        holds nothing), and send what comes out of each arm on as it comes, each record
+        tagged with its arm (:meth:`BranchStage.tagged`), in a micro-batch with the lineage
+        of the arm's. A snapshot is cut at the branch's micro-batch borders: when the
+        branch comes first among the run's stateful stages it stops broadcasting there
+        (its gate, made by :meth:`~conveyor.runtime.stateful.Snapshots.of`), so that every
+        arm's state holds the same source batches."""
+        stats, tracker, tagged = rt.stats, self.tracker, stage.tagged
+        feeds = {arm: Channel[Chunk](self.capacity, name=f"{rt.name}/{arm}") for arm in rt.arms}
+        copies = len(feeds) - 1
+        after = self.events.has("after_stage")
+
+        async def emit(arm: str, end: Channel[Chunk]) -> None:
+            async for chunk in end:
+                records = [tagged(arm, r) for r in chunk.records]
+                stats.emitted += len(records)
+                stats.records_out += len(records)
+                if after:
+                    await self._after(
+                        rt, records, StageResult.ok(records, records_out=len(records))
+                    )
+                await self.forward(Chunk(records, chunk.lineage, chunk.origin), out)
+
+        arms = {
+            arm: asyncio.create_task(self._chain(chain, feeds[arm], partial(emit, arm)))
+            for arm, chain in rt.arms.items()
+        }
+        for arm, task in arms.items():  # an arm that fails stops taking: unblock its feed
+            task.add_done_callback(_closing(feeds[arm]))
+        gate = rt.gate
+        try:
+            async for chunk in inp:
+                if gate is not None:
+                    await gate.wait(tick=False)  # (a snapshot is wanted: stop at this border)
+                stats.received += len(chunk.records)
+                stats.records_in += rt.weigh_in(chunk.records)
+                stats.batches += 1
+                if copies:
+                    tracker.acquire(chunk.lineage, copies)  # one reference per arm's copy
+                for arm, feed in feeds.items():
+                    try:
+                        await feed.send(Chunk(chunk.records, chunk.lineage, chunk.origin))
+                    except ChannelClosed:
+                        await arms[arm]  # raises the arm's error
+                        raise
+            for feed in feeds.values():
+                feed.close()
+            await asyncio.gather(*arms.values())
+        finally:
+            for task in arms.values():
+                task.cancel()
+        # The branch absorbs what it took (into its arms) and its outputs are born; records
+        # an arm's interrupted stage code left unfinished stay in flight.
+        unfinished = [
+            (sum(a.stats.unfinished for a in chain), sum(a.stats.records_unfinished for a in chain))
+            for chain in rt.arms.values()
+        ]
+        stats.unfinished = max(n for n, _ in unfinished)
+        stats.records_unfinished = max(n for _, n in unfinished)
+        stats.absorbed = stats.records_in - stats.records_unfinished
+        stats.born = stats.records_out
 
     # -- the sink ----------------------------------------------------------------------------
 

@@ -22,8 +22,12 @@ but fire no timer. Once no stateful stage is busy and every source batch they to
 emitted since the last snapshot has left the pipeline, the checkpoint is a cut: the state
 of each stage is snapshotted, in the same step as the tracker's coverage, and the stages
 go on at once (what they make meanwhile waits in the channels: the sink loop writes nothing
-until the checkpoint is stored). Stages inside a branch are not snapshotted: the
-branch holds its records (and the watermark) until its end, so a resume recomputes them.
+until the checkpoint is stored). A branch with windows (a streaming ``BranchStage``) takes
+part: its arms' stateful stages are snapshotted with the others, and the branch has a gate
+without an operator (a *border*): when it comes first, it is the branch that stops, before
+broadcasting its next micro-batch, so that every arm's state holds the same source batches
+(pausing each arm's first stage on its own could stop them at different batches, each
+waiting for the other's).
 """
 
 from __future__ import annotations
@@ -56,11 +60,12 @@ be out of reach when a ``BatchStage`` before the stage joins source batches)."""
 
 
 class Gate:
-    """One stateful stage's side of the snapshot protocol (see the module docstring)."""
+    """One stateful stage's side of the snapshot protocol (see the module docstring); a
+    gate without ``operator`` is a streaming branch's border, where it only stops."""
 
     __slots__ = ("busy", "first", "name", "operator", "since", "snapshots", "tainted")
 
-    def __init__(self, name: str, operator: Operator) -> None:
+    def __init__(self, name: str, operator: Operator | None) -> None:
         self.name = name
         self.operator = operator
         self.busy = False
@@ -85,6 +90,8 @@ class Snapshots:
 
     def __init__(self, gates: Sequence[Gate]) -> None:
         self.gates = list(gates)
+        self.broadcasts = any(gate.operator is None for gate in self.gates)
+        """Whether a streaming branch is among them (its border gate has no operator)."""
         if self.gates:
             self.gates[0].first = True
         for gate in self.gates:
@@ -98,8 +105,18 @@ class Snapshots:
 
     @classmethod
     def of(cls, runtimes: Sequence[StageRuntime]) -> Snapshots | None:
-        """The snapshots of the stateful stages among ``runtimes`` (``None``: none)."""
-        gates = [rt.gate for rt in runtimes if rt.gate is not None]
+        """The snapshots of the stateful stages among ``runtimes`` (``None``: none), in
+        their order: a streaming branch's arms after the branch's border gate (made here)."""
+        from conveyor.core.stages import BranchStage
+
+        gates: list[Gate] = []
+        for rt in runtimes:
+            if rt.gate is not None:
+                gates.append(rt.gate)
+            elif isinstance(rt.stage, BranchStage) and rt.stage.streams:
+                rt.gate = Gate(rt.name, None)
+                gates.append(rt.gate)
+                gates.extend(a.gate for c in rt.arms.values() for a in c if a.gate is not None)
         return cls(gates) if gates else None
 
     def request(self) -> None:
@@ -124,7 +141,8 @@ class Snapshots:
         """Every stage's state as JSON text (call only when :meth:`ready`)."""
         state = {}
         for gate in self.gates:
-            state[gate.name] = gate.operator.snapshot()
+            if gate.operator is not None:
+                state[gate.name] = gate.operator.snapshot()
             gate.since.clear()
         return state
 
@@ -142,7 +160,7 @@ class Snapshots:
 
         for gate in self.gates:
             text = state.get(gate.name)
-            if text is None:
+            if text is None or gate.operator is None:
                 continue
             try:
                 gate.operator.restore(text)
@@ -164,6 +182,7 @@ async def stateful_loop(
     gate = rt.gate
     assert gate is not None
     operator = gate.operator
+    assert operator is not None
     every = operator.tick_seconds
     while True:
         gate.busy = False
@@ -225,6 +244,7 @@ async def _tick(flow: Flow, rt: StageRuntime, out: Channel[Chunk]) -> None:
 
     gate = rt.gate
     assert gate is not None
+    assert gate.operator is not None
     t0 = time.perf_counter()
     fed = await gate.operator.tick()
     rt.stats.busy_seconds += time.perf_counter() - t0
@@ -253,6 +273,7 @@ async def _finish(flow: Flow, rt: StageRuntime, out: Channel[Chunk]) -> None:
     if gate.tainted or (gate.snapshots is not None and not flow.source_finished()):
         _live(rt)
         return
+    assert gate.operator is not None
     fed = await gate.operator.finish()
     lineage: tuple[int, ...] = ()
     if gate.snapshots is not None:  # a checkpoint before they are written must wait
@@ -327,6 +348,7 @@ def _live(rt: StageRuntime) -> None:
     gate = rt.gate
     assert gate is not None
     operator, stats = gate.operator, rt.stats
+    assert operator is not None
     stats.open_windows = operator.open_windows
     stats.state_keys = operator.keys
     stats.state_records = operator.held
