@@ -830,12 +830,16 @@ def connectors(
         except ImportError as exc:
             console.print(f"{kind} {n}: not available here ({exc})", highlight=False)
             continue
-        doc = (cls.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
-        table = Table(title=f"{kind}: {n}  ({cls.__name__})", title_justify="left", caption=doc)
+        doc = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
+        table = Table(
+            title=_cell(f"{kind}: {n}  ({cls.__name__})"),
+            title_justify="left",
+            caption=_cell(doc),  # (literally: "[a, b]" is no markup)
+        )
         for column in ("option", "type", "default", "description"):
             table.add_column(column, overflow="fold")
         for row in describe_connector(cls):
-            table.add_row(row["name"], row["type"], row["default"], row["description"])
+            table.add_row(*(_cell(row[k]) for k in ("name", "type", "default", "description")))
         console.print(table)
 
 

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from conveyor.connectors.brokers import NatsSource, RedisSource
     from conveyor.connectors.file_sources import CsvSource, JsonlSource, ParquetSource
     from conveyor.connectors.files import CsvSink, JsonlSink, ParquetSink
+    from conveyor.connectors.generate import GenerateSource
     from conveyor.connectors.http import DownloadError, HttpClient, HttpError, HttpSource
     from conveyor.connectors.sql import PostgresSink, SqliteSink
     from conveyor.connectors.sql_sources import PostgresSource, SqliteSource
@@ -33,6 +34,7 @@ __all__ = [
     "CsvSink",
     "CsvSource",
     "DownloadError",
+    "GenerateSource",
     "HttpClient",
     "HttpError",
     "HttpSource",
@@ -56,6 +58,7 @@ _WHERE = {
     "CsvSink": "conveyor.connectors.files",
     "CsvSource": "conveyor.connectors.file_sources",
     "DownloadError": "conveyor.connectors.http",
+    "GenerateSource": "conveyor.connectors.generate",
     "HttpClient": "conveyor.connectors.http",
     "HttpError": "conveyor.connectors.http",
     "HttpSource": "conveyor.connectors.http",
@@ -84,6 +87,7 @@ _SINKS = {
 
 _SOURCES = {
     "csv": "conveyor.connectors.file_sources:CsvSource",
+    "generate": "conveyor.connectors.generate:GenerateSource",
     "http": "conveyor.connectors.http:HttpSource",
     "jsonl": "conveyor.connectors.file_sources:JsonlSource",
     "nats": "conveyor.connectors.brokers:NatsSource",

@@ -1,0 +1,1 @@
+"""Count, sum, mean and max of `value` per sensor and minute (the window is in config.yaml)."""
