@@ -29,6 +29,7 @@ PUBLIC_API = [
     "ContractViolation",
     "ConveyorError",
     "Count",
+    "DaskOptions",
     "DeadLetter",
     "DeadLetterBudget",
     "DeadLetterStore",

@@ -17,6 +17,7 @@ PIPELINE_KEYS = (
     "linger",
     "concurrency",
     "executor",
+    "dask",
     "contracts",
     "sample_rate",
     "dead_letters",
@@ -168,7 +169,7 @@ def test_several_problems_are_all_reported_first_one_located(tmp_path: Path) -> 
     assert len(lines) == 2
     # pydantic reports in field order: executor (a field) before the extra key
     assert lines[0] == (
-        f"{file}:3:3: pipeline.executor: Input should be 'inline', 'thread' or 'process'"
+        f"{file}:3:3: pipeline.executor: Input should be 'inline', 'thread', 'process' or 'dask'"
     )
     assert lines[1].startswith(f"{file}:2:3: unknown key 'batchsize' in pipeline; ")
     assert error.key == "pipeline.executor"
@@ -192,7 +193,8 @@ def test_unknown_executor_is_located(tmp_path: Path) -> None:
     file = _config(tmp_path, "stages:\n  enrich:\n    executor: gpu\n")
     error = _error(file)
     assert str(error) == (
-        f"{file}:3:5: stages.enrich.executor: Input should be 'inline', 'thread' or 'process'"
+        f"{file}:3:5: stages.enrich.executor: Input should be 'inline', 'thread', 'process' "
+        "or 'dask'"
     )
     assert error.key == "stages.enrich.executor"
 

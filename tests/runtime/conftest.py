@@ -10,7 +10,9 @@ dead-letter queue.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import logging
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +22,7 @@ from conveyor import ChainedStage, Pipeline, PipelineStage, RecordStage, RunRepo
 from conveyor.dlq import DeadLetter
 from conveyor.testing import run_pipeline_on
 
-MODES = ("collection", "stream-inline", "stream-thread", "stream-process")
+MODES = ("collection", "stream-inline", "stream-thread", "stream-process", "stream-dask")
 
 
 @dataclass
@@ -55,6 +57,7 @@ class ModeRunner:
         self.name = name
         self.streaming = name.startswith("stream-")
         self.executor = name.removeprefix("stream-") if self.streaming else None
+        self.dask: Any = None  # the DaskOptions of the session's cluster (stream-dask)
 
     def __repr__(self) -> str:
         return f"<mode {self.name}>"
@@ -70,7 +73,9 @@ class ModeRunner:
         starting a worker costs more than these tiny stages)."""
         workers = 1 if self.executor == "process" else None
         return {
-            stage.name: StageOptions(executor=self.executor, concurrency=2, workers=workers)
+            stage.name: StageOptions(
+                executor=self.executor, concurrency=2, workers=workers, dask=self.dask
+            )
             for stage in _leaves(stages)
         }
 
@@ -109,7 +114,36 @@ class ModeRunner:
         )
 
 
+@pytest.fixture(scope="session")
+def dask_scheduler() -> Iterator[str]:
+    """A real LocalCluster (2 worker processes on 127.0.0.1) for the stream-dask mode,
+    started once and closed at the end of the session."""
+    pytest.importorskip("distributed")
+    from distributed import LocalCluster
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cluster = LocalCluster(
+            n_workers=2,
+            threads_per_worker=2,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        )
+    try:
+        yield cluster.scheduler_address
+    finally:
+        cluster.close()
+
+
 @pytest.fixture(params=MODES)
 def mode(request: pytest.FixtureRequest) -> ModeRunner:
-    """Collection mode, then streaming on the inline, thread and process executors."""
-    return ModeRunner(request.param)
+    """Collection mode, then streaming on the inline, thread, process and dask executors."""
+    runner = ModeRunner(request.param)
+    if runner.executor == "dask":
+        from conveyor.core.options import DaskOptions
+
+        scheduler = request.getfixturevalue("dask_scheduler")
+        runner.dask = DaskOptions(scheduler=scheduler, upload=False)
+    return runner

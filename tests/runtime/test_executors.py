@@ -418,7 +418,12 @@ def test_a_thread_stuck_past_its_timeout_does_not_hold_up_the_run() -> None:
 
 def test_what_a_worker_process_sends_back_can_be_pickled() -> None:
     # The function a process worker runs, called here where coverage can see it.
+    import copyreg
+
     context = PipelineContext()
+    # Dask (imported by the stream-dask tests of this session) installs tblib, which makes
+    # every exception class known then picklable: undo it for this one while it runs.
+    reducer = copyreg.dispatch_table.pop(_fns.UnpicklableError, None)
     try:
         outcome = executors._apply_in_process(
             MapStage(_fns.raise_unpicklable, name="cursed"), [2, 3], context
@@ -426,6 +431,8 @@ def test_what_a_worker_process_sends_back_can_be_pickled() -> None:
         whole = executors._apply_in_process(_fns.RaiseOnBad({1}), [1], context)
     finally:
         executors._thread_state.loop.close()  # the loop it made on this thread
+        if reducer is not None:
+            copyreg.dispatch_table[_fns.UnpicklableError] = reducer
     assert outcome.outputs == [2]
     [failure] = outcome.failures
     assert isinstance(failure.error, executors.RemoteError)

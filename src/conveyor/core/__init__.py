@@ -18,6 +18,7 @@ from conveyor.core.hooks import Hook, HookName, RunEvents, StageEvent, call_hook
 from conveyor.core.keyed import KeyedStage, StatefulStage
 from conveyor.core.kinds import StageKind, flatten_stages, stage_kind
 from conveyor.core.options import (
+    DaskOptions,
     DeadLetterBudget,
     Executor,
     RetryPolicy,
@@ -61,6 +62,7 @@ __all__ = [
     "CheckpointInterval",
     "CheckpointStore",
     "Count",
+    "DaskOptions",
     "DeadLetterBudget",
     "ErrorRecord",
     "Event",

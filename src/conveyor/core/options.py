@@ -24,6 +24,7 @@ from conveyor.errors import PipelineDefinitionError
 
 __all__ = [
     "ContractMode",
+    "DaskOptions",
     "DeadLetterBudget",
     "Executor",
     "RetryPolicy",
@@ -41,12 +42,93 @@ class Executor(StrEnum):
 
     ``inline``: on the event loop (async code, cheap sync code). ``thread``: in worker
     threads (blocking I/O). ``process``: in worker processes (CPU-bound pure Python; the
-    stage and its records must be picklable).
+    stage and its records must be picklable). ``dask``: each micro-batch is a task on a
+    Dask cluster (a ``LocalCluster`` of the run, or a running scheduler; see
+    :class:`DaskOptions`; needs ``conveyor[dask]``).
     """
 
     INLINE = "inline"
     THREAD = "thread"
     PROCESS = "process"
+    DASK = "dask"
+
+
+@dataclass(frozen=True, slots=True)
+class DaskOptions:
+    """Which Dask cluster runs the stages on ``executor="dask"``.
+
+    Attributes:
+        scheduler: the address of a running scheduler (``tcp://host:8786``); ``None``
+            connects to Dask's ``scheduler-address`` setting (``DASK_SCHEDULER_ADDRESS``)
+            when there is one, and otherwise starts a ``LocalCluster`` of worker processes
+            on 127.0.0.1 for the run, closed at its end.
+        workers: worker processes of that ``LocalCluster``.
+        threads_per_worker: threads of each of its workers.
+        memory_limit: memory of each of its workers: ``"2GiB"``, bytes, or ``"auto"``
+            (the machine's memory shared out); a worker over it is restarted by its nanny.
+        allowed_failures: deaths of workers running a task before the task fails with
+            ``KilledWorker`` (the batch then fails, is retried and bisected like any
+            failure; a ``LocalCluster``'s scheduler only: a running scheduler has its own).
+        dashboard: serve the Dask dashboard on 127.0.0.1 (a ``LocalCluster``; needs bokeh).
+        upload: send the project's stage packages to the workers (default: when connecting
+            to a scheduler; a ``LocalCluster`` shares this machine's files).
+        handoff: a micro-batch going from one Dask stage straight to the next is passed as
+            the future of the first stage's result, so the second takes it from the worker
+            that holds it rather than from the driver.
+
+    >>> DaskOptions(workers=0)
+    Traceback (most recent call last):
+    ...
+    conveyor.errors.PipelineDefinitionError: DaskOptions: workers must be an int >= 1, got 0
+    """
+
+    scheduler: str | None = None
+    workers: int = 2
+    threads_per_worker: int = 1
+    memory_limit: str | int = "auto"
+    allowed_failures: int = 3
+    dashboard: bool = True
+    upload: bool | None = None
+    handoff: bool = True
+
+    def __post_init__(self) -> None:
+        for key in ("workers", "threads_per_worker"):
+            _positive_int(key, getattr(self, key), "DaskOptions: ")
+        if not isinstance(self.allowed_failures, int) or self.allowed_failures < 0:
+            raise PipelineDefinitionError(
+                f"DaskOptions: allowed_failures must be an int >= 0, got {self.allowed_failures!r}"
+            )
+        if self.scheduler is not None and (
+            not isinstance(self.scheduler, str) or "://" not in self.scheduler
+        ):
+            raise PipelineDefinitionError(
+                f"DaskOptions: scheduler must be an address like tcp://host:8786, got "
+                f"{self.scheduler!r}"
+            )
+        limit = self.memory_limit
+        if isinstance(limit, bool) or not isinstance(limit, str | int) or limit == "":
+            raise PipelineDefinitionError(
+                f"DaskOptions: memory_limit must be bytes, a size like '2GiB' or 'auto', got "
+                f"{limit!r}"
+            )
+
+    @classmethod
+    def parse(cls, value: DaskOptions | Mapping[str, Any] | None) -> DaskOptions | None:
+        """Options from a mapping of their fields (a config section); unknown keys are an
+        error naming the valid ones."""
+        if value is None or isinstance(value, DaskOptions):
+            return value
+        if not isinstance(value, Mapping):
+            raise PipelineDefinitionError(
+                f"dask options must be a DaskOptions or a mapping, got {type(value).__name__}"
+            )
+        valid = {f.name for f in fields(cls)}
+        unknown = sorted(set(value) - valid)
+        if unknown:
+            raise PipelineDefinitionError(
+                f"unknown dask option(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}"
+            )
+        return cls(**value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,9 +185,10 @@ class StageOptions:
 
     Attributes:
         concurrency: micro-batches of this stage in flight at once.
-        executor: ``inline``, ``thread`` or ``process`` (see :class:`Executor`).
+        executor: ``inline``, ``thread``, ``process`` or ``dask`` (see :class:`Executor`).
+            On ``dask``, ``concurrency`` bounds the stage's tasks in flight on the cluster.
         workers: size of the thread or process pool (default: concurrency, at least 2 for
-            ``process``).
+            ``process``; the size of a Dask cluster is :attr:`DaskOptions.workers`).
         ordered: keep output in input order when ``concurrency > 1``.
         retry: the :class:`RetryPolicy` for transient errors.
         timeout: seconds allowed per call. A per-record stage (Map, Filter, Validate, any
@@ -129,9 +212,11 @@ class StageOptions:
     rate_limit: float | None = None
     input_contract: Any = None
     output_contract: Any = None
+    dask: DaskOptions | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "executor", _executor(self.executor))
+        object.__setattr__(self, "dask", DaskOptions.parse(self.dask))
         _positive_int("concurrency", self.concurrency)
         if self.workers is not None:
             _positive_int("workers", self.workers)

@@ -316,7 +316,7 @@ class StageSection(_Strict):
     """One entry of ``stages:``: runner options, persistence and the stage's parameters."""
 
     concurrency: int | None = Field(None, ge=1)
-    executor: Literal["inline", "thread", "process"] | None = None
+    executor: Literal["inline", "thread", "process", "dask"] | None = None
     workers: int | None = Field(None, ge=1)
     ordered: bool | None = None
     retry: RetryConfig | None = None
@@ -335,6 +335,16 @@ class StageSection(_Strict):
     params: dict[str, Any] = {}
 
 
+class DaskSection(_Strict):
+    """``pipeline.dask:``: the cluster of ``executor: dask`` (see
+    :class:`~conveyor.core.options.DaskOptions`); without ``scheduler`` a ``LocalCluster``."""
+
+    scheduler: str | None = Field(None, pattern=r"^[a-z][a-z0-9+]*://\S+$")
+    workers: int = Field(2, ge=1)
+    threads_per_worker: int = Field(1, ge=1)
+    memory_limit: str | int = "auto"
+
+
 class PipelineSection(_Strict):
     """``pipeline:``: the run's settings and every stage's defaults."""
 
@@ -343,7 +353,8 @@ class PipelineSection(_Strict):
     capacity: int = Field(2, ge=1)
     linger: float = Field(0.05, ge=0)
     concurrency: int = Field(1, ge=1)
-    executor: Literal["inline", "thread", "process"] = "inline"
+    executor: Literal["inline", "thread", "process", "dask"] = "inline"
+    dask: DaskSection | None = None
     contracts: Literal["all", "sample", "off"] = "all"
     sample_rate: float = Field(0.01, ge=0, le=1)
     dead_letters: str = ".conveyor/dead_letters.db"

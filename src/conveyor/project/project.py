@@ -18,7 +18,7 @@ from conveyor.contracts._spec import contract_for
 from conveyor.core.events import EventBus, EventType
 from conveyor.core.hooks import Hook, HookName
 from conveyor.core.keyed import StatefulStage
-from conveyor.core.options import RetryPolicy, RunOptions, StageOptions
+from conveyor.core.options import DaskOptions, RetryPolicy, RunOptions, StageOptions
 from conveyor.core.result import RunStatus, StageResult
 from conveyor.core.sink import Sink as RunSink
 from conveyor.core.stage import PipelineStage
@@ -161,6 +161,7 @@ class Project:
             concurrency=section.concurrency or (1 if inline else defaults.concurrency),
             executor=section.executor or ("inline" if inline else defaults.executor),  # type: ignore[arg-type]
             workers=section.workers,
+            dask=None if defaults.dask is None else DaskOptions.parse(defaults.dask.model_dump()),
             ordered=True if section.ordered is None else section.ordered,
             retry=RetryPolicy() if retry is None else _retry_policy(self, loaded, retry),
             timeout=section.timeout,

@@ -1,4 +1,5 @@
-"""Where a stage's work runs: on the loop, in threads, or in processes.
+"""Where a stage's work runs: on the loop, in threads, in processes, or on a Dask cluster
+(:mod:`conveyor.runtime.dask_executor`, imported only when a stage asks for it).
 
 Every executor runs the same thing, :func:`apply_stage`, on one micro-batch and returns a
 :class:`ChunkOutcome`; only the place differs. Failures carry a traceback formatted where the
@@ -20,7 +21,7 @@ import threading
 from collections.abc import Callable, Coroutine
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from conveyor.core._callables import call_maybe_async
 from conveyor.core._render import error_message, format_traceback
@@ -29,6 +30,9 @@ from conveyor.core.options import Executor, StageOptions
 from conveyor.core.stage import PipelineStage, run_stage
 from conveyor.core.stages import RecordStage
 from conveyor.errors import PipelineDefinitionError
+
+if TYPE_CHECKING:
+    from conveyor.runtime.report import StageStats
 
 __all__ = [
     "ChunkOutcome",
@@ -123,6 +127,10 @@ class StageExecutor:
 
     async def ready(self) -> None:
         """Wait until workers can take a call at once (a timeout starts after this)."""
+
+    def bind(self, stats: StageStats) -> None:
+        """The counters of the part this executor runs (an executor may note where it ran
+        in them: :attr:`StageStats.cluster`)."""
 
     def check(self, stage: PipelineStage[Any, Any]) -> None:
         """Raise :class:`PipelineDefinitionError` if ``stage`` cannot run here."""
@@ -412,4 +420,13 @@ def make_executor(options: StageOptions, name: str) -> StageExecutor:
         return ThreadExecutor(options.workers or max(options.concurrency, 1), name)
     if options.executor is Executor.PROCESS:
         return ProcessExecutor(options.workers or max(options.concurrency, 2), name)
+    if options.executor is Executor.DASK:
+        try:
+            from conveyor.runtime.dask_executor import DaskExecutor
+        except ImportError as exc:
+            raise PipelineDefinitionError(
+                f"stage {name!r} uses executor='dask', which needs Dask distributed "
+                f"({exc}); install it with: pip install 'conveyor[dask]'"
+            ) from None
+        return DaskExecutor(options, name)
     return StageExecutor()

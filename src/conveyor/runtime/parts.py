@@ -55,6 +55,7 @@ class Part:
         self.weigh_in = weigher(depth)
         self.stats = StageStats(name, kind, options.executor.value)
         self.executor: StageExecutor = make_executor(options, name)
+        self.executor.bind(self.stats)
         self.limiter = RateLimiter(options.rate_limit) if options.rate_limit else None
 
     @property

@@ -72,6 +72,8 @@ class StageStats:
     state_records: int = 0
     watermark: float | None = None
     watermark_lag: float | None = None
+    cluster: str = ""
+    """Where a stage on a cluster executor (``dask``) ran: the cluster, or the driver."""
 
     def check(self) -> None:
         """Raise :class:`ConservationError` if this stage's own counts do not add up."""
@@ -327,6 +329,10 @@ class RunReport:
         """Dead-lettered records of the main line (branch arms are inside ``absorbed``)."""
         return sum(s.records_dead for s in self.stages)
 
+    def _cluster_lines(self) -> str:
+        """Which stages ran on a cluster executor, and where (none: no line)."""
+        return _places(self._all_stages())
+
     def _resume_lines(self) -> str:
         resume = self.resume
         if resume is None:
@@ -366,6 +372,7 @@ class RunReport:
         )
         if self.sink_description:
             line += f"\nsink: {self.sink_description}"
+        line += self._cluster_lines()
         if self.failure:
             line += f"\n{self.failure}"
         line += self._resume_lines()
@@ -381,13 +388,28 @@ class RunReport:
                 f"\n{self.in_flight_records} records were still in flight and did not finish; "
                 + (
                     resume
-                    or f"read the source again from offset {self.low_watermark!r} (the low "
-                    "watermark: every record before it has left the pipeline)"
+                    or (
+                        f"read the source again from offset {self.low_watermark!r} (the low "
+                        "watermark: every record before it has left the pipeline)"
+                        if self.low_watermark is not None
+                        else "no source offset is known to read it again from"
+                    )
                 )
             )
         elif resume:
             line += f"\n{resume}"
         return line
+
+
+def _places(stages: list[StageStats]) -> str:
+    """Where the stages on a cluster executor ran, one line per place."""
+    places: dict[str, list[str]] = {}
+    for stats in stages:
+        if stats.cluster:
+            places.setdefault(stats.cluster, []).append(stats.name)
+    return "".join(
+        f"\nexecutor dask: {', '.join(names)} on {place}" for place, names in places.items()
+    )
 
 
 def _check_chain(stages: list[StageStats], entered: int, upstream: str) -> None:
