@@ -58,7 +58,23 @@ def value_of(i: int) -> int:
 
 # -- the child --------------------------------------------------------------------------------
 
-CHILD = r"""
+CHILD_RESUMED = r"""
+def resumed(go):
+    # go(resume) for cfg["resume"], or a plain run when there is nothing to resume (a run
+    # killed before it registered in the checkpoint store wrote nothing: a resume is
+    # refused, never guessed)
+    try:
+        return go(cfg.get("resume"))
+    except CheckpointError as exc:
+        if not cfg.get("resume") or "nothing to resume" not in str(exc):
+            raise
+        return go(None)
+"""
+"""The child scripts' resume-or-run (each defines ``cfg`` and imports ``CheckpointError``)."""
+
+
+CHILD = (
+    r"""
 import json, os, sys, time
 
 cfg = json.loads(sys.argv[1])
@@ -138,19 +154,12 @@ def go(resume):
     )
 
 
-def resumed():
-    # resume=True, or a plain run when there is nothing to resume (a run killed before it
-    # registered in the checkpoint store wrote nothing: a resume is refused, never guessed)
-    try:
-        return go(cfg.get("resume"))
-    except CheckpointError as exc:
-        if not cfg.get("resume") or "nothing to resume" not in str(exc):
-            raise
-        return go(None)
-
+"""
+    + CHILD_RESUMED
+    + r"""
 
 try:
-    report = resumed()
+    report = resumed(go)
 except ResumeRequired as exc:
     out.update(error="ResumeRequired", message=str(exc))
     code = 4
@@ -186,6 +195,7 @@ out["elapsed"] = time.monotonic() - t0
 print("RESULT " + json.dumps(out), flush=True)
 sys.exit(code)
 """
+)
 
 
 def child_env(fault: str | None = None) -> dict[str, str]:

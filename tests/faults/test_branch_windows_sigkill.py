@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import pytest
-from _faultkit import CHILD_TIMEOUT, FULL, chain, record_figures
+from _faultkit import CHILD_RESUMED, CHILD_TIMEOUT, FULL, chain, record_figures
 from test_windows_sigkill import expected, late_ids
 
 from conveyor.dlq import open_dead_letter_store
@@ -43,7 +43,8 @@ ARMS = {"sums": "stats", "sessions": "session"}  # branch -> the kind test_windo
 
 pytestmark = pytest.mark.timeout(3600 if FULL else 600)
 
-CHILD = r"""
+CHILD = (
+    r"""
 import json, sys, time
 
 cfg = json.loads(sys.argv[1])
@@ -97,13 +98,12 @@ def go(resume):
     )
 
 
+"""
+    + CHILD_RESUMED
+    + r"""
+
 try:
-    try:
-        report = go(cfg.get("resume"))
-    except CheckpointError as exc:  # killed before its first checkpoint: run plainly
-        if not cfg.get("resume") or "nothing to resume" not in str(exc):
-            raise
-        report = go(None)
+    report = resumed(go)
 except (ResumeRequired, CheckpointError) as exc:
     print("RESULT " + json.dumps({"error": type(exc).__name__, "message": str(exc)}))
     sys.exit(5)
@@ -117,6 +117,7 @@ print("RESULT " + json.dumps({
                    "records": dict(cp.records)},
 }), flush=True)
 """
+)
 
 
 def want(n: int) -> dict[tuple[str, str, float], int]:

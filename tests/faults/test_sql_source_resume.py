@@ -35,6 +35,7 @@ from typing import Any
 
 import pytest
 from _faultkit import (
+    CHILD_RESUMED,
     CHILD_TIMEOUT,
     FULL,
     PG_DSN,
@@ -60,7 +61,8 @@ class Row(BaseModel):
     v: int
 """
 
-CHILD = r"""
+CHILD = (
+    r"""
 import json, sys, time
 
 cfg = json.loads(sys.argv[1])
@@ -100,12 +102,11 @@ def go(resume):
     )
 
 
-try:
-    report = go(cfg["resume"])
-except CheckpointError as exc:  # killed before its first checkpoint: nothing to resume
-    if not cfg["resume"] or "nothing to resume" not in str(exc):
-        raise
-    report = go(None)
+"""
+    + CHILD_RESUMED
+    + r"""
+
+report = resumed(go)
 resume = report.resume
 print("RESULT " + json.dumps({
     "status": report.status.value,
@@ -115,6 +116,7 @@ print("RESULT " + json.dumps({
     },
 }), flush=True)
 """
+)
 
 
 def bad_source_row(i: int) -> bool:

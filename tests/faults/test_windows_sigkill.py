@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _faultkit import FULL, chain, record_figures
+from _faultkit import CHILD_RESUMED, FULL, chain, record_figures
 
 from conveyor.dlq import open_dead_letter_store
 
@@ -35,7 +35,8 @@ SEED = int(os.environ.get("CONVEYOR_FAULTS_SEED") or random.SystemRandom().randr
 
 pytestmark = pytest.mark.timeout(3600 if FULL else 600)
 
-CHILD = r"""
+CHILD = (
+    r"""
 import json, sys, time
 
 cfg = json.loads(sys.argv[1])
@@ -86,13 +87,12 @@ def go(resume):
     )
 
 
+"""
+    + CHILD_RESUMED
+    + r"""
+
 try:
-    try:
-        report = go(cfg.get("resume"))
-    except CheckpointError as exc:  # killed before its first checkpoint: run plainly
-        if not cfg.get("resume") or "nothing to resume" not in str(exc):
-            raise
-        report = go(None)
+    report = resumed(go)
 except (ResumeRequired, CheckpointError) as exc:
     print("RESULT " + json.dumps({"error": type(exc).__name__, "message": str(exc)}))
     sys.exit(5)
@@ -104,6 +104,7 @@ print("RESULT " + json.dumps({
                    "records": dict(cp.records)},
 }), flush=True)
 """
+)
 
 
 def events(n: int) -> Any:
