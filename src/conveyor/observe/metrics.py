@@ -1,7 +1,11 @@
 """Live metrics of a run, served for Prometheus (``conveyor run --metrics-port N``).
 
 A custom collector reads the live run's own counters each time the endpoint is scraped:
-nothing is copied per record, and a run nobody scrapes pays nothing but an idle thread.
+nothing is copied per record, and a run nobody scrapes pays nothing. Started on the main
+thread on Linux (as ``conveyor run`` does), the endpoint is served by that thread itself,
+woken by a SIGIO when a scraper connects or sends: no server thread waits for the GIL
+while the run holds it, which is what made a scrape cost a busy run tens of milliseconds
+(see the notes above :class:`MetricsServer`'s helpers). Elsewhere a thread serves it.
 The metrics (every one named ``conveyor_…``, stage metrics labelled ``pipeline`` and
 ``stage``):
 
@@ -32,16 +36,27 @@ prometheus_client, an optional dependency: ``pip install 'conveyor[metrics]'``.
 from __future__ import annotations
 
 import contextlib
+import gzip
+import os
+import signal
 import socket
+import struct
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Protocol, runtime_checkable
+from urllib.parse import parse_qs
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from conveyor.observe.state import stateful_stages, watermark_lag
+
+try:
+    import fcntl
+except ImportError:  # Windows: served by a thread
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = ["DEFAULT_METRICS_HOST", "LiveRun", "MetricsServer", "serve_metrics"]
 
@@ -233,19 +248,295 @@ class _Quiet(WSGIRequestHandler):
         pass
 
 
+# -- serving on the main thread ------------------------------------------------------------
+#
+# Why not a server thread: a thread that wakes up for a scrape needs the GIL back after each
+# socket call, and the runner's thread (CPU-bound, releasing the GIL for an instant at each
+# event-loop turn, ~1,500 times a second in W1) keeps it: every release wakes the waiting
+# thread, which restarts its 5 ms wait for the GIL and so never asks for it; it gets it only
+# by winning a race, often not before the run ends (a thread waking from a 20 ms sleep during
+# W1 got the GIL 580 ms later). Meanwhile each release of the runner wakes that thread in
+# vain, which is what a scrape cost the run (tens of ms). So on Linux, when served from the
+# main thread (as ``conveyor run`` does), the listening socket and its connections signal
+# the main thread (SIGIO, O_ASYNC) and the main thread serves them between two bytecodes of
+# whatever it runs: no other thread, no GIL hand-off, a scrape costs the run its own work.
+
+_HEAD_LIMIT = 16 * 1024  # bytes of request head read at most
+_CONNECTIONS = 32  # connections open at once at most (the oldest are dropped)
+_STALE_SECONDS = 10.0  # a connection that sent no whole request by then is dropped
+_F_SETOWN_EX = getattr(fcntl, "F_SETOWN_EX", 15) if fcntl is not None else 15
+_F_OWNER_TID = getattr(fcntl, "F_OWNER_TID", 0) if fcntl is not None else 0
+
+
+def _http(status: str, headers: Sequence[tuple[str, str]], body: bytes, *, head: bool) -> bytes:
+    lines = [f"HTTP/1.1 {status}", "Connection: close", f"Content-Length: {len(body)}"]
+    lines += [f"{name}: {value}" for name, value in headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if head else body)
+
+
+def _respond(registry: Any, request: bytes, choose_encoder: Any) -> bytes:
+    """The whole HTTP response to ``request`` (its head), as prometheus_client's WSGI app
+    answers: the page at any path (``name[]`` filters it; OpenMetrics or gzip if accepted;
+    ``choose_encoder`` is prometheus_client's), an empty ``/favicon.ico``, ``OPTIONS``, 405
+    for other methods. Nothing imported here: it runs in a signal handler."""
+    lines = request.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3:
+        return _http("400 Bad Request", [], b"", head=False)
+    method, target, _ = parts
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        if colon:
+            headers[name.strip().lower()] = value.strip()
+    path, _, query = target.partition("?")
+    head = method == "HEAD"
+    if method == "OPTIONS":
+        return _http("200 OK", [("Allow", "OPTIONS,GET")], b"", head=False)
+    if method not in ("GET", "HEAD"):
+        text = f"# HTTP 405 Method Not Allowed: {method}; use OPTIONS or GET\n"
+        return _http(
+            "405 Method Not Allowed", [("Allow", "OPTIONS,GET")], text.encode(), head=False
+        )
+    if path == "/favicon.ico":
+        return _http("200 OK", [], b"", head=head)
+    encoder, content_type = choose_encoder(headers.get("accept", ""))
+    params = parse_qs(query)
+    served = registry.restricted_registry(params["name[]"]) if "name[]" in params else registry
+    try:
+        body = encoder(served)
+    except Exception as exc:  # a broken collector: say so, never raise into the run
+        failed = f"# metrics failed: {type(exc).__name__}: {exc}\n".encode()
+        return _http("500 Internal Server Error", [], failed, head=head)
+    out = [("Content-Type", content_type)]
+    codings = {
+        c.split(";")[0].strip().lower() for c in headers.get("accept-encoding", "").split(",")
+    }
+    if "gzip" in codings:
+        body = gzip.compress(body)
+        out.append(("Content-Encoding", "gzip"))
+    return _http("200 OK", out, body, head=head)
+
+
+class _Connection:
+    __slots__ = ("pending", "received", "since", "sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.received = b""
+        self.pending: bytes | None = None  # the response not sent yet (None: not made yet)
+        self.since = time.monotonic()
+
+
+def _signal_me(sock: socket.socket, tid: int) -> None:
+    """Non-blocking, and a SIGIO to thread ``tid`` whenever ``sock`` can be read or written."""
+    assert fcntl is not None
+    sock.setblocking(False)
+    fd = sock.fileno()
+    fcntl.fcntl(fd, _F_SETOWN_EX, struct.pack("ii", _F_OWNER_TID, tid))
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_ASYNC)
+
+
+class _MainThreadServing:
+    """Serves ``sock`` on the main thread, from the SIGIO handler (see above)."""
+
+    def __init__(self, sock: socket.socket, registry: Any) -> None:
+        from prometheus_client.exposition import choose_encoder
+
+        self._sock = sock
+        self._registry = registry
+        self._choose = choose_encoder
+        self._tid = threading.get_native_id()
+        self._open: list[_Connection] = []
+        self._busy = False
+        self._again = False
+        _signal_me(sock, self._tid)
+
+    def pump(self) -> None:
+        """Serve what can be served now. A signal during it (the handler called again,
+        within) is not lost: the outer call goes round once more."""
+        for _ in range(16):
+            if self._busy:
+                self._again = True
+                return
+            self._busy = True
+            try:
+                self._again = False
+                self._accept()
+                self._serve()
+            except Exception:  # never raise into the code the main thread was running
+                pass
+            finally:
+                self._busy = False
+            if not self._again:
+                return
+
+    def _accept(self) -> None:
+        for _ in range(_CONNECTIONS):
+            try:
+                sock, _ = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # closed, or the peer gave up before we accepted
+                return
+            try:
+                _signal_me(sock, self._tid)
+            except OSError:
+                sock.close()
+                continue
+            self._open.append(_Connection(sock))
+            while len(self._open) > _CONNECTIONS:
+                self._drop(self._open[0])
+
+    def _serve(self) -> None:
+        stale = time.monotonic() - _STALE_SECONDS
+        for conn in list(self._open):
+            try:
+                done = self._step(conn)
+            except OSError:
+                done = True
+            if done or conn.since < stale:
+                self._drop(conn)
+
+    def _step(self, conn: _Connection) -> bool:
+        """Read the request, answer it, send what the socket takes; True: finished."""
+        if conn.pending is None:
+            for _ in range(8):
+                try:
+                    data = conn.sock.recv(65536)
+                except (BlockingIOError, InterruptedError):
+                    return False  # more to come: another SIGIO
+                if not data:
+                    return True  # the client went away
+                conn.received += data
+                end = conn.received.find(b"\r\n\r\n")
+                if end >= 0:
+                    conn.pending = _respond(self._registry, conn.received[:end], self._choose)
+                    break
+                if len(conn.received) > _HEAD_LIMIT:
+                    conn.pending = _http("431 Request Header Fields Too Large", [], b"", head=False)
+                    break
+            else:
+                return False
+        for _ in range(64):
+            if not conn.pending:
+                return True
+            try:
+                sent = conn.sock.send(conn.pending)
+            except (BlockingIOError, InterruptedError):
+                return False  # the socket's buffer is full: a SIGIO when it has room
+            conn.pending = conn.pending[sent:]
+        return not conn.pending
+
+    def _drop(self, conn: _Connection) -> None:
+        with contextlib.suppress(ValueError):
+            self._open.remove(conn)
+        with contextlib.suppress(OSError):
+            conn.sock.close()
+
+    def close(self) -> None:
+        for conn in list(self._open):
+            self._drop(conn)
+        self._sock.close()
+
+
+_serving: list[_MainThreadServing] = []  # the live ones; the SIGIO handler serves them all
+_handler: dict[str, Any] = {}  # "previous": the SIGIO handler ours replaced (called on)
+
+
+def _on_sigio(signum: int, frame: Any) -> None:
+    with contextlib.suppress(Exception):  # e.g. at interpreter exit: never raise from here
+        for serving in list(_serving):
+            serving.pump()
+    previous = _handler.get("previous")
+    if callable(previous):
+        previous(signum, frame)
+
+
+def _can_serve_on_main_thread() -> bool:
+    return (
+        sys.platform == "linux"
+        and fcntl is not None
+        and hasattr(signal, "SIGIO")
+        and threading.current_thread() is threading.main_thread()
+    )
+
+
+def _start_main_thread_serving(sock: socket.socket, registry: Any) -> _MainThreadServing | None:
+    """Serve ``sock`` from the main thread's SIGIO handler (None: not possible here)."""
+    if not _can_serve_on_main_thread():
+        return None
+    try:
+        if "installed" not in _handler:
+            _handler["previous"] = signal.signal(signal.SIGIO, _on_sigio)
+            # SA_RESTART: a system call the signal lands in is resumed, not failed with
+            # EINTR (C extensions that would not retry it see nothing)
+            signal.siginterrupt(signal.SIGIO, False)
+            _handler["installed"] = True
+        serving = _MainThreadServing(sock, registry)
+    except (OSError, ValueError):
+        return None
+    _serving.append(serving)
+    serving.pump()  # a connection may have come before the signal was asked for
+    return serving
+
+
+def _stop_main_thread_serving(serving: _MainThreadServing) -> None:
+    with contextlib.suppress(ValueError):
+        _serving.remove(serving)
+    serving.close()  # no more signals from its sockets
+    if _serving or threading.current_thread() is not threading.main_thread():
+        return  # our handler stays: it serves the others, or cannot be changed from here
+    if _handler.pop("installed", None):
+        previous = _handler.pop("previous", None)
+        with contextlib.suppress(TypeError, ValueError):
+            signal.signal(signal.SIGIO, signal.SIG_IGN if previous is None else previous)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(16)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 class MetricsServer:
     """A running metrics endpoint (``http://host:port/metrics``); :meth:`close` stops it.
 
     It reads the run that ``get()`` returns on each scrape (nothing before it returns one).
-    Use it as a context manager to stop it when the run ends.
+    Use it as a context manager to stop it when the run ends. Started on the main thread on
+    Linux, it serves there, between two bytecodes of whatever that thread runs (woken by
+    SIGIO: see the notes in this module); elsewhere, or from another thread, a thread of its
+    own serves it.
     """
 
     def __init__(self, get: RunGetter, port: int = 0, host: str = DEFAULT_METRICS_HOST) -> None:
         client = _prometheus()
-        from prometheus_client.exposition import ThreadingWSGIServer
-
         self.registry = client.CollectorRegistry(auto_describe=False)
         self.registry.register(_RunCollector(get))
+        self._closed = threading.Event()
+        self._serving: _MainThreadServing | None = None
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+        if _can_serve_on_main_thread():
+            sock = _listen(host, port)
+            bound = sock.getsockname()
+            self._serving = _start_main_thread_serving(sock, self.registry)
+            if self._serving is None:
+                sock.close()
+        if self._serving is None:
+            bound = self._start_thread(client, host, port)
+        self.host: str = str(bound[0])
+        self.port: int = int(bound[1])
+
+    def _start_thread(self, client: Any, host: str, port: int) -> Any:
+        from prometheus_client.exposition import ThreadingWSGIServer
 
         class Server(ThreadingWSGIServer):
             address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -254,12 +545,9 @@ class MetricsServer:
             host, port, client.make_wsgi_app(self.registry), Server, handler_class=_Quiet
         )
         self._server.timeout = None  # wait for a scrape without polling: idle costs nothing
-        bound = self._server.server_address
-        self.host: str = str(bound[0])
-        self.port: int = int(bound[1])
-        self._closed = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="conveyor-metrics", daemon=True)
         self._thread.start()
+        return self._server.server_address
 
     def _serve(self) -> None:
         while not self._closed.is_set():
@@ -276,10 +564,14 @@ class MetricsServer:
         if self._closed.is_set():
             return
         self._closed.set()
+        if self._serving is not None:
+            _stop_main_thread_serving(self._serving)
+            return
         wake = "127.0.0.1" if self.host == "0.0.0.0" else "::1" if self.host == "::" else self.host
         with contextlib.suppress(OSError):  # wake the waiting loop: it sees it is closed
             socket.create_connection((wake, self.port), timeout=1).close()
-        self._thread.join(timeout=5)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
         self._server.server_close()
 
     def __enter__(self) -> MetricsServer:
