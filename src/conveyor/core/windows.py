@@ -644,13 +644,57 @@ class _Tumbling(_Sliding):
     records go through a hot loop of a few dict operations each; a record it cannot place
     (late, a key or time it cannot read as they are) takes the general path on its own."""
 
+    def __init__(self, stage: WindowStage[Any], size: float, slide: float) -> None:
+        super().__init__(stage, size, slide)
+        self._hot: dict[Any, list[Any]] = {}
+        """The hot window's accumulators by key (:meth:`_absorb_sums`): the window
+        ``[_hot_start, _hot_end)`` of the largest event time seen (the same lists as in
+        the store)."""
+        self._hot_start: Any = _INF
+        self._hot_end: Any = _INF
+        self._cool()
+
+    def _cool(self) -> None:
+        """No hot window (yet, or any more: the store changed under it); the next largest
+        event time makes one."""
+        self._hot = {}
+        self._hot_start = _INF  # (no event time is >= it)
+        self._hot_end = -_INF if type(self.size) is int else _INF  # (inf: never one)
+
+    def _range(self, t: Any) -> tuple[Any, Any]:
+        """The hot window from now on: ``(start, end)`` of the window of ``t``, the new
+        largest event time; none (``(inf, -inf)``) unless its range stands for the window
+        arithmetic exactly: whole-second windows and ``0 <= t < 2**52`` a float or an int
+        (then ``t - t % size`` is exact, so ``start <= t' < end`` iff ``t'``'s window is
+        this one)."""
+        size = self.size
+        if (type(t) is float or type(t) is int) and 0 <= t < 2**52 and type(size) is int:
+            start = t - t % size
+            return start, start + size
+        return _INF, -_INF
+
+    async def _fire(self, limit: float, fed: Fed) -> None:
+        if self._hot_start + self.size <= limit:
+            self._cool()  # the hot window closes (at the end: everything does)
+        await super()._fire(limit, fed)
+
+    def _load(self, data: Any) -> None:
+        self._cool()
+        super()._load(data)
+
     async def _absorb(self, records: Sequence[Any], fed: Fed) -> None:
         stage = self.stage
         if not isinstance(stage.time, str) or not (stage.key is None or isinstance(stage.key, str)):
             await super()._absorb(records, fed)
             return
         if self.stats is not None and isinstance(self.stats.field, str):
-            await self._absorb_stats(records, fed, self.stats.field)
+            if isinstance(stage.key, str):
+                await self._absorb_sums(records, fed, stage.key, stage.time, self.stats.field)
+            else:
+                await self._absorb_stats(records, fed, self.stats.field)
+            return
+        if isinstance(stage.key, str):
+            await self._absorb_groups(records, fed, stage.key, stage.time)
             return
         clock, kf, tf = self.clock, stage.key, stage.time
         size = self.size
@@ -668,11 +712,13 @@ class _Tumbling(_Sliding):
                 for record in items:
                     key = None if kf is None else record[kf]
                     t = record[tf]
+                    if type(t) is not float and type(t) is not int:  # (bool, Decimal, ...)
+                        raise TypeError(t)  # the general path decides
                     if t > mx:
                         if t >= inf:  # the general path refuses it
                             raise TypeError(t)
+                        cut = t - behind  # (before the clock moves: it may raise)
                         mx = t
-                        cut = mx - behind
                         if cut < floor:
                             cut = floor
                     start = t - t % size
@@ -709,6 +755,281 @@ class _Tumbling(_Sliding):
         fed.absorbed += len(records) - slow  # (the general path counted its own)
         await self._join(batch, fed)
 
+    async def _absorb_groups(self, records: Sequence[Any], fed: Fed, kf: str, tf: str) -> None:
+        """The loop of any other aggregate, by a key field: each record into its group of
+        the micro-batch (by key and window start, in arrival order), the groups then
+        joined to the state (:meth:`_join`). As :meth:`_absorb_sums`: a record of the hot
+        window (``hot_start <= t <= mx``) goes to its key's group in ``hot`` (the same
+        lists as in ``batch``) without window arithmetic; a group not there yet raises
+        ``KeyError`` and :meth:`_open_group` makes it, else the general path takes the
+        record."""
+        clock = self.clock
+        size = self.size
+        hot_start, hot_end = self._hot_start, self._hot_end
+        mx, floor = clock.max_seen, clock.floor
+        behind = clock.bound + self.slack
+        cut = mx - behind
+        if cut < floor:
+            cut = floor
+        safe, safe_end = _on_time_from(cut, size)
+        batch: Batch = {}
+        hot: dict[Any, list[Any]] = {}  # the hot window's groups by key
+        slow, inf = 0, _INF
+        items = iter(records)
+        record: Any = None
+        for _ in range(len(records) + 1):  # (bounded: each pass takes a record, or ends)
+            try:
+                for record in items:
+                    t = record[tf]
+                    if type(t) is not float and type(t) is not int:  # (bool, Decimal, ...)
+                        raise TypeError(t)  # the general path decides
+                    if t > mx:  # (what can raise first: the clock moves only after)
+                        if t >= inf:  # the general path refuses it
+                            raise TypeError(t)
+                        record[kf]  # (unreadable: the clock stays, as below)
+                        cut = t - behind
+                        if cut < floor:
+                            cut = floor
+                        if cut >= safe_end:  # (else safe holds)
+                            safe, safe_end = _on_time_from(cut, size)
+                        if t >= hot_end:  # a newer window: the hot one from now on
+                            hot_start, hot_end = self._range(t)
+                            hot = {}
+                        mx = t
+                    if t >= hot_start:
+                        hot[record[kf]].append(record)  # KeyError: not in hot yet
+                    else:
+                        start = t - t % size
+                        if t < safe and start + size <= cut:
+                            raise _Late
+                        batch[record[kf]][start].append(record)  # KeyError: a new group
+                break
+            except Exception:  # a new group; or late, or a key or time to read the
+                clock.max_seen = mx  # general way
+                placed = self._open_group(record, kf, tf, batch)
+                if placed is None:
+                    slow += 1
+                    try:
+                        key, t = self._key_time(record)
+                    except Exception as exc:
+                        fed.rejected.append(RecordFailure(record, exc))
+                    else:
+                        self._place(record, key, t, batch, fed)
+                if clock.max_seen != mx:  # this record moved the clock
+                    mx = clock.max_seen
+                    cut = mx - behind
+                    if cut < floor:
+                        cut = floor
+                    safe, safe_end = _on_time_from(cut, size)
+                    if mx >= hot_end:
+                        hot_start, hot_end = self._range(mx)
+                        hot = {k: g[hot_start] for k, g in batch.items() if hot_start in g}
+                if placed is not None:
+                    key, start, group = placed
+                    if start == hot_start:
+                        hot[key] = group
+        clock.max_seen = mx
+        self._hot_start, self._hot_end = hot_start, hot_end
+        fed.absorbed += len(records) - slow  # (the general path counted its own)
+        await self._join(batch, fed)
+
+    def _open_group(
+        self, record: Any, kf: str, tf: str, batch: Batch
+    ) -> tuple[Any, Any, list[Any]] | None:
+        """A record that left :meth:`_absorb_groups`'s loop, placed in its group as the
+        loop of a key function would place it: its key, window start and group;
+        ``None``: the general path takes it (late, or a key or time that cannot be read
+        as they are)."""
+        clock, size = self.clock, self.size
+        try:
+            key = record[kf]
+            t = record[tf]
+            if type(t) is not float and type(t) is not int:  # (bool, Decimal, ...)
+                return None  # the general path decides
+            mx = clock.max_seen
+            if t > mx:
+                if t >= _INF:
+                    return None
+                mx = t
+            limit = mx - (clock.bound + self.slack)  # (as limit(), before the clock moves)
+            if limit < clock.floor:
+                limit = clock.floor
+            clock.max_seen = mx
+            start = t - t % size
+            if start + size <= limit or start != start:  # late, or nan
+                return None
+            groups = batch.get(key)
+            group = None if groups is None else groups.get(start)
+        except Exception:
+            return None
+        if group is not None:
+            group.append(record)
+        elif groups is None:
+            group = [record]
+            batch[key] = {start: group}
+        else:
+            group = groups[start] = [record]
+        return key, start, group
+
+    async def _absorb_sums(
+        self, records: Sequence[Any], fed: Fed, kf: str, tf: str, vf: str
+    ) -> None:
+        """The hottest loop: :class:`Stats` of a field, by a key field. Per record: its
+        window's ``[count, sum, min, max]`` by one lookup, and the additions; the
+        decisions are those of :meth:`_absorb_stats`, per record.
+
+        - The hot window (:meth:`_range`) is the window of the largest event time seen
+          (``mx``): a record with ``hot_start <= t <= mx`` belongs to it, and it is open
+          (its end is above ``mx``, so above the limit), so such a record (most of them)
+          costs two comparisons and a lookup by key in ``hot``, no window arithmetic.
+        - Any other record: its window's start, then lateness, skipped for an event time
+          at or above :func:`_on_time_from` of the running limit (its window ends after
+          the limit: the same decision), then a lookup in the store.
+        - A window (or a key of ``hot``) not there yet raises ``KeyError`` (cheaper than
+          ``get`` calls per record); :meth:`_open_sum` then places that record as
+          :meth:`_absorb_stats` would (a new window, mostly), else the general path takes
+          it (late, or a key, time or value that cannot be read as they are)."""
+        clock = self.clock
+        extremes = self.stats is not None and self.stats.extremes
+        size, store = self.size, self.store
+        hot, hot_start, hot_end = self._hot, self._hot_start, self._hot_end
+        mx, floor = clock.max_seen, clock.floor
+        behind = clock.bound + self.slack
+        cut = mx - behind
+        if cut < floor:
+            cut = floor
+        safe, safe_end = _on_time_from(cut, size)
+        batch: Batch = {}  # records for the general path
+        slow = 0
+        inf = _INF
+        items = iter(records)
+        record: Any = None
+        for _ in range(len(records) + 1):  # (bounded: each pass takes a record, or ends)
+            try:
+                for record in items:
+                    t = record[tf]
+                    if type(t) is not float and type(t) is not int:  # (bool, Decimal, ...)
+                        raise TypeError(t)  # the general path decides
+                    if t > mx:  # (what can raise first: the clock moves only after)
+                        if t >= inf:  # the general path refuses it
+                            raise TypeError(t)
+                        record[kf]  # (unreadable: the clock stays, as below)
+                        cut = t - behind
+                        if cut < floor:
+                            cut = floor
+                        if cut >= safe_end:  # (else safe holds)
+                            safe, safe_end = _on_time_from(cut, size)
+                        if t >= hot_end:  # a newer window: the hot one from now on
+                            cold = hot_start == inf  # (the store may hold it already)
+                            hot_start, hot_end = self._range(t)
+                            hot = self._accumulators(hot_start) if cold else {}
+                        mx = t
+                    if t >= hot_start:
+                        acc = hot[record[kf]]  # KeyError: not in hot yet
+                    else:
+                        start = t - t % size
+                        if t < safe and start + size <= cut:
+                            raise _Late
+                        acc = store[record[kf]][start]  # KeyError: a window not open yet
+                    if extremes:
+                        v = record[vf]
+                        acc[1] += v  # (first: a value that is no number changes nothing)
+                        acc[0] += 1
+                        if v < acc[2]:
+                            acc[2] = v
+                        elif v > acc[3]:
+                            acc[3] = v
+                    else:
+                        acc[1] += record[vf]  # (as above)
+                        acc[0] += 1
+                break
+            except Exception:  # a new window; or late, or a key, time or value to read
+                clock.max_seen = mx  # the general way
+                placed = self._open_sum(record, kf, tf, vf, extremes)
+                if placed is None:
+                    slow += 1
+                    try:
+                        key, t = self._key_time(record)
+                    except Exception as exc:
+                        fed.rejected.append(RecordFailure(record, exc))
+                    else:
+                        self._place(record, key, t, batch, fed)
+                if clock.max_seen != mx:  # this record moved the clock
+                    mx = clock.max_seen
+                    cut = mx - behind
+                    if cut < floor:
+                        cut = floor
+                    safe, safe_end = _on_time_from(cut, size)
+                    if mx >= hot_end:
+                        cold = hot_start == inf
+                        hot_start, hot_end = self._range(mx)
+                        hot = self._accumulators(hot_start) if cold else {}
+                if placed is not None:
+                    key, start, acc = placed
+                    if start == hot_start:
+                        hot[key] = acc
+        clock.max_seen = mx
+        self._hot, self._hot_start, self._hot_end = hot, hot_start, hot_end
+        fed.absorbed += len(records) - slow
+        if batch:
+            self._cool()  # (the general path may replace accumulators)
+            await self._join(batch, fed)
+
+    def _open_sum(
+        self, record: Any, kf: str, tf: str, vf: str, extremes: bool
+    ) -> tuple[Any, Any, list[Any]] | None:
+        """A record that left :meth:`_absorb_sums`'s loop, placed as :meth:`_absorb_stats`
+        would place it (in a new window, mostly): its key, window start and accumulator;
+        ``None``: the general path takes it (late, or a key, time or value that cannot be
+        read as they are)."""
+        clock, size = self.clock, self.size
+        try:
+            key = record[kf]
+            t = record[tf]
+            if type(t) is not float and type(t) is not int:  # (bool, Decimal, ...)
+                return None  # the general path decides
+            v = record[vf]
+            mx = clock.max_seen
+            if t > mx:
+                if t >= _INF:
+                    return None
+                mx = t
+            limit = mx - (clock.bound + self.slack)  # (as limit(), before the clock moves)
+            if limit < clock.floor:
+                limit = clock.floor
+            clock.max_seen = mx
+            start = t - t % size
+            end = start + size
+            if end <= limit:
+                return None
+            wins = self.store.get(key)
+            acc = None if wins is None else wins.get(start)
+            if acc is not None:
+                acc[1] += v
+                acc[0] += 1
+                if extremes:
+                    if v < acc[2]:
+                        acc[2] = v
+                    elif v > acc[3]:
+                        acc[3] = v
+                return key, start, acc
+            if end != end:  # nan
+                return None
+            acc = [1, 0 + v, v, v]  # (0 + v: a number, or it raises)
+        except Exception:
+            return None
+        if wins is None:
+            self.store[key] = {start: acc}
+        else:
+            wins[start] = acc
+        self.timers.add(end, (key, start))
+        self.open_windows += 1
+        return key, start, acc
+
+    def _accumulators(self, start: Any) -> dict[Any, list[Any]]:
+        """The accumulators of the windows starting at ``start``, by key."""
+        return {key: wins[start] for key, wins in self.store.items() if start in wins}
+
     async def _absorb_stats(self, records: Sequence[Any], fed: Fed, vf: str) -> None:
         """The hot loop for :class:`Stats` of a field: each record is added to its window's
         ``[count, sum, min, max]`` in place, and freed with its micro-batch."""
@@ -733,12 +1054,14 @@ class _Tumbling(_Sliding):
                 for record in items:
                     key = None if kf is None else record[kf]
                     t = record[tf]
+                    if type(t) is not float and type(t) is not int:  # (bool, Decimal, ...)
+                        raise TypeError(t)  # the general path decides
                     v = record[vf]
                     if t > mx:
                         if t >= inf:  # the general path refuses it
                             raise TypeError(t)
+                        cut = t - behind  # (before the clock moves: it may raise)
                         mx = t
-                        cut = mx - behind
                         if cut < floor:
                             cut = floor
                     start = t - t % size
@@ -784,6 +1107,31 @@ class _Tumbling(_Sliding):
         fed.absorbed += len(records) - slow
         if batch:
             await self._join(batch, fed)
+
+
+def _on_time_from(cut: Any, size: float) -> tuple[float, float]:
+    """An event time from which every record is on time, and its window's end: for every
+    number ``t >= safe`` the window end ``t - t % size + size`` is above ``cut`` (the
+    running limit). That end is monotone in ``t`` from 0 up (float rounding keeps order),
+    so ``safe`` is the start of ``cut``'s window (or 0) once its own end is checked to be
+    above ``cut``; it stays valid for a higher ``cut`` below that end. ``(inf, -inf)``
+    when no such start is found (every record is checked), ``(-inf, -inf)`` before any
+    record (nothing is late).
+
+    >>> _on_time_from(13.5, 10), _on_time_from(-3.0, 10), _on_time_from(-math.inf, 10)
+    ((10.0, 20.0), (0.0, 10.0), (-inf, -inf))
+    """
+    if cut == -_INF:
+        return -_INF, -_INF
+    if not (isinstance(cut, float | int) and cut < _INF):
+        return _INF, -_INF
+    safe = cut - cut % size
+    if not safe > 0:
+        safe = 0.0
+    end = safe - safe % size + size
+    if end > cut:
+        return float(safe), float(end)
+    return _INF, -_INF
 
 
 class _Late(Exception):
