@@ -469,9 +469,6 @@ def _start_main_thread_serving(sock: socket.socket, registry: Any) -> _MainThrea
     try:
         if "installed" not in _handler:
             _handler["previous"] = signal.signal(signal.SIGIO, _on_sigio)
-            # SA_RESTART: a system call the signal lands in is resumed, not failed with
-            # EINTR (C extensions that would not retry it see nothing)
-            signal.siginterrupt(signal.SIGIO, False)
             _handler["installed"] = True
         serving = _MainThreadServing(sock, registry)
     except (OSError, ValueError):
