@@ -1253,18 +1253,33 @@ def w9_conveyor(n: int, checkpoint: bool = True, batch_size: int = 1000, **_: An
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+_SCRAPER = """
+import select, sys, urllib.request
+url = sys.argv[1]
+while True:  # at once, then every 0.5 s, until stdin says stop (bounded by the run)
+    with urllib.request.urlopen(url, timeout=5) as response:
+        page = response.read()
+    print(int(b"conveyor_stage_records_in_total" in page), flush=True)
+    if select.select([sys.stdin], [], [], 0.5)[0]:
+        break
+"""
+"""W10's scraper: a process of its own, as Prometheus is."""
+
+
 def w10_conveyor(
     n: int, metrics: str = "off", report: bool = False, batch_size: int = 1000, **_: Any
 ) -> Measured:
     """W1 run by a ``StreamRunner`` with the live-metrics exporter ``off``, ``on`` (nobody
-    scraping) or ``scraped`` (a thread fetching ``/metrics`` at once and then every 0.5 s),
+    scraping) or ``scraped`` (another process fetching ``/metrics`` at once and then every
+    0.5 s, as Prometheus does from its own process; until Dec 3 2026 a thread of this one,
+    which paid its own GIL waits: see BENCHMARKS.md),
     and with ``report`` the run report of ``conveyor run --report run.html`` (a
     :class:`~conveyor.observe.RunRecorder` sampling at each 0.25 s progress tick, then the
     page written with the pipeline's drawing). Starting and stopping the server and
     writing the page are timed; importing prometheus_client is not."""
+    import subprocess
+    import sys
     import tempfile
-    import threading
-    import urllib.request
 
     c = _conveyor()
     from conveyor.runtime import StreamRunner
@@ -1284,24 +1299,18 @@ def w10_conveyor(
         tally = Tally()
         runner = StreamRunner(pipeline.spec(), lambda batch: tally.add(batch, "double"), options)
         server: Any = None
-        done = threading.Event()
-        scraper: threading.Thread | None = None
+        scraper: subprocess.Popen[str] | None = None
         if metrics != "off":
             from conveyor.observe import serve_metrics
 
             server = serve_metrics(runner, port=0)
-        if metrics == "scraped":
-
-            def scrape() -> None:  # at once, then every 0.5 s until the run ends
-                while True:
-                    with urllib.request.urlopen(server.url, timeout=5) as response:
-                        page = response.read()
-                    scrapes.append(b"conveyor_stage_records_in_total" in page)
-                    if done.wait(0.5):
-                        return
-
-            scraper = threading.Thread(target=scrape, daemon=True)
-            scraper.start()
+        if metrics == "scraped":  # another process, as Prometheus: scrapes until told to stop
+            scraper = subprocess.Popen(
+                [sys.executable, "-c", _SCRAPER, server.url],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
         recorder: Any = None
         if report:
             from conveyor.observe import RunRecorder
@@ -1310,9 +1319,9 @@ def w10_conveyor(
         try:
             result = asyncio.run(_with_ticks(runner, runner.run(records(n)), recorder))
         finally:
-            done.set()
             if scraper is not None:
-                scraper.join()
+                out, _ = scraper.communicate("stop\n", timeout=30)  # (its last scrape ends)
+                scrapes.extend(int(flag) for flag in out.split())
             if server is not None:
                 server.close()
         if result.records_in != n or result.dead_lettered:
