@@ -9,18 +9,16 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from _scrapekit import Samples, scrape
 from typer.testing import CliRunner
 
 from conveyor.observe import MetricsServer, serve_metrics
 from conveyor.project.scaffold import new_project
-
-parser = pytest.importorskip("prometheus_client.parser")
 
 SLOW_ENRICH = '''"""Adds the Fahrenheit value, slowly (so that the run lasts a few seconds)."""
 
@@ -40,18 +38,6 @@ stage = MapStage(enrich)
 # 1000 readings, 18% of them rejected by validate (celsius 31..39), in batches of 50.
 OVERRIDES = ["pipeline.batch_size=50", "pipeline.max_dead_letters=50%"]
 
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-@pytest.fixture(autouse=True)
-def _isolated_imports() -> Iterator[None]:
-    """Stage files import ``pipeline.…``; forget the project's modules after each test."""
-    path = list(sys.path)
-    yield
-    sys.path[:] = path
-    for name in [m for m in sys.modules if m == "pipeline" or m.startswith("pipeline.")]:
-        del sys.modules[name]
-
 
 @pytest.fixture
 def slow_project(tmp_path: Path) -> Path:
@@ -62,18 +48,6 @@ def slow_project(tmp_path: Path) -> Path:
     validate = stages / "10_validate.py"
     validate.write_text(validate.read_text().replace("<= 60.0", "<= 30.0"))
     return root.resolve()
-
-
-def scrape(url: str) -> Samples:
-    """The samples of the page at ``url``: (name, sorted labels) -> value."""
-    with urllib.request.urlopen(url, timeout=5) as response:
-        assert response.status == 200
-        text = response.read().decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in parser.text_string_to_metric_families(text)
-        for s in family.samples
-    }
 
 
 def stage_value(samples: Samples, name: str, stage: str) -> float:

@@ -17,21 +17,19 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from _scrapekit import Samples, scrape
 from rich.console import Console
 
 from conveyor import StageKind
 from conveyor.observe import RunRecorder, serve_metrics
 from conveyor.observe.state import format_lag
 from conveyor.project.scaffold import new_project
-
-parser = pytest.importorskip("prometheus_client.parser")
 
 SOURCE = '''"""Clicks as they happen: an async generator stamping each with the wall clock; every
 40th is a minute old (late: its window closed long ago); a pause of ``stall`` seconds
@@ -82,18 +80,6 @@ OVERRIDES = [
 ]
 STALL = [*OVERRIDES, "stages.source.params.stall_at=150", "stages.source.params.stall=1.5"]
 
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-@pytest.fixture(autouse=True)
-def _isolated_imports() -> Iterator[None]:
-    """Stage files import ``pipeline.…``; forget the project's modules after each test."""
-    path = list(sys.path)
-    yield
-    sys.path[:] = path
-    for name in [m for m in sys.modules if m == "pipeline" or m.startswith("pipeline.")]:
-        del sys.modules[name]
-
 
 @pytest.fixture
 def windowed(tmp_path: Path) -> Path:
@@ -116,17 +102,6 @@ def plain(tmp_path: Path) -> Path:
     root = tmp_path / "plain"
     new_project(root)
     return root.resolve()
-
-
-def scrape(url: str) -> Samples:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        assert response.status == 200
-        text = response.read().decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in parser.text_string_to_metric_families(text)
-        for s in family.samples
-    }
 
 
 def value(samples: Samples, name: str, stage: str = "window") -> float | None:
