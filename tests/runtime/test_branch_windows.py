@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_keyed_state import gappy_events, options, run_slowly
 from test_windows_stream import BOUND, SPECS, ids, reference, stage_for, streams
 
 from conveyor import (
@@ -38,7 +39,6 @@ from conveyor import (
 )
 from conveyor.connectors import SqliteSink
 from conveyor.core.result import RunStatus
-from conveyor.runtime.runner import StreamRunner
 from conveyor.testing import MemorySink, arun_pipeline_on, run_pipeline_on
 
 Event = dict[str, Any]
@@ -288,17 +288,6 @@ def as_places(rows: list[tuple[Any, ...]]) -> dict[tuple[Any, ...], Any]:
     return got
 
 
-def gappy_events(n: int) -> list[Event]:
-    import random
-
-    rng = random.Random(7)
-    order = sorted(range(n), key=lambda i: (i + rng.randrange(3), i))
-    return [
-        {"id": i, "k": f"k{i % 4}", "ts": i + 3 * (i // 40), "v": rng.randrange(1, 10)}
-        for i in order
-    ]
-
-
 def metrics(layout: str) -> list[Any]:
     """The stages of a run: a streaming branch of two windows, alone, after a keyed stage
     of the main line (then the branch's border is not the first gate), or before a window
@@ -340,17 +329,6 @@ def _total(records: list[Event]) -> int:
     return sum(r["v"] for r in records)
 
 
-def options(tmp: Path, **changes: Any) -> RunOptions:
-    base = RunOptions(
-        dead_letters=tmp / "dl.db",
-        checkpoint=tmp / "cp.db",
-        checkpoint_every=0.002,
-        batch_size=20,
-        max_dead_letters="100%",
-    )
-    return base.merged(**changes)
-
-
 async def run_metrics(
     layout: str,
     events: list[Event],
@@ -362,23 +340,9 @@ async def run_metrics(
 ) -> Any:
     """``slow -> stages`` into ``sink``; abort (as a crash) or stop the intake (as SIGTERM)
     once ``slow`` read event ``abort_at``/``stop_at``."""
-    box: list[StreamRunner] = []
-
-    def slow(record: Event) -> Event:
-        if record["id"] % 10 == 0:
-            time.sleep(0.0005)  # so that checkpoints come between micro-batches
-        if record["id"] == abort_at:
-            box[0].abort()
-        if record["id"] == stop_at:
-            box[0].stop_intake()
-        return record
-
-    pipeline = Pipeline("branch-cp").add_stage(MapStage(slow, name="slow"))
-    for stage in metrics(layout):
-        pipeline.add_stage(stage)
-    runner = StreamRunner(pipeline.spec(), sink, opts)
-    box.append(runner)
-    return await runner.run(events)
+    return await run_slowly(
+        "branch-cp", metrics(layout), events, sink, opts, abort_at=abort_at, stop_at=stop_at
+    )
 
 
 @pytest.mark.parametrize("layout", ["alone", "after-keyed", "before-window"])

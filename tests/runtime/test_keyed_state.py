@@ -233,6 +233,23 @@ async def run_windows(
 ) -> Any:
     """A run of ``slow -> stage`` into ``sink``; abort (as a crash would) or stop the
     intake (as SIGTERM does) once event ``abort_at``/``stop_at`` was read by ``slow``."""
+    return await run_slowly(
+        "keyed-cp", [stage], events, sink, opts, abort_at=abort_at, stop_at=stop_at
+    )
+
+
+async def run_slowly(
+    name: str,
+    stages: list[Any],
+    events: list[Event],
+    sink: Any,
+    opts: RunOptions,
+    *,
+    abort_at: int | None = None,
+    stop_at: int | None = None,
+) -> Any:
+    """A run of pipeline ``name``, ``slow -> stages``, into ``sink``; abort or stop the
+    intake once event ``abort_at``/``stop_at`` was read by ``slow``."""
     box: list[StreamRunner] = []
 
     def slow(record: Event) -> Event:
@@ -244,8 +261,10 @@ async def run_windows(
             box[0].stop_intake()
         return record
 
-    spec = Pipeline("keyed-cp").add_stage(MapStage(slow, name="slow")).add_stage(stage).spec()
-    runner = StreamRunner(spec, sink, opts)
+    pipeline = Pipeline(name).add_stage(MapStage(slow, name="slow"))
+    for stage in stages:
+        pipeline.add_stage(stage)
+    runner = StreamRunner(pipeline.spec(), sink, opts)
     box.append(runner)
     return await runner.run(events)
 
