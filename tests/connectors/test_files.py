@@ -662,3 +662,26 @@ def test_a_sink_file_cut_shorter_after_a_crash_is_refused_on_resume(tmp_path: Pa
     assert code == 0
     assert result["finished"]
     _check_exactly_once("jsonl", out, tmp_path, 2000, result["written"])
+
+
+def test_parquet_typed_columns_take_only_what_fits(tmp_path: Path) -> None:
+    # Strings, floats and booleans are built straight as the schema's types; a batch with a
+    # value of another kind there goes column by column and is cast safely, or refused.
+    pq = pytest.importorskip("pyarrow.parquet")
+    sink = ParquetSink(tmp_path / "s", rows_per_shard=100)
+    sink.open(RunInfo("r", "p"))
+    sink.write([{"name": "a", "x": 0.5, "ok": True}])
+    sink.write([{"name": "b", "x": 1, "ok": 1}])  # an int for the float and the bool: cast
+    sink.write([{"name": "c", "x": "2.5", "ok": False}])  # a number as text: parsed
+    with pytest.raises(ValueError, match="Failed to parse string: 'many'"):
+        sink.write([{"name": "d", "x": "many", "ok": True}])
+    with pytest.raises(ValueError, match="record 0 of the batch has the key 'y'"):
+        sink.write([{"name": "e", "y": 1.0}])
+    sink.close(RunStatus.COMPLETED)
+    table = pq.read_table(tmp_path / "s")
+    assert table.to_pylist() == [
+        {"name": "a", "x": 0.5, "ok": True},
+        {"name": "b", "x": 1.0, "ok": True},
+        {"name": "c", "x": 2.5, "ok": False},
+    ]
+    assert [str(f.type) for f in table.schema] == ["string", "double", "bool"]

@@ -534,12 +534,14 @@ class _Rows:
         validate: Callable[[Any], Any] | None,
     ) -> None:
         self.index, self.names, self.width = index, names, len(names)
-        self.expected, self.na, self.validate = expected, na, validate
+        self.expected, self.validate = expected, validate
+        # Each cell read as None maps to None: ``na.get(cell, cell)`` is the cell's value,
+        # and ``map(na.get, row, row)`` all of a row's at C speed.
+        self.na: dict[str, None] = dict.fromkeys(na)
 
     def make(self, row: list[str]) -> Any:
         """The record of a row of the right length (may raise a ValidationError)."""
-        na = self.na
-        record: Any = {k: (None if v in na else v) for k, v in zip(self.names, row, strict=False)}
+        record: Any = dict(zip(self.names, map(self.na.get, row, row)))  # noqa: B905
         return record if self.validate is None else self.validate(record)
 
     def miscount(self, fields: int) -> str:
@@ -872,19 +874,18 @@ class CsvSource(_LineSource):
         lines = blk[2] = io.StringIO(text, newline="\n")
         reader = blk[3] = csv.reader(lines, self.dialect, **self._format)
         self._blk = blk
-        names, width, na, validate = rows.names, rows.width, rows.na, rows.validate
+        names, width, validate = rows.names, rows.width, rows.validate
+        cell = rows.na.get if rows.na else None
         last = 0  # the lines of the block before the current record
+        # (the rows' lengths are checked before zip: a strict= keyword would cost per row)
         while True:
             try:
                 for row in reader:
                     if len(row) == width:
-                        if na:
-                            record: Any = {
-                                k: (None if v in na else v)
-                                for k, v in zip(names, row, strict=False)
-                            }
+                        if cell is not None:
+                            record: Any = dict(zip(names, map(cell, row, row)))  # noqa: B905
                         else:
-                            record = dict(zip(names, row, strict=False))
+                            record = dict(zip(names, row))  # noqa: B905
                         if validate is not None:
                             try:
                                 record = validate(record)

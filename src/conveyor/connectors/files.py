@@ -918,26 +918,7 @@ class ParquetSink(Sink):
             self._schema = table.schema
             return table
         if not any(pa.types.is_null(field.type) for field in schema):
-            # The common case, all columns at once: the rows as one struct array (every key of
-            # every row, types inferred as pa.array infers them; from_pylist would keep the
-            # first row's keys only, and with the schema truncate a float into an int
-            # column), then cast safely to the schema, as the column-by-column way below.
-            try:
-                table = pa.Table.from_struct_array(pa.array(rows))
-            except (pa.ArrowInvalid, pa.ArrowTypeError):
-                self._refuse_unknown(rows, schema, None)  # the clearer error first
-                raise
-            present = table.column_names
-            self._refuse_unknown(rows, schema, present)
-            if present != schema.names:
-                table = pa.Table.from_arrays(
-                    [
-                        table.column(f.name) if f.name in present else pa.nulls(len(rows), f.type)
-                        for f in schema
-                    ],
-                    names=schema.names,
-                )
-            return table.cast(schema, safe=True)
+            return self._typed_table(pa, rows, schema)
         self._refuse_unknown(rows, schema, None)
         arrays = []
         for position, target in enumerate(schema):
@@ -957,6 +938,36 @@ class ParquetSink(Sink):
             self._pending = [t.cast(schema) for t in self._pending]
             self._schema = schema
         return pa.Table.from_arrays(arrays, schema=schema)
+
+    def _typed_table(self, pa: Any, rows: list[dict[str, Any]], schema: Any) -> Any:
+        """The common case, a schema without null columns, all columns at once.
+
+        Columns of a type that pyarrow's conversion from Python fills only with what fits
+        (strings, binaries, booleans, floats: a value of another kind is refused) are built
+        in one go as a struct array of that type. The others (integers, which pyarrow's
+        typed conversion would fill with 2.5 truncated to 2; dates, times, lists, ...) are
+        built as pa.array infers them and then cast safely, so that 2.5 is refused there
+        as in the column-by-column way. When the struct refuses a value (the int 7 for a
+        string column), its columns are built that way too: 7 is cast to "7", as a value
+        that does not fit is refused. A key that is not a column is refused first.
+        """
+        names = frozenset(schema.names)
+        if not all(map(names.issuperset, rows)):
+            self._refuse_unknown(rows, schema, None)
+        direct = [f for f in schema if _direct_type(pa, f.type)]
+        columns: dict[str, Any] = {}
+        if direct:
+            try:
+                struct = pa.array(rows, type=pa.struct(direct))
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                pass  # a value of another kind (7 for a string): each column cast safely
+            else:
+                columns = {f.name: struct.field(i) for i, f in enumerate(direct)}
+        for target in schema:
+            if target.name not in columns:
+                values = pa.array([row.get(target.name) for row in rows])
+                columns[target.name] = values.cast(target.type, safe=True)
+        return pa.Table.from_arrays([columns[n] for n in schema.names], schema=schema)
 
     def _refuse_unknown(
         self, rows: list[dict[str, Any]], schema: Any, present: list[str] | None
@@ -1000,6 +1011,21 @@ class ParquetSink(Sink):
 
     def __repr__(self) -> str:
         return f"<ParquetSink {self.path}>"
+
+
+def _direct_type(pa: Any, kind: Any) -> bool:
+    """Whether pyarrow's typed conversion from Python values to ``kind`` refuses what does
+    not fit instead of changing it (a float into an int column is truncated; a string,
+    binary, boolean or float column takes only what it can hold)."""
+    t = pa.types
+    return bool(
+        t.is_string(kind)
+        or t.is_large_string(kind)
+        or t.is_binary(kind)
+        or t.is_large_binary(kind)
+        or t.is_boolean(kind)
+        or t.is_floating(kind)
+    )
 
 
 def _number(shard: str) -> int:
