@@ -10,12 +10,18 @@ sum of ids, every 31st result recomputed). Contenders:
 - ``dask2`` / ``dask1``: the same stage on ``executor="dask"`` against a LocalCluster of
   2 / 1 worker processes (1 thread each) started before the timed region, as a cluster
   that outlives the run does (``DaskOptions(scheduler=...)``);
+- ``dask2-warm``: ``dask2`` after an untimed run of 4 micro-batches on the same cluster
+  (its workers have imported the project's code, as those of a cluster that served
+  earlier runs have);
 - ``dask2-own``: the run starts and closes its own LocalCluster inside the timed region
   (``DaskOptions(workers=2)``, the ``conveyor run … pipeline.executor=dask`` default).
 
 Overhead: ``MapStage(ident)`` over ``--overhead-batches`` micro-batches of 1 record, on
 dask (2 workers) with concurrency 1 (one task at a time: latency) and 4 (throughput),
 minus the same run inline; reported as µs per micro-batch.
+
+The clusters' workers run without Dask's statistical profiler, as the executor's own
+``LocalCluster`` does (``DaskOptions.profile``); ``--profile`` turns it on everywhere.
 
     .venv/bin/python bench/w_dask.py --n 2000 --rounds 5
 """
@@ -37,7 +43,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import workloads
 
-W3 = ("pool", "process", "dask2", "dask1", "dask2-own")
+W3 = ("pool", "process", "dask2", "dask2-warm", "dask1", "dask2-own")
+PROFILE = {"on": False}
 
 
 def ident_record(r: workloads.Record) -> workloads.Record:
@@ -46,9 +53,15 @@ def ident_record(r: workloads.Record) -> workloads.Record:
 
 
 def _cluster(workers: int) -> Any:
+    """A LocalCluster set up as the executor sets up its own: the workers' statistical
+    profiler off (``DaskOptions.profile``; ``--profile`` turns it on)."""
+    import dask
     from distributed import LocalCluster
 
-    with warnings.catch_warnings():
+    with (
+        warnings.catch_warnings(),
+        dask.config.set({"distributed.worker.profile.enabled": PROFILE["on"]}),
+    ):
         warnings.simplefilter("ignore")
         return LocalCluster(
             n_workers=workers,
@@ -93,15 +106,18 @@ def one(name: str, n: int, batch_size: int, concurrency: int, batches: int) -> d
         measured = workloads.w3_pool(n)
     elif name == "process":
         measured = workloads.w3_conveyor(n, batch_size=batch_size, concurrency=concurrency)
-    elif name in ("dask1", "dask2"):
-        cluster = _cluster(int(name[-1]))
+    elif name in ("dask1", "dask2", "dask2-warm"):
+        cluster = _cluster(2 if name.startswith("dask2") else 1)
         try:
             settings = DaskOptions(scheduler=cluster.scheduler_address, upload=False)
+            if name == "dask2-warm":  # a cluster that ran a pipeline before: imports done
+                _dask_w3(batch_size * 4, settings, batch_size, concurrency)
             measured = _dask_w3(n, settings, batch_size, concurrency)
         finally:
             cluster.close()
     elif name == "dask2-own":
-        measured = _dask_w3(n, DaskOptions(workers=2), batch_size, concurrency)
+        own = DaskOptions(workers=2, profile=PROFILE["on"])
+        measured = _dask_w3(n, own, batch_size, concurrency)
     elif name.startswith("overhead"):
         return _overhead(name, batches)
     else:
@@ -144,8 +160,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--overhead-batches", type=int, default=2000)
+    parser.add_argument(
+        "--profile", action="store_true", help="the workers' statistical profiler on"
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    PROFILE["on"] = args.profile
     if args.one:
         result = one(args.one, args.n, args.batch_size, args.concurrency, args.overhead_batches)
         print(json.dumps(result))
@@ -170,6 +190,7 @@ def main() -> None:
                     str(args.concurrency),
                     "--overhead-batches",
                     str(args.overhead_batches),
+                    *(["--profile"] if args.profile else []),
                 ],
                 check=True,
                 capture_output=True,
@@ -193,6 +214,8 @@ def main() -> None:
         )
     print(f"dask2 / pool: {median['pool'] / median['dask2']:.2f}x")
     print(f"dask2 / process: {median['process'] / median['dask2']:.2f}x")
+    print(f"dask2-warm / pool: {median['pool'] / median['dask2-warm']:.2f}x")
+    print(f"dask2-warm / process: {median['process'] / median['dask2-warm']:.2f}x")
     print(f"dask2-own / pool: {median['pool'] / median['dask2-own']:.2f}x")
     print(f"dask2-own / process: {median['process'] / median['dask2-own']:.2f}x")
     print(f"scaling dask1 -> dask2: {median['dask1'] / median['dask2']:.2f}x")

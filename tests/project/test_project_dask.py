@@ -52,3 +52,28 @@ def test_a_bad_dask_setting_is_an_error_at_its_key(tmp_path: Path) -> None:
     assert "pipeline.dask.workers: Input should be greater than or equal to 1" in (
         done.stdout + done.stderr
     )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ([], 1),  # inline: one micro-batch at a time
+        (["pipeline.executor=thread"], 1),
+        (["pipeline.executor=process"], 2),  # the pool's two processes both busy
+        (["pipeline.executor=process", "stages.enrich.workers=3"], 3),
+        (["pipeline.executor=dask"], 4),  # 2 workers x 1 thread, one task queued on each
+        (["pipeline.executor=dask", "pipeline.dask.workers=3"], 6),
+        (["pipeline.executor=dask", "pipeline.dask.threads_per_worker=2"], 8),
+        (["pipeline.executor=dask", "pipeline.concurrency=3"], 3),  # set: taken as it is
+        (["pipeline.executor=dask", "stages.enrich.concurrency=5"], 5),
+    ],
+)
+def test_an_unset_concurrency_keeps_the_executors_workers_busy(
+    tmp_path: Path, overrides: list[str], expected: int
+) -> None:
+    from conveyor.project import load_project
+    from conveyor.project.scaffold import new_project
+
+    new_project(tmp_path / "demo")
+    project = load_project(tmp_path / "demo", overrides)
+    assert project.stage_options(project.stage("enrich")).concurrency == expected

@@ -81,6 +81,13 @@ def ident(x: Any) -> Any:
     return x
 
 
+def worker_profiling(x: Any) -> tuple[Any, bool]:
+    """The record and whether the Dask worker running it has its profiler on."""
+    import dask
+
+    return x, bool(dask.config.get("distributed.worker.profile.enabled"))
+
+
 # --- replay: a stage that is broken until the module-level flag is cleared -----------------
 
 BROKEN = {"on": True}

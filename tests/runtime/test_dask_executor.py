@@ -89,6 +89,21 @@ def test_a_run_starts_its_own_local_cluster_and_closes_it() -> None:
     assert not _children() - before, "worker processes outlived the run"
 
 
+def test_the_workers_profiler_is_off_unless_asked_for() -> None:
+    assert DaskOptions().profile is False  # its sampling thread costs a CPU-bound stage ~5 %
+    options = StageOptions(
+        executor="dask", concurrency=2, dask=DaskOptions(workers=1, profile=True)
+    )
+    run = run_pipeline_on(
+        Pipeline("profiled").add_stage(
+            MapStage(_fns.worker_profiling, name="profiled"), options=options
+        ),
+        range(6),
+        batch_size=2,
+    )
+    assert sorted(run.outputs) == [(i, True) for i in range(6)]
+
+
 def test_consecutive_dask_stages_hand_batches_over_on_the_cluster(dask: DaskOptions) -> None:
     pipeline = (
         Pipeline("handoff")

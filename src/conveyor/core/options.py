@@ -70,6 +70,9 @@ class DaskOptions:
             ``KilledWorker`` (the batch then fails, is retried and bisected like any
             failure; a ``LocalCluster``'s scheduler only: a running scheduler has its own).
         dashboard: serve the Dask dashboard on 127.0.0.1 (a ``LocalCluster``; needs bokeh).
+        profile: run each ``LocalCluster`` worker's statistical profiler (the dashboard's
+            Profile page). Off by default: its sampling thread takes the GIL every 10 ms,
+            about 5 % of a CPU-bound stage's time (BENCHMARKS.md).
         upload: send the project's stage packages to the workers (default: when connecting
             to a scheduler; a ``LocalCluster`` shares this machine's files).
         handoff: a micro-batch going from one Dask stage straight to the next is passed as
@@ -88,6 +91,7 @@ class DaskOptions:
     memory_limit: str | int = "auto"
     allowed_failures: int = 3
     dashboard: bool = True
+    profile: bool = False
     upload: bool | None = None
     handoff: bool = True
 
@@ -236,6 +240,33 @@ class StageOptions:
                 f"unknown stage option(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}"
             )
         return replace(self, **changes)
+
+
+def default_concurrency(
+    executor: Executor | str, workers: int | None = None, dask: DaskOptions | None = None
+) -> int:
+    """The micro-batches in flight a stage gets when its config sets no ``concurrency``:
+    enough to keep its executor's workers busy.
+
+    ``inline`` and ``thread``: 1. ``process``: the pool's size (``workers``, at least 2).
+    ``dask``: two tasks per worker thread of the ``LocalCluster`` the run starts (one
+    running, one queued, so that no worker waits for the driver's round trip), ``2 x
+    workers x threads_per_worker`` (4 by default). With a ``scheduler`` the same figure is
+    taken, as the cluster's size is not known before the run: set ``concurrency`` to
+    twice the cluster's worker threads there.
+
+    >>> default_concurrency("inline"), default_concurrency("process", 3)
+    (1, 3)
+    >>> default_concurrency("dask", dask=DaskOptions(workers=3))
+    6
+    """
+    kind = _executor(executor)
+    if kind is Executor.PROCESS:
+        return max(workers or 2, 1)
+    if kind is Executor.DASK:
+        settings = dask or DaskOptions()
+        return 2 * settings.workers * settings.threads_per_worker
+    return 1
 
 
 def _executor(value: Any) -> Executor:

@@ -343,6 +343,7 @@ class DaskSection(_Strict):
     workers: int = Field(2, ge=1)
     threads_per_worker: int = Field(1, ge=1)
     memory_limit: str | int = "auto"
+    profile: bool = False
 
 
 class PipelineSection(_Strict):
@@ -352,7 +353,9 @@ class PipelineSection(_Strict):
     batch_size: int = Field(1000, ge=1)
     capacity: int = Field(2, ge=1)
     linger: float = Field(0.05, ge=0)
-    concurrency: int = Field(1, ge=1)
+    concurrency: int | None = Field(None, ge=1)
+    """Every stage's micro-batches in flight; unset: what its executor can use (see
+    :func:`~conveyor.core.options.default_concurrency`)."""
     executor: Literal["inline", "thread", "process", "dask"] = "inline"
     dask: DaskSection | None = None
     contracts: Literal["all", "sample", "off"] = "all"

@@ -18,7 +18,13 @@ from conveyor.contracts._spec import contract_for
 from conveyor.core.events import EventBus, EventType
 from conveyor.core.hooks import Hook, HookName
 from conveyor.core.keyed import StatefulStage
-from conveyor.core.options import DaskOptions, RetryPolicy, RunOptions, StageOptions
+from conveyor.core.options import (
+    DaskOptions,
+    RetryPolicy,
+    RunOptions,
+    StageOptions,
+    default_concurrency,
+)
 from conveyor.core.result import RunStatus, StageResult
 from conveyor.core.sink import Sink as RunSink
 from conveyor.core.stage import PipelineStage
@@ -157,11 +163,15 @@ class Project:
         # A stateful stage (windows, keyed state) runs inline, one micro-batch at a time:
         # the pipeline's defaults do not reach it (its own section's options would be refused).
         inline = isinstance(loaded.stage, StatefulStage)
+        executor = section.executor or ("inline" if inline else defaults.executor)
+        dask = None if defaults.dask is None else DaskOptions.parse(defaults.dask.model_dump())
         return StageOptions(
-            concurrency=section.concurrency or (1 if inline else defaults.concurrency),
-            executor=section.executor or ("inline" if inline else defaults.executor),  # type: ignore[arg-type]
+            concurrency=section.concurrency
+            or (1 if inline else defaults.concurrency)
+            or default_concurrency(executor, section.workers, dask),
+            executor=executor,  # type: ignore[arg-type]
             workers=section.workers,
-            dask=None if defaults.dask is None else DaskOptions.parse(defaults.dask.model_dump()),
+            dask=dask,
             ordered=True if section.ordered is None else section.ordered,
             retry=RetryPolicy() if retry is None else _retry_policy(self, loaded, retry),
             timeout=section.timeout,
