@@ -34,7 +34,14 @@ def test_sigterm_drains_checkpoints_and_resumes_exactly_once(tmp_path: Path, sin
         if delivered >= SIGNALS:
             break
         chains += 1
-        config = {"every": 0.2, "handle_signals": True, "grace_period": GRACE}
+        # (a throttle of 4 ms every 1,000 records: a run of 200k lasts a second or more, so
+        # that a quiet machine does not finish it between the target and the signal)
+        config = {
+            "every": 0.2,
+            "handle_signals": True,
+            "grace_period": GRACE,
+            "pause": [1000, 0.004],
+        }
         with chain(tmp_path / f"chain{c}", sink, N, name=f"term_{sink}", **config) as ch:
             want = min(PER_CHAIN, SIGNALS - delivered)
             targets = sorted(int(ch.rng.uniform(0.0, 0.9) * total) for _ in range(want))
