@@ -677,6 +677,8 @@ def test_parquet_typed_columns_take_only_what_fits(tmp_path: Path) -> None:
         sink.write([{"name": "d", "x": "many", "ok": True}])
     with pytest.raises(ValueError, match="record 0 of the batch has the key 'y'"):
         sink.write([{"name": "e", "y": 1.0}])
+    with pytest.raises(ValueError, match=r"column 'name' is string.*make them text"):
+        sink.write([{"name": UUID(int=7), "x": 1.0}])  # not its 16 raw bytes as text
     sink.close(RunStatus.COMPLETED)
     table = pq.read_table(tmp_path / "s")
     assert table.to_pylist() == [

@@ -203,3 +203,22 @@ def hang_on_one(x: int) -> int:
     if x == 1:
         time.sleep(60)
     return x
+
+
+# --- dask: a stage that pickles on the driver but cannot be loaded on a worker ---------------
+
+
+def _refuse_to_load() -> Any:
+    raise ImportError("this stage's code is not installed on the workers (a test)")
+
+
+class UnloadableStage(PipelineStage[list[int], list[int]]):
+    """Pickles to a call that fails when it is unpickled (on the workers)."""
+
+    name = "unloadable"
+
+    async def process(self, data: list[int], context: PipelineContext) -> StageResult[list[int]]:
+        return StageResult(data=data)
+
+    def __reduce__(self) -> Any:
+        return (_refuse_to_load, ())

@@ -104,6 +104,21 @@ def test_the_workers_profiler_is_off_unless_asked_for() -> None:
     assert sorted(run.outputs) == [(i, True) for i in range(6)]
 
 
+def test_a_stage_the_workers_cannot_load_is_refused_and_leaves_no_plugin(
+    dask: DaskOptions,
+) -> None:
+    from distributed import Client
+
+    pipeline = Pipeline("unloadable").add_stage(_fns.UnloadableStage(), options=on_dask(dask))
+    with pytest.raises(PipelineDefinitionError, match="cannot be loaded on the Dask workers"):
+        run_pipeline_on(pipeline, range(4), batch_size=2)
+    with Client(dask.scheduler, set_as_default=False) as client:
+        plugins = client.run_on_scheduler(
+            lambda dask_scheduler: list(dask_scheduler.worker_plugins)
+        )
+    assert not [p for p in plugins if p.startswith("conveyor-stage-")], plugins
+
+
 def test_consecutive_dask_stages_hand_batches_over_on_the_cluster(dask: DaskOptions) -> None:
     pipeline = (
         Pipeline("handoff")

@@ -933,7 +933,7 @@ class ParquetSink(Sink):
                 schema = schema.set(position, target.with_type(values.type))  # it takes it
                 arrays.append(values)
                 continue
-            arrays.append(values.cast(target.type, safe=True))
+            arrays.append(self._cast(pa, values, target))
         if schema is not self._schema:
             self._pending = [t.cast(schema) for t in self._pending]
             self._schema = schema
@@ -943,9 +943,10 @@ class ParquetSink(Sink):
         """The common case, a schema without null columns, all columns at once.
 
         Columns of a type that pyarrow's conversion from Python fills only with what fits
-        (strings, binaries, booleans, floats: a value of another kind is refused) are built
+        (strings, binaries, booleans: a value of another kind is refused) are built
         in one go as a struct array of that type. The others (integers, which pyarrow's
-        typed conversion would fill with 2.5 truncated to 2; dates, times, lists, ...) are
+        typed conversion would fill with 2.5 truncated to 2; floats, where a numpy.uint64
+        of 2**64 - 1 would become -1.0; dates, times, lists, ...) are
         built as pa.array infers them and then cast safely, so that 2.5 is refused there
         as in the column-by-column way. When the struct refuses a value (the int 7 for a
         string column), its columns are built that way too: 7 is cast to "7", as a value
@@ -966,8 +967,20 @@ class ParquetSink(Sink):
         for target in schema:
             if target.name not in columns:
                 values = pa.array([row.get(target.name) for row in rows])
-                columns[target.name] = values.cast(target.type, safe=True)
+                columns[target.name] = self._cast(pa, values, target)
         return pa.Table.from_arrays([columns[n] for n in schema.names], schema=schema)
+
+    def _cast(self, pa: Any, values: Any, target: Any) -> Any:
+        """``values`` (as pa.array inferred them) cast safely to the column ``target``. An
+        extension type (a uuid.UUID is ``arrow.uuid``) is refused unless it is the column's:
+        cast to a string or binary column it would give the 16 raw bytes, not the text."""
+        if isinstance(values.type, pa.BaseExtensionType) and values.type != target.type:
+            raise ValueError(
+                f"ParquetSink {self.path}: column {target.name!r} is {target.type}, and the "
+                f"batch holds values of {values.type} there (e.g. uuid.UUID), which do not "
+                "convert to it; make them text in a stage (str(value))"
+            )
+        return values.cast(target.type, safe=True)
 
     def _refuse_unknown(
         self, rows: list[dict[str, Any]], schema: Any, present: list[str] | None
@@ -1015,8 +1028,9 @@ class ParquetSink(Sink):
 
 def _direct_type(pa: Any, kind: Any) -> bool:
     """Whether pyarrow's typed conversion from Python values to ``kind`` refuses what does
-    not fit instead of changing it (a float into an int column is truncated; a string,
-    binary, boolean or float column takes only what it can hold)."""
+    not fit instead of changing it (a float into an int column is truncated, a large
+    numpy.uint64 into a float column turns negative; a string, binary or boolean column
+    takes only what it can hold)."""
     t = pa.types
     return bool(
         t.is_string(kind)
@@ -1024,7 +1038,6 @@ def _direct_type(pa: Any, kind: Any) -> bool:
         or t.is_binary(kind)
         or t.is_large_binary(kind)
         or t.is_boolean(kind)
-        or t.is_floating(kind)
     )
 
 

@@ -148,8 +148,9 @@ def _run_on_worker(key: str, payload: bytes, context: PipelineContext, handed: b
     the pickled micro-batch, or with ``handed`` the pickled outcome of the previous Dask
     stage (its outputs are the batch)."""
     stage = _STAGES.get(key)
-    if stage is None:  # (its plugin's setup failed on this worker: the log says why)
-        raise RuntimeError(f"the stage {key} is not loaded on this worker")
+    if stage is None:  # its plugin's setup failed on this worker (its log says why): a
+        # fault of the worker, not of the records, so retried (on another worker, perhaps)
+        raise WorkerLostError(f"the stage {key} is not loaded on this Dask worker")
     data = pickle.loads(payload)
     records = data.outputs if handed else data
     outcome = _apply_in_process(stage, records, context)
@@ -574,8 +575,9 @@ class DaskExecutor(StageExecutor):
         blob = self._blob or cloudpickle.dumps(stage, protocol=pickle.HIGHEST_PROTOCOL)
         key = f"conveyor-stage-{self._name}-{uuid.uuid4().hex}"
         try:
-            session.client.register_plugin(_StageHolder(key, blob), name=key)
+            _within(_LOAD_SECONDS, session.client.register_plugin, _StageHolder(key, blob), key)
         except Exception as exc:
+            _forget(session, key)  # the scheduler keeps a plugin whose setup failed somewhere
             raise PipelineDefinitionError(
                 f"stage {stage.name!r} cannot be loaded on the Dask workers "
                 f"({type(exc).__name__}: {exc}); install the project's code and its "
@@ -661,11 +663,43 @@ class DaskExecutor(StageExecutor):
             self._waiters.shutdown(wait=False, cancel_futures=True)
         if session is None:
             return
-        if self._stage_key is not None and session.client is not None:
-            with contextlib.suppress(Exception):
-                session.client.unregister_worker_plugin(self._stage_key)
-            self._stage_key = None
+        closing = session.cluster is not None and session.users == 1  # its own LocalCluster
+        if self._stage_key is not None and not closing:
+            _forget(session, self._stage_key)
+        self._stage_key = None
         session.release()
+
+
+_LOAD_SECONDS = 120.0
+"""How long the workers may take to load a stage (import its code, unpickle it)."""
+
+
+def _within(seconds: float, fn: Any, *args: Any) -> Any:
+    """``fn(*args)`` on a helper thread, given ``seconds`` at most: a TimeoutError after
+    that (the call goes on in the background). For the client's calls that wait for every
+    worker, which have no timeout of their own: a worker holding the GIL in a stuck task,
+    or a scheduler that is gone, must not hold up the start or the end of a run."""
+    done: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+    def call() -> None:
+        try:
+            done.set_result(fn(*args))
+        except BaseException as exc:
+            done.set_exception(exc)
+
+    threading.Thread(target=call, name="conveyor-dask-call", daemon=True).start()
+    try:
+        return done.result(timeout=seconds)
+    except concurrent.futures.TimeoutError:
+        raise TimeoutError(f"no answer from the Dask cluster within {seconds:g} s") from None
+
+
+def _forget(session: _Session, key: str) -> None:
+    """Unregister the stage plugin ``key`` (within 5 s; a failure only leaves it behind)."""
+    client = session.client
+    if client is not None:
+        with contextlib.suppress(Exception):
+            _within(5.0, client.unregister_worker_plugin, key)
 
 
 def _lost(name: str, exc: BaseException) -> ChunkOutcome:
