@@ -317,6 +317,15 @@ async def _nats(url: str) -> Any:
     return await nats.connect(url, error_cb=quiet, max_reconnect_attempts=1)
 
 
+async def _nats_version(url: str) -> tuple[int, int, int]:
+    nc = await _nats(url)
+    try:
+        found = nc.connected_server_version
+        return (int(found.major), int(found.minor), int(found.patch))
+    finally:
+        await nc.close()
+
+
 @pytest.fixture
 def broker_url(request: pytest.FixtureRequest) -> str:
     broker = request.node.callspec.params["broker"]
@@ -353,19 +362,32 @@ def test_poison_message_goes_to_the_dlq_after_max_deliveries(
         assert len(deliveries) == MAX_DELIVERIES, deliveries  # the stage saw it 3 times
         letters = ch.letters()
         stage = sorted(int(letter.record["id"]) for letter in letters if letter.stage == "work")
-        [poisoned] = [letter for letter in letters if letter.stage == "source"]
+        at_source = {
+            json.loads(letter.record["body"])["id"]: letter
+            for letter in letters
+            if letter.stage == "source"
+        }
+        assert len(at_source) == sum(1 for x in letters if x.stage == "source")  # once each
+        poisoned = at_source.pop(poison)
         assert poisoned.record["deliveries"] == MAX_DELIVERIES
         assert json.loads(poisoned.record["body"]) == {"id": poison, "v": poison * 7 % 1000}
         assert f"delivered {MAX_DELIVERIES} times without an acknowledgement" in poisoned.message
+        if at_source:  # an innocent message counted as poison: only an old nats-server's
+            # miscount does that (nats-io/nats-server#5338, fixed in 2.10.14; the source warns)
+            assert broker == "nats", sorted(at_source)
+            assert asyncio.run(_nats_version(broker_url)) < (2, 10, 14), sorted(at_source)
+            print(f"[faults] old nats-server miscounted: {sorted(at_source)} lettered too")
         assert stage == [13]
         rows = ch.sink_rows()
         ids = [i for i, _ in rows]
-        assert sorted(ids) == [i for i in range(n) if i not in (poison, 13)], rows  # once each
+        lettered = {poison, 13, *at_source}
+        assert sorted(ids) == [i for i in range(n) if i not in lettered], rows  # once each
         assert ch.unacked() == 0  # the poison message too: acked after its letter
         record_figures(
             f"brokers/poison/{broker}",
             runs=len(codes),
             poison_deliveries=len(deliveries),
+            miscounted_by_the_server=len(at_source),
             S=len(set(ids)),
             duplicates=len(ids) - len(set(ids)),
         )
