@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
+
 import pytest
 
 from conveyor import Event, EventBus, EventType, PipelineContext
@@ -20,6 +23,17 @@ def bus_and_events() -> tuple[EventBus, list[Event]]:
     for event_type in EventType:
         bus.subscribe(event_type, seen.append)
     return bus, seen
+
+
+@pytest.fixture
+def isolated_imports() -> Iterator[None]:
+    """Stage files import ``pipeline.…``: restore ``sys.path`` and forget every project's
+    ``pipeline`` modules after the test (autouse in tests/project and tests/observe)."""
+    path = list(sys.path)
+    yield
+    sys.path[:] = path
+    for name in [m for m in sys.modules if m == "pipeline" or m.startswith("pipeline.")]:
+        del sys.modules[name]
 
 
 PG_DSN_DEFAULT = "host=127.0.0.1 port=5432 user=postgres dbname=test connect_timeout=3"

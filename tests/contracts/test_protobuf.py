@@ -7,7 +7,6 @@ import datetime
 import importlib.util
 import pickle
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -606,16 +605,6 @@ message Reading {
   double celsius = 2;
 }
 """
-
-
-@pytest.fixture
-def isolated_imports() -> Iterator[None]:
-    """Stage files import ``pipeline.…``; forget the project's modules afterwards."""
-    path = list(sys.path)
-    yield
-    sys.path[:] = path
-    for name in [m for m in sys.modules if m == "pipeline" or m.startswith("pipeline.")]:
-        del sys.modules[name]
 
 
 @pytest.mark.usefixtures("isolated_imports")

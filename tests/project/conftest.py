@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,13 +10,8 @@ from conveyor.project.scaffold import new_project
 
 
 @pytest.fixture(autouse=True)
-def _isolated_imports() -> Iterator[None]:
-    """Stage files import ``pipeline.…``; forget every project's modules after each test."""
-    path = list(sys.path)
-    yield
-    sys.path[:] = path
-    for name in [m for m in sys.modules if m == "pipeline" or m.startswith("pipeline.")]:
-        del sys.modules[name]
+def _isolated_imports(isolated_imports: None) -> None:
+    """Every test here forgets the project modules it imported (tests/conftest.py)."""
 
 
 @pytest.fixture
