@@ -13,11 +13,10 @@ worker.
 - **What travels.** The stage is pickled once per run (cloudpickle, so lambdas and
   closures travel too) into a worker plugin that unpickles it on every worker, also on one
   that joins or is restarted later; tasks name it by key. Each micro-batch is pickled by
-  the driver and
-  each outcome by the worker, so a record or an output that cannot be pickled fails its
-  micro-batch (and, bisected, its record: a dead letter naming the stage and the attribute)
-  instead of the connection. A stage that cannot be pickled is refused before the run
-  starts, naming the attribute that cannot.
+  the driver and each outcome by the worker, so a record or an output that cannot be
+  pickled fails its micro-batch (and, bisected, its record: a dead letter naming the stage
+  and the attribute) instead of the connection. A stage that cannot be pickled is refused
+  before the run starts, naming the attribute that cannot.
 - **Code.** A worker plugin gives every worker (including one started later, e.g. after a
   crash) the driver's import path and the project's stage files; with ``upload`` the
   project's stage packages are zipped and unpacked in each worker's local directory.
